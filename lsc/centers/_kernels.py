@@ -1,0 +1,302 @@
+"""The topk predictor's fast path: nearest vector, its index, pi^-1, labeled? -- two implementations.
+
+* `fast_labels_torch`: batched tensor ops on any device (CUDA included).
+* `fast_labels_numba`: one fused loop per row for CPU tensors. Eager torch launches ~100 passes over [B, n_dim]
+  and [B] tensors for this; the fused loop reads each embedding once, which is what makes the predictor run at
+  memory-copy speed on a CPU. Used automatically when numba is installed; tests check both give the same.
+
+Both return (labels [B] int64 with -1 where the row needs the slow path, slow [B] bool): a row is slow when the
+nearest vector is unlabeled or when it is not unique (an exact tie).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+try:  # optional: pure torch works everywhere, numba makes the CPU path ~10x faster
+    import numba
+
+    HAVE_NUMBA = os.environ.get("LSC_NO_NUMBA", "0") != "1"
+except ImportError:  # pragma: no cover
+    numba, HAVE_NUMBA = None, False
+
+
+def fast_labels(cc, z: torch.Tensor, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    if backend == "auto":
+        backend = "numba" if (HAVE_NUMBA and z.device.type == "cpu") else "torch"
+    if backend == "numba":
+        return fast_labels_numba(cc, z)
+    return fast_labels_torch(cc, z)
+
+
+def fast_labels_torch(cc, z: torch.Tensor, row_block: int = 1 << 18):
+    labels = torch.empty(z.shape[0], dtype=torch.int64, device=z.device)
+    slow = torch.empty(z.shape[0], dtype=torch.bool, device=z.device)
+    for a in range(0, z.shape[0], row_block):
+        idx, best, runner = cc.system.fast_nearest(z[a : a + row_block])
+        tied = runner >= best
+        lab = cc.perm.inverse(idx)
+        s = tied | (lab >= cc.n_classes)
+        labels[a : a + row_block] = torch.where(s, -1, lab)
+        slow[a : a + row_block] = s
+    return labels, slow
+
+
+# ---- numba ------------------------------------------------------------------------------------------------
+
+
+class _Plan:
+    """Flat arrays describing a ClassCenters' system and permutation, for the fused kernel."""
+
+    def __init__(self, cc):
+        sysm = cc.system
+        orbs = sysm.orbits
+        kmax = max(max(o.mults) for o in orbs)
+        n = sysm.n_dim
+        self.table = np.array(
+            [[min(v, (1 << 63) - 1) for v in row] for row in _binom(n, kmax)], dtype=np.int64
+        )
+        gv, gm, gp, gs, ng, npos, nneg, off, inv = [], [], [], [], [], [], [], [], []
+        for o, o_off in zip(orbs, sysm.offsets, strict=True):
+            gs.append(len(gv))
+            ng.append(len(o.values))
+            gv += o.values
+            gm += o.mults
+            gp += o._place
+            npos.append(o.n_pos)
+            nneg.append(o.n_neg)
+            off.append(o_off)
+            inv.append(o.inv_norm)
+        self.g_value = np.array(gv, dtype=np.int64)
+        self.g_mult = np.array(gm, dtype=np.int64)
+        self.g_place = np.array(gp, dtype=np.int64)
+        self.o_gstart = np.array(gs, dtype=np.int64)
+        self.o_ngroups = np.array(ng, dtype=np.int64)
+        self.o_npos = np.array(npos, dtype=np.int64)
+        self.o_nneg = np.array(nneg, dtype=np.int64)
+        self.o_offset = np.array(off, dtype=np.int64)
+        self.o_inv = np.array(inv, dtype=np.float64)
+        self.n_top, self.n_bottom = sysm.n_top, sysm.n_bottom
+        p = cc.perm
+        self.shuffle = hasattr(p, "keys")
+        self.keys = np.array(p.keys if self.shuffle else [0] * 6, dtype=np.int64)
+        self.bits_r = p.bits_r if self.shuffle else 0
+        self.mask_l = p.mask_l if self.shuffle else 0
+        self.mask_r = p.mask_r if self.shuffle else 0
+        self.count = sysm.count
+        self.n_classes = cc.n_classes
+
+
+def _binom(n, kmax):
+    from math import comb
+
+    return [[comb(c, j) for j in range(kmax + 1)] for c in range(n + 1)]
+
+
+def fast_labels_numba(cc, z: torch.Tensor):
+    plan = getattr(cc, "_plan", None)
+    if plan is None:
+        plan = cc._plan = _Plan(cc)
+    zn = z.detach().float().contiguous().numpy()
+    labels = np.empty(zn.shape[0], dtype=np.int64)
+    slow = np.empty(zn.shape[0], dtype=np.bool_)
+    _kernel(
+        zn, labels, slow, plan.table, plan.g_value, plan.g_mult, plan.g_place, plan.o_gstart, plan.o_ngroups,
+        plan.o_npos, plan.o_nneg, plan.o_offset, plan.o_inv, plan.n_top, plan.n_bottom, plan.shuffle, plan.keys,
+        plan.bits_r, plan.mask_l, plan.mask_r, plan.count, plan.n_classes,
+    )  # fmt: skip
+    return torch.from_numpy(labels), torch.from_numpy(slow)
+
+
+if HAVE_NUMBA:
+    _M1, _M2 = 0x5BD1E995 & 0x7FFFFFFF, 0x27D4EB2D
+
+    @numba.njit(inline="always", cache=True)
+    def _f(x, k):
+        h = ((x ^ k) * _M1) & ((1 << 62) - 1)
+        h = (h ^ (h >> 29)) & 0x7FFFFFFF
+        h = h * _M2
+        return h ^ (h >> 31)
+
+    @numba.njit(cache=True)
+    def _inverse(y, keys, bits_r, mask_l, mask_r, count):
+        while True:
+            lft = y >> bits_r
+            rgt = y & mask_r
+            for i in range(5, -1, -1):
+                if i % 2 == 0:
+                    lft = lft ^ (_f(rgt, keys[i]) & mask_l)
+                else:
+                    rgt = rgt ^ (_f(lft, keys[i]) & mask_r)
+            y = (lft << bits_r) | rgt
+            if y < count:
+                return y
+
+    @numba.njit(parallel=True, cache=True)
+    def _kernel(
+        z, labels, slow, table, g_value, g_mult, g_place, o_gstart, o_ngroups, o_npos, o_nneg, o_offset, o_inv,
+        n_top, n_bottom, shuffle, keys, bits_r, mask_l, mask_r, count, n_classes,
+    ):  # fmt: skip
+        B = z.shape[0]
+        block = 2048
+        for blk in numba.prange((B + block - 1) // block):
+            # per-block scratch: allocating inside the row loop would dominate the cost
+            tv = np.empty(n_top, np.float64)
+            ti = np.empty(n_top, np.int64)
+            bv = np.empty(n_bottom, np.float64)
+            bi = np.empty(n_bottom, np.int64)
+            taken = np.empty(n_top + n_bottom, np.int64)
+            pos = np.empty(n_top + n_bottom, np.int64)
+            for r in range(blk * block, min(B, (blk + 1) * block)):
+                lab = _row(
+                    z[r], tv, ti, bv, bi, taken, pos, table, g_value, g_mult, g_place, o_gstart, o_ngroups,
+                    o_npos, o_nneg, o_offset, o_inv, n_top, n_bottom, shuffle, keys, bits_r, mask_l, mask_r, count,
+                )  # fmt: skip
+                if lab < 0 or lab >= n_classes:
+                    labels[r] = -1
+                    slow[r] = True
+                else:
+                    labels[r] = lab
+                    slow[r] = False
+
+    @numba.njit(cache=True, inline="always")
+    def _row(
+        row, tv, ti, bv, bi, taken, pos, table, g_value, g_mult, g_place, o_gstart, o_ngroups, o_npos, o_nneg,
+        o_offset, o_inv, n_top, n_bottom, shuffle, keys, bits_r, mask_l, mask_r, count,
+    ):  # fmt: skip
+        """Label (pi^-1 of the nearest vector's index) of one row; -1 when the nearest vector is tied."""
+        n = row.shape[0]
+        # top n_top (value desc, index asc) and bottom n_bottom (value asc, index desc): one total order
+        nt = 0
+        nb = 0
+        for j in range(n):
+            x = np.float64(row[j])
+            if nt < n_top or x > tv[nt - 1]:
+                p = nt if nt < n_top else n_top - 1
+                while p > 0 and x > tv[p - 1]:
+                    tv[p] = tv[p - 1]
+                    ti[p] = ti[p - 1]
+                    p -= 1
+                tv[p] = x
+                ti[p] = j
+                if nt < n_top:
+                    nt += 1
+            if nb < n_bottom or x <= bv[nb - 1]:
+                p = nb if nb < n_bottom else n_bottom - 1
+                while p > 0 and x <= bv[p - 1]:
+                    bv[p] = bv[p - 1]
+                    bi[p] = bi[p - 1]
+                    p -= 1
+                bv[p] = x
+                bi[p] = j
+                if nb < n_bottom:
+                    nb += 1
+        best = -np.inf
+        second = -np.inf
+        win = 0
+        win_runner = -np.inf
+        for o in range(o_offset.shape[0]):
+            npos = o_npos[o]
+            nneg = o_nneg[o]
+            g0 = o_gstart[o]
+            ng = o_ngroups[o]
+            s = 0.0
+            drop = np.inf
+            # positive groups take sorted-frame coordinates 0..npos-1, in canonical (value desc) order
+            i = 0
+            prev_val = 0
+            for g in range(ng):
+                v = g_value[g0 + g]
+                if v < 0:
+                    break
+                c = g_mult[g0 + g]
+                if i > 0:
+                    drop = min(drop, (prev_val - v) * (tv[i - 1] - tv[i]))
+                for t in range(i, i + c):
+                    s += v * tv[t]
+                i += c
+                prev_val = v
+            zeros = n - npos - nneg
+            if npos > 0 and npos < n:  # boundary after the positives: with a zero, or the first negative
+                nxt = 0
+                if zeros == 0:
+                    for g in range(ng):
+                        if g_value[g0 + g] < 0:
+                            nxt = g_value[g0 + g]
+                            break
+                after = tv[npos] if npos < n_top else bv[n - 1 - npos]
+                drop = min(drop, (prev_val - nxt) * (tv[npos - 1] - after))
+            # negative groups: frame coordinates n-nneg..n-1, least negative first; bottom index = n-1-frame
+            i = n - nneg
+            first_neg = True
+            prev_val = 0
+            for g in range(ng):
+                v = g_value[g0 + g]
+                if v > 0:
+                    continue
+                c = g_mult[g0 + g]
+                if first_neg:
+                    if zeros > 0:
+                        before = bv[n - i] if n - i < n_bottom else tv[i - 1]
+                        drop = min(drop, (0 - v) * (before - bv[n - 1 - i]))
+                    first_neg = False
+                else:
+                    drop = min(drop, (prev_val - v) * (bv[n - i] - bv[n - 1 - i]))
+                for t in range(i, i + c):
+                    s += v * bv[n - 1 - t]
+                i += c
+                prev_val = v
+            sc = s * o_inv[o]
+            rn = (s - drop) * o_inv[o]
+            if sc > best:
+                second = best
+                best = sc
+                win = o
+                win_runner = rn
+            elif sc > second:
+                second = sc
+        if max(win_runner, second) >= best:
+            return -1
+        # rank the winner: groups in canonical order choose among the positions still free
+        g0 = o_gstart[win]
+        ng = o_ngroups[win]
+        nt_ = 0
+        idx = 0
+        t = 0
+        nneg_after = o_nneg[win]
+        for g in range(ng):
+            v = g_value[g0 + g]
+            c = g_mult[g0 + g]
+            if v > 0:
+                for a in range(c):
+                    pos[a] = ti[t + a]
+                t += c
+            else:
+                nneg_after -= c  # groups after this one are more negative and take smaller coordinates
+                for a in range(c):
+                    pos[a] = bi[nneg_after + a]
+            for a in range(1, c):  # insertion sort, c is tiny
+                x = pos[a]
+                b = a
+                while b > 0 and pos[b - 1] > x:
+                    pos[b] = pos[b - 1]
+                    b -= 1
+                pos[b] = x
+            rk = 0
+            for a in range(c):
+                q = pos[a]
+                for b in range(nt_):
+                    if taken[b] < pos[a]:
+                        q -= 1
+                rk += table[q, a + 1]
+            for a in range(c):
+                taken[nt_] = pos[a]
+                nt_ += 1
+            idx += rk * g_place[g0 + g]
+        idx += o_offset[win]
+        if shuffle:
+            return _inverse(idx, keys, bits_r, mask_l, mask_r, count)
+        return idx

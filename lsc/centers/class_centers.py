@@ -1,0 +1,225 @@
+"""ClassCenters: class labels <-> center vectors of a system, and the label predictors.
+
+Class c gets vector pi(c) of the system, pi a seeded bijection of [0, count) (`label_map`); nothing of size
+n_classes or count is allocated. Predictors (all exact, ties -> lowest label):
+  cossim     argmax cosine over the labeled centers, chunk by chunk (arXiv 2510.04090, eq. 12)
+  topk       nearest vector by the rearrangement inequality in O(n_dim), then pi^-1; when that vector is
+             unlabeled or tied, the closest labeled center by best-first search (arXiv 2604.00779, Alg. 1 and 2)
+  euclidean  argmin Euclidean distance to the raw center positions (arXiv 2510.04090, eq. 8)
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import _kernels
+from .label_map import FeistelPermutation, IdentityPermutation
+from .search import scan_argmax
+from .sizes import n_min
+from .systems import VectorSystem, check_embeddings, make_system, system_from_spec
+
+METHODS = ("cossim", "topk", "euclidean")
+SCAN_FALLBACK_CLASSES = 50_000  # below this, unlabeled/tied topk rows are resolved by a scan, not a search
+SEARCH_BUDGET = 2048  # best-first pops per row before the exact scan takes over
+
+
+def _fmt(x: int) -> str:
+    return f"{x:,}"
+
+
+class ClassCenters:
+    """Fixed class centers from a vector system.
+
+    Args:
+        system: system name (`make_system` names, plus `a_nr` = shuffled a_n) or a VectorSystem.
+        n_classes: number of classes; labels are 0 .. n_classes - 1.
+        n_dim: embedding width; None = n_min (the smallest that holds n_classes).
+        seed: seed of the class -> vector order.
+        shuffle: random order (the A_n paper's A_nr); False = identity. None = True, except for `a_n`/`a_np`
+            (the paper's ordered systems) and `table` (row c is class c).
+        table: tensor or path of explicit centers, for system="table".
+    """
+
+    def __init__(
+        self,
+        system: str | VectorSystem,
+        n_classes: int,
+        n_dim: int | None = None,
+        seed: int = 0,
+        shuffle: bool | None = None,
+        table=None,
+    ):
+        if isinstance(n_classes, float) and n_classes.is_integer():
+            n_classes = int(n_classes)
+        if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 1:
+            raise ValueError(f"n_classes must be a positive integer, got {n_classes!r}")
+        if isinstance(system, str):
+            name = system
+            if name == "a_nr":
+                name, shuffle = "a_n", True if shuffle is None else shuffle
+            if name == "table":
+                system = make_system("table", n_dim or 0, vectors=table) if n_dim else _table(table)
+            else:
+                n_dim = n_min(name, n_classes) if n_dim is None else n_dim
+                system = make_system(name, n_dim)
+        elif n_dim is not None and n_dim != system.n_dim:
+            raise ValueError(f"n_dim={n_dim} does not match the system's n_dim={system.n_dim}")
+        self.system, self.n_dim, self.n_classes, self.seed = system, system.n_dim, n_classes, int(seed)
+        if n_classes > system.count:
+            hint = (
+                f"use n_dim >= {n_min(system.name, n_classes)} (n_min)"
+                if system.name != "table"
+                else "give one table row per class"
+            )
+            raise ValueError(f"n_classes={_fmt(n_classes)} exceeds {system.display}'s {_fmt(system.count)} vectors; {hint}")
+        if shuffle is None:
+            shuffle = system.name not in ("a_n", "a_np", "table")
+        self.shuffle = bool(shuffle)
+        self.perm = FeistelPermutation(system.count, self.seed) if self.shuffle else IdentityPermutation(system.count)
+
+    def __repr__(self) -> str:
+        return (
+            f"ClassCenters({self.system.display}, n_classes={_fmt(self.n_classes)}, seed={self.seed}, "
+            f"shuffle={self.shuffle})"
+        )
+
+    # ---- mapping ----------------------------------------------------------------------------------------
+
+    def _check_labels(self, labels) -> torch.Tensor:
+        labels = torch.as_tensor(labels)
+        if labels.is_floating_point():
+            raise ValueError("labels must be integers (a LongTensor)")
+        labels = labels.long()
+        if labels.numel() and (labels.min() < 0 or labels.max() >= self.n_classes):
+            lo, hi = labels.min().item(), labels.max().item()
+            raise ValueError(
+                f"labels must lie in [0, {self.n_classes}), got values in [{lo}, {hi}]; "
+                "check data.num_classes / the dataset's label range"
+            )
+        return labels
+
+    def index_of(self, labels) -> torch.Tensor:
+        """Vector index pi(c) of each class label."""
+        return self.perm.forward(self._check_labels(labels).reshape(-1)).reshape(labels.shape)
+
+    def label_of(self, idx) -> torch.Tensor:
+        """Class label pi^-1(idx) of each vector index; -1 for an unlabeled vector (pi^-1(idx) >= n_classes)."""
+        idx = self.system._check_idx(idx)
+        lab = self.perm.inverse(idx.reshape(-1)).reshape(idx.shape)
+        return torch.where(lab < self.n_classes, lab, -1)
+
+    def __call__(self, labels) -> torch.Tensor:
+        """Unit center vectors [B, n_dim] of the labels (the gather of arXiv 2510.04090's Algorithm 1)."""
+        return self.system.vectors(self.index_of(labels), normalize=True)
+
+    def positions(self, labels) -> torch.Tensor:
+        """Raw (unnormalized) center vectors: the targets of the distance loss (arXiv 2510.04090, eq. 6)."""
+        return self.system.vectors(self.index_of(labels))
+
+    @property
+    def spec(self) -> dict:
+        return {
+            "system": self.system.spec,
+            "n_classes": self.n_classes,
+            "seed": self.seed,
+            "shuffle": self.shuffle,
+        }
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> ClassCenters:
+        return cls(system_from_spec(spec["system"]), spec["n_classes"], seed=spec["seed"], shuffle=spec["shuffle"])
+
+    # ---- prediction -------------------------------------------------------------------------------------
+
+    def nearest(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw Algorithm 1: (index of the nearest system vector, its label or -1 when unlabeled)."""
+        idx = self.system.nearest(z)
+        return idx, self.label_of(idx)
+
+    def predict(self, z: torch.Tensor, method: str = "topk", *, chunk_size: int = 65536, bank=None) -> torch.Tensor:
+        """Predicted labels [B] for embeddings z [B, n_dim]. `bank`: optional materialized centers (`bank()`)."""
+        z = check_embeddings(z, self.n_dim)
+        if method == "cossim":
+            return self._scan(z, chunk_size, bank)
+        if method == "topk":
+            return self._topk(z, chunk_size)
+        if method == "euclidean":
+            return self._euclidean(z, chunk_size)
+        raise ValueError(f"unknown predictor {method!r}; choose one of {', '.join(METHODS)}")
+
+    def bank(self, labels: torch.Tensor | None = None, device="cpu", dtype=torch.float32) -> torch.Tensor:
+        """Materialize unit centers of all (or the given) labels: the n_classes x n_dim matrix cossim needs."""
+        labels = torch.arange(self.n_classes, device=device) if labels is None else labels
+        return self(labels).to(dtype)
+
+    def _fetch(self, device, bank=None):
+        def fetch(a, b, dtype):
+            if bank is not None and dtype == torch.float32:
+                return bank[a:b], None, None
+            idx = self.perm.forward(torch.arange(a, b, device=device))
+            return self.system._vectors(idx, dtype), self.system.inv_norms(idx, dtype), None
+
+        return fetch
+
+    def _scan(self, z, chunk_size=65536, bank=None):
+        return scan_argmax(
+            z, self.n_classes, self._fetch(z.device, bank), coef_bound=self.system.coef_bound, chunk_size=chunk_size
+        )
+
+    def _euclidean(self, z, chunk_size):
+        # argmin |z - v|^2 = argmax <z, v> - |v|^2 / 2 over the raw center positions
+        def fetch(a, b, dtype):
+            idx = self.perm.forward(torch.arange(a, b, device=z.device))
+            v = self.system._vectors(idx, dtype)
+            return v, None, -(v * v).sum(1) / 2
+
+        vmax, sq = self.system.raw_bounds
+        return scan_argmax(z, self.n_classes, fetch, coef_bound=vmax, bias_bound=sq / 2, chunk_size=chunk_size)
+
+    def _topk(self, z, chunk_size):
+        if not getattr(self.system, "fast", False):
+            return self._scan(z, chunk_size)  # a_np, table: exact chunked search
+        labels, slow = _kernels.fast_labels(self, z)
+        rows = slow.nonzero()[:, 0]
+        if rows.numel():
+            labels[rows] = self._resolve(z[rows], chunk_size)
+        return labels
+
+    def _resolve(self, z: torch.Tensor, chunk_size: int) -> torch.Tensor:
+        """Closest labeled center (lowest label on exact ties) for rows whose nearest vector is unlabeled/tied."""
+        if self.n_classes <= SCAN_FALLBACK_CLASSES or 8 * self.n_classes < self.system.count:
+            return self._scan(z, chunk_size)  # few labels (or sparse ones): a scan is cheaper than searching
+        out = torch.empty(z.shape[0], dtype=torch.int64, device=z.device)
+        left = []
+        for r in range(z.shape[0]):
+            lab = self._search(z[r])
+            if lab is None:
+                left.append(r)
+            else:
+                out[r] = lab
+        if left:
+            out[left] = self._scan(z[left], chunk_size)
+        return out
+
+    def _search(self, z_row: torch.Tensor) -> int | None:
+        top, best = None, None
+        for pops, (score, idx) in enumerate(self.system.best_first(z_row)):
+            if top is not None and score < top:
+                return best
+            if pops >= SEARCH_BUDGET:
+                return None
+            lab = self.perm.inverse_py(idx)
+            if lab < self.n_classes:
+                if top is None:
+                    top, best = score, lab
+                else:
+                    best = min(best, lab)
+        return best
+
+
+def _table(table):
+    from .systems import TableSystem
+
+    if table is None:
+        raise ValueError("system='table' needs table=<tensor or path> (config: centers.table=<path>)")
+    return TableSystem(table)

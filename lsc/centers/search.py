@@ -37,34 +37,42 @@ def scan_argmax(
     coef_bound: float,
     bias_bound: float = 0.0,
     chunk_size: int = 65536,
-    row_block: int = 8192,
+    block: tuple[int, int] = (256, 4096),
 ) -> torch.Tensor:
     """argmax_c (z @ v_c) * scale_c + bias_c over items c in [0, n_items); ties -> lowest c. Returns [B] int64.
 
     coef_bound bounds |v_ci * scale_c| over all items and coordinates, bias_bound bounds |bias_c|; together they
     bound float32 rounding, so rows with a larger margin are exact, and the others are rescored in float64.
+    Items are fetched `chunk_size` at a time and scored in (rows, items) blocks of `block` that stay in cache.
     """
     B, n = z.shape
     z32 = z.float()
     best = torch.full((B,), -math.inf, device=z.device)
     second = torch.full((B,), -math.inf, device=z.device)
     arg = torch.zeros(B, dtype=torch.int64, device=z.device)
+    rb, cb = block
+    if z.device.type == "cuda":  # big blocks: one kernel launch each, and the GPU has the bandwidth
+        rb, cb = max(rb, 4096), max(cb, 65536)
     for start in range(0, n_items, chunk_size):
         stop = min(start + chunk_size, n_items)
-        v, scale, bias = fetch(start, stop, torch.float32)
-        for r0 in range(0, B, row_block):
-            rows = slice(r0, r0 + row_block)
-            s = _affine(z32[rows] @ v.T, scale, bias)  # [b, C]
-            c1v, c1i = s.max(1)
-            if s.shape[1] > 1:
-                c2v = s.scatter(1, c1i[:, None], -math.inf).amax(1)
-            else:
-                c2v = torch.full_like(c1v, -math.inf)
-            b, sec = best[rows], second[rows]
-            win = c1v > b
-            second[rows] = torch.where(win, torch.maximum(b, c2v), torch.maximum(sec, c1v))
-            best[rows] = torch.where(win, c1v, b)
-            arg[rows] = torch.where(win, c1i + start, arg[rows])
+        v_all, scale_all, bias_all = fetch(start, stop, torch.float32)
+        for c0 in range(0, stop - start, cb):
+            v = v_all[c0 : c0 + cb]
+            scale = None if scale_all is None else scale_all[c0 : c0 + cb]
+            bias = None if bias_all is None else bias_all[c0 : c0 + cb]
+            for r0 in range(0, B, rb):
+                rows = slice(r0, r0 + rb)
+                s = _affine(z32[rows] @ v.T, scale, bias)  # [b, c]
+                c1v, c1i = s.max(1)
+                if s.shape[1] > 1:
+                    c2v = s.scatter_(1, c1i[:, None], -math.inf).amax(1)
+                else:
+                    c2v = torch.full_like(c1v, -math.inf)
+                b, sec = best[rows], second[rows]
+                win = c1v > b
+                second[rows] = torch.where(win, torch.maximum(b, c2v), torch.maximum(sec, c1v))
+                best[rows] = torch.where(win, c1v, b)
+                arg[rows] = torch.where(win, c1i + (start + c0), arg[rows])
     # |fl(score) - score| <= (n + 2) u (coef_bound * |z|_1 + bias_bound); margins above twice that are exact
     u = f32_unit_roundoff(z.device)
     tol = 4 * (n + 4) * u * (coef_bound * z32.abs().sum(1) + bias_bound)
@@ -82,16 +90,18 @@ def _affine(s: torch.Tensor, scale: torch.Tensor | None, bias: torch.Tensor | No
     return s
 
 
-def _scan_f64(z64: torch.Tensor, n_items: int, fetch: Fetch, chunk_size: int) -> torch.Tensor:
+def _scan_f64(z64: torch.Tensor, n_items: int, fetch: Fetch, chunk_size: int, rb: int = 1024) -> torch.Tensor:
     best = torch.full((z64.shape[0],), -math.inf, dtype=torch.float64, device=z64.device)
     arg = torch.zeros(z64.shape[0], dtype=torch.int64, device=z64.device)
     for start in range(0, n_items, chunk_size):
         stop = min(start + chunk_size, n_items)
         v, scale, bias = fetch(start, stop, torch.float64)
-        cv, ci = _affine(z64 @ v.T, scale, bias).max(1)  # first maximum within the chunk
-        win = cv > best  # strict: earlier chunks keep ties
-        best = torch.where(win, cv, best)
-        arg = torch.where(win, ci + start, arg)
+        for r0 in range(0, z64.shape[0], rb):
+            rows = slice(r0, r0 + rb)
+            cv, ci = _affine(z64[rows] @ v.T, scale, bias).max(1)  # first maximum within the chunk
+            win = cv > best[rows]  # strict: earlier chunks keep ties
+            best[rows] = torch.where(win, cv, best[rows])
+            arg[rows] = torch.where(win, ci + start, arg[rows])
     return arg
 
 

@@ -1,0 +1,55 @@
+# lsc -- `make help` lists the targets.
+PYTHON ?= python
+PYTEST = OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 WANDB_MODE=offline $(PYTHON) -m pytest
+
+.PHONY: help install data test test-fast test-all test-gpu test-realdata lint fmt bench bench-gpu train clean
+
+help: ## this list
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-14s %s\n", $$1, $$2}'
+
+install: ## pip install -e ".[dev]" into the active Python, plus Fashion-MNIST from Debian when possible
+	$(PYTHON) -m pip install -e ".[dev]"
+	@$(MAKE) --no-print-directory data
+
+data: ## Debian's dataset-fashion-mnist (IDX files in /usr/share/datasets/fashion-mnist), if apt and root
+	@if [ -d /usr/share/datasets/fashion-mnist ]; then echo "fashion-mnist: present"; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get install -y dataset-fashion-mnist || (apt-get update && apt-get install -y dataset-fashion-mnist)) \
+	  || echo "fashion-mnist: apt-get failed; the digits data still works (tests skip Fashion-MNIST runs)"; \
+	else echo "fashion-mnist: skipped (needs apt-get and root); set data.root to your own IDX files"; fi
+
+test: ## the CI suite: every CPU test (incl. subprocess sweeps, DDP, resume); no GPU, no long real-data runs
+	$(PYTEST) -m "not gpu and not realdata" -q
+
+test-fast: ## unit tests only (no subprocess runs)
+	$(PYTEST) -m "not slow and not gpu and not realdata" -q
+
+test-realdata: ## real-data training runs (digits >= 95%, Fashion-MNIST vs CE): minutes on a CPU
+	$(PYTEST) -m realdata -q -s
+
+test-gpu: ## CUDA tests (on a machine with a GPU)
+	$(PYTHON) -m pytest -m gpu -q
+
+test-all: ## everything that runs on this machine
+	$(PYTEST) -q
+
+lint: ## ruff lint + format check
+	$(PYTHON) -m ruff check lsc tests experiments
+	$(PYTHON) -m ruff format --check lsc tests experiments
+
+fmt: ## ruff fix + format
+	$(PYTHON) -m ruff check --fix lsc tests experiments
+	$(PYTHON) -m ruff format lsc tests experiments
+
+bench: ## label-prediction benchmark on CPU (table + JSON)
+	$(PYTHON) -m lsc.bench.predict
+
+bench-gpu: ## the same on CUDA
+	$(PYTHON) -m lsc.bench.predict --device cuda --queries 4194304
+
+train: ## default run: small encoder on digits, v21 at n_min, CPU, < 1 minute
+	$(PYTHON) -m lsc.train
+
+clean: ## remove caches and run outputs
+	rm -rf .pytest_cache .ruff_cache .hypothesis logs outputs multirun wandb lightning_logs
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

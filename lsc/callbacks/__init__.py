@@ -1,0 +1,4 @@
+from .embedding_plot import EmbeddingPlot
+from .predictor_accuracy import PredictorAccuracy
+
+__all__ = ["EmbeddingPlot", "PredictorAccuracy"]

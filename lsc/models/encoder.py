@@ -1,0 +1,60 @@
+"""Convolutional encoders: the A_n paper's "modified UNET encoder" stand-in, and a small CPU variant.
+
+arXiv 2510.04090 (section 4.1) uses the UNET [Ronneberger 2015] encoder of arXiv 2402.08441 with its final linear
+layers resized to n_dim, about 9M parameters. Its layer table is not public, so this is the standard UNET
+contracting path (double 3x3 conv + BN + ReLU per level, max-pool between levels) with widths
+64-128-256-512-512 (9.4M parameters), global average pooling and two linear layers ("a" and "b") to n_dim.
+Pooling stops once the feature map is 1x1, so any input size works (8x8 digits up to 224x224 ImageNet).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+def double_conv(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    )
+
+
+class Encoder(nn.Module):
+    """UNET-style encoder -> (B, out_dim).
+
+    Args:
+        out_dim: embedding width (n_dim for LSC; the CE baseline puts its classifier on top).
+        in_chans: image channels.
+        widths: channels per level.
+        hidden: width of the first linear layer ("a"); the second ("b") maps it to out_dim.
+    """
+
+    def __init__(self, out_dim: int, in_chans: int = 3, widths: Sequence[int] = (64, 128, 256, 512, 512), hidden=512):
+        super().__init__()
+        self.levels = nn.ModuleList()
+        c = in_chans
+        for w in widths:
+            self.levels.append(double_conv(c, w))
+            c = w
+        self.pool = nn.MaxPool2d(2)
+        self.head = nn.Sequential(nn.Linear(c, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out_dim))
+        self.out_dim = out_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, level in enumerate(self.levels):
+            if i > 0 and min(x.shape[-2:]) >= 2:
+                x = self.pool(x)
+            x = level(x)
+        return self.head(x.mean((-2, -1)))  # (B, out_dim)
+
+
+def encoder_small(out_dim: int, in_chans: int = 3) -> Encoder:
+    """A ~0.1M-parameter variant that trains in minutes on a CPU."""
+    return Encoder(out_dim, in_chans, widths=(16, 32, 64), hidden=128)

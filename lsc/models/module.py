@@ -1,0 +1,166 @@
+"""LightningModules: LSC (no classification layer) and the cross-entropy baseline with the same hooks.
+
+LSC (arXiv 2510.04090, Algorithm 1): z = backbone(x) is pulled to its class center, gathered per batch from
+`ClassCenters`; no parameter or buffer depends on n_classes. The CE baseline is the same backbone whose last
+layer outputs n_classes logits. Both log `{stage}/loss` and `{stage}/acc` (the configured predictor; the
+`PredictorAccuracy` callback adds every predictor), and return embeddings from eval steps for callbacks.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MaxMetric, MeanMetric, MetricCollection
+
+from lsc.centers import ClassCenters
+
+CENTERS_KEY = "lsc_centers"
+CONFIG_KEY = "lsc_config"
+
+
+def _metrics():
+    # O(1) state at any n_classes (a per-class torchmetrics Accuracy would allocate n_classes^2 bins)
+    return MetricCollection({"acc": MeanMetric(), "loss": MeanMetric()})
+
+
+class _Base(L.LightningModule):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        optimizer: Callable,
+        scheduler: dict | None = None,
+        compile: bool = False,
+    ):
+        super().__init__()
+        self.backbone = torch.compile(backbone) if compile else backbone
+        self.optimizer_factory, self.scheduler_cfg = optimizer, scheduler or {}
+        self.train_metrics, self.val_metrics, self.test_metrics = (
+            _metrics().clone(prefix=f"{s}/") for s in ("train", "val", "test")
+        )
+        self.val_acc_best = MaxMetric()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+    def on_save_checkpoint(self, checkpoint):
+        # the resolved run config (plain dict): `python -m lsc.eval ckpt_path=...` rebuilds the run from it
+        checkpoint[CONFIG_KEY] = getattr(self, "run_config", None)
+
+    def _step(self, batch, stage: str):
+        x, y = batch
+        out = self(x)  # (B, n_dim) embeddings, or (B, n_classes) logits for CE
+        loss = self.compute_loss(out, y)
+        with torch.no_grad():
+            pred = self.predict_labels(out.detach())
+        metrics = getattr(self, f"{stage}_metrics")
+        metrics[f"{stage}/acc"].update((pred == y).float())
+        metrics[f"{stage}/loss"].update(loss.detach())
+        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "test", sync_dist=True)
+        return loss, out, y
+
+    def training_step(self, batch, batch_idx):
+        loss, _, _ = self._step(batch, "train")
+        self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=False)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        _, out, y = self._step(batch, "val")
+        return {"z": out.detach(), "y": y}
+
+    def test_step(self, batch, batch_idx):
+        _, out, y = self._step(batch, "test")
+        return {"z": out.detach(), "y": y}
+
+    def on_train_start(self):
+        self.val_acc_best.reset()  # sanity-check batches do not count
+
+    def on_validation_epoch_end(self):
+        if self.trainer.sanity_checking:
+            return
+        self.val_acc_best.update(self.val_metrics["val/acc"].compute())
+        self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True)
+
+    def configure_optimizers(self):
+        opt = self.optimizer_factory(params=self.parameters())
+        cfg = self.scheduler_cfg
+        warmup, cosine = int(cfg.get("warmup_epochs", 0) or 0), bool(cfg.get("cosine", False))
+        if not warmup and not cosine:
+            return opt
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        steps_per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
+        warm, floor = warmup * steps_per_epoch, float(cfg.get("min_lr_ratio", 0.0))
+
+        def lr_lambda(step):  # linear warmup, then cosine to min_lr_ratio (or flat)
+            if step < warm:
+                return (step + 1) / warm
+            if not cosine:
+                return 1.0
+            t = (step - warm) / max(1, total - warm)
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class LSCModule(_Base):
+    """Backbone + cosine/distance loss to predefined class centers; predicts with `predictor`."""
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        centers: ClassCenters,
+        loss: nn.Module,
+        optimizer: Callable,
+        scheduler: dict | None = None,
+        predictor: str = "topk",
+        compile: bool = False,
+    ):
+        super().__init__(backbone, optimizer, scheduler, compile)
+        self.save_hyperparameters(ignore=["backbone", "centers", "loss", "optimizer"])
+        self.centers, self.loss_fn, self.predictor = centers, loss, predictor
+
+    def compute_loss(self, z, y):
+        return self.loss_fn(z, y, self.centers)
+
+    def predict_labels(self, z):
+        return self.centers.predict(z.float(), self.predictor).to(z.device)
+
+    def on_save_checkpoint(self, checkpoint):
+        super().on_save_checkpoint(checkpoint)
+        checkpoint[CENTERS_KEY] = self.centers.spec
+
+    def on_load_checkpoint(self, checkpoint):
+        check_centers(checkpoint, self.centers)
+
+
+class CEModule(_Base):
+    """Cross-entropy baseline: the backbone's last layer outputs n_classes logits (the classification layer)."""
+
+    def __init__(self, backbone: nn.Module, optimizer: Callable, scheduler: dict | None = None, compile=False):
+        super().__init__(backbone, optimizer, scheduler, compile)
+        self.save_hyperparameters(ignore=["backbone", "optimizer"])
+        self.centers = None
+
+    def compute_loss(self, logits, y):
+        return F.cross_entropy(logits.float(), y)
+
+    def predict_labels(self, logits):
+        return logits.argmax(1)
+
+
+def check_centers(checkpoint: dict, centers: ClassCenters) -> None:
+    """A checkpoint trained against other centers would silently predict garbage: refuse it."""
+    saved = checkpoint.get(CENTERS_KEY)
+    if saved is None:
+        raise ValueError("checkpoint has no class-center spec (not an LSC checkpoint?); train with model=lsc")
+    if saved != centers.spec:
+        diff = {k: (saved.get(k), centers.spec.get(k)) for k in centers.spec if saved.get(k) != centers.spec.get(k)}
+        raise ValueError(
+            f"checkpoint was trained with other class centers: {diff} (checkpoint, config). Use the run's own "
+            "centers config, or ClassCenters.from_spec(checkpoint['lsc_centers'])"
+        )

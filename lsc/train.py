@@ -1,0 +1,139 @@
+"""Train: `python -m lsc.train [overrides]` (Hydra). The composition root: builds data, centers, model, trainer.
+
+    python -m lsc.train                                    # small encoder, digits, v21, CPU, < 1 minute
+    python -m lsc.train +experiment=vit_1m data.root=/data/imagenet
+    python -m lsc.train -m +sweep=ndim_nclasses            # multirun
+    python -m lsc.train ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt    # resume
+
+Every run ends with one `lsc: key=value ...` line and writes the same metrics to <run dir>/metrics.json.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import hydra
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from lsc.centers import ClassCenters, n_min
+from lsc.utils import register_resolvers, save_json, summary_line, to_float_dict
+
+log = logging.getLogger("lsc.train")
+register_resolvers()
+
+
+def resolve_n_dim(system: str, n_classes: int, n_dim, auto_min_dim: int = 0) -> int:
+    """`n_dim: auto` = max(n_min, auto_min_dim): n_min for many classes, a floor for few (see README)."""
+    if n_dim in (None, "auto"):
+        return max(n_min(system, n_classes), auto_min_dim)
+    if isinstance(n_dim, str) or int(n_dim) != n_dim:
+        raise ValueError(f"centers.n_dim must be 'auto' or an integer, got {n_dim!r}")
+    return int(n_dim)
+
+
+def build_centers(cfg: DictConfig, n_classes: int) -> ClassCenters:
+    system = cfg.system
+    if system == "table":
+        table = cfg.get("table")
+        if table is None:
+            raise ValueError("centers=table needs centers.table=<path to a .pt/.npy [n_classes, n_dim] tensor>")
+        cc = ClassCenters("table", n_classes, table=table, seed=cfg.get("seed", 0), shuffle=False)
+        if cc.system.count != n_classes:
+            raise ValueError(
+                f"table centers have {cc.system.count:,} rows but the data has {n_classes:,} classes; "
+                "give one row per class"
+            )
+        return cc
+    base = "a_n" if system == "a_nr" else system
+    n_dim = resolve_n_dim(base, n_classes, cfg.get("n_dim", "auto"), cfg.get("auto_min_dim", 0) or 0)
+    return ClassCenters(system, n_classes, n_dim=n_dim, seed=cfg.get("seed", 0), shuffle=cfg.get("shuffle"))
+
+
+def is_lsc(cfg: DictConfig) -> bool:
+    return str(cfg.model._target_).endswith("LSCModule")
+
+
+def build(cfg: DictConfig):
+    """(datamodule, module, centers or None) from a composed config."""
+    dm = hydra.utils.instantiate(cfg.data)
+    n_classes = dm.num_classes
+    centers = build_centers(cfg.centers, n_classes) if is_lsc(cfg) else None
+    out_dim = centers.n_dim if centers is not None else n_classes
+    bb_kw = {"out_dim": out_dim, "in_chans": dm.channels}
+    if "img_size" in cfg.model.backbone and cfg.model.backbone.img_size is None:
+        bb_kw["img_size"] = dm.out_size
+    backbone = hydra.utils.instantiate(cfg.model.backbone, **bb_kw)
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    model_cfg.pop("backbone")
+    extra = {"centers": centers, "loss": hydra.utils.instantiate(cfg.loss)} if centers is not None else {}
+    module = hydra.utils.instantiate(model_cfg, backbone=backbone, **extra)
+    module.run_config = OmegaConf.to_container(cfg, resolve=True)
+    return dm, module, centers
+
+
+def instantiate_dict(cfg: DictConfig | None) -> list:
+    if not cfg:
+        return []
+    return [hydra.utils.instantiate(c) for c in cfg.values() if c is not None and "_target_" in c]
+
+
+def output_dir(cfg: DictConfig) -> Path:
+    return Path(cfg.paths.output_dir)
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit (and test), write metrics.json, print the summary line; returns the metrics."""
+    t0 = time.time()
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    if cfg.get("float32_matmul_precision"):
+        torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
+    out = output_dir(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    if any("Wandb" in str(c.get("_target_", "")) for c in (cfg.get("logger") or {}).values() if c):
+        os.environ.setdefault("WANDB_MODE", "offline")  # never a login prompt
+        os.environ.setdefault("WANDB_SILENT", "true")
+    dm, module, centers = build(cfg)
+    if centers is not None:
+        log.info(f"centers: {centers}")
+    callbacks = instantiate_dict(cfg.get("callbacks"))
+    loggers = instantiate_dict(cfg.get("logger"))
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    for lg in loggers:
+        lg.log_hyperparams(module.run_config)
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
+        metrics = to_float_dict(trainer.callback_metrics)
+        if cfg.get("test") and not trainer.fast_dev_run and dm.test_set is not None:
+            ckpt = "best" if trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path else None
+            trainer.test(module, datamodule=dm, ckpt_path=ckpt)
+            metrics.update(to_float_dict(trainer.callback_metrics))
+    finally:
+        if any(type(lg).__name__ == "WandbLogger" for lg in loggers):
+            import wandb
+
+            wandb.finish()
+    extra = {"epochs": trainer.current_epoch, "time_s": round(time.time() - t0, 1)}
+    if centers is not None:
+        extra["n_dim"] = centers.n_dim
+    if trainer.is_global_zero:
+        save_json(out / "metrics.json", {**metrics, **extra})
+        print(summary_line(metrics, extra), flush=True)
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    with open_dict(cfg):
+        cfg.paths.output_dir = HydraConfig.get().runtime.output_dir
+    metrics = train(cfg)
+    return metrics.get(cfg.get("optimized_metric") or "", None)
+
+
+if __name__ == "__main__":
+    main()

@@ -72,7 +72,7 @@ def build(cfg: DictConfig):
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     model_cfg.pop("backbone")
     extra = {"centers": centers, "loss": hydra.utils.instantiate(cfg.loss)} if centers is not None else {}
-    module = hydra.utils.instantiate(model_cfg, backbone=backbone, **extra)
+    module = hydra.utils.instantiate(model_cfg, backbone=backbone, _convert_="all", **extra)
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
     return dm, module, centers
 

@@ -58,12 +58,13 @@ def _divisor(img: int, patch: int) -> int:
 
 
 def encoder_backbone(out_dim: int, in_chans: int = 3, size: str = "base", **kwargs) -> Backbone:
-    """The A_n paper's conv encoder (`size=base`, ~9.4M parameters) or its CPU variant (`size=small`).
+    """The A_n paper's conv encoder (`size=base`, ~9.7M parameters) or CPU variants (`medium` ~1.2M, `small` ~0.1M).
 
     Its last linear layer ("b") outputs out_dim: n_dim for LSC, n_classes for the CE baseline (where that layer
     is the classification layer), so both modes share everything else.
     """
-    if size not in ("base", "small"):
-        raise ValueError(f"encoder size must be 'base' or 'small', got {size!r}")
-    enc = Encoder(out_dim, in_chans, **kwargs) if size == "base" else encoder_small(out_dim, in_chans)
+    sizes = {"base": {}, "medium": dict(widths=(32, 64, 128, 256), hidden=256), "small": None}
+    if size not in sizes:
+        raise ValueError(f"encoder size must be one of {', '.join(sizes)}, got {size!r}")
+    enc = encoder_small(out_dim, in_chans) if size == "small" else Encoder(out_dim, in_chans, **sizes[size], **kwargs)
     return Backbone(enc, out_dim, out_dim)

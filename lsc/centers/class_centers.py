@@ -100,7 +100,8 @@ class ClassCenters:
 
     def index_of(self, labels) -> torch.Tensor:
         """Vector index pi(c) of each class label."""
-        return self.perm.forward(self._check_labels(labels).reshape(-1)).reshape(labels.shape)
+        labels = self._check_labels(labels)
+        return self.perm.forward(labels.reshape(-1)).reshape(labels.shape)
 
     def label_of(self, idx) -> torch.Tensor:
         """Class label pi^-1(idx) of each vector index; -1 for an unlabeled vector (pi^-1(idx) >= n_classes)."""

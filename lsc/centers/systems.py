@@ -314,7 +314,8 @@ class PositiveRootSystem(VectorSystem):
         return out
 
     def inv_norms(self, idx, dtype=torch.float32):
-        return torch.where(idx < self.n_pairs, 2**-0.5, 1.0).to(dtype)
+        one = torch.ones((), dtype=dtype, device=idx.device)
+        return torch.where(idx < self.n_pairs, one * math.sqrt(0.5), one)
 
     def _index(self, v):
         pos, neg = (v == 1).sum(1), (v == -1).sum(1)
@@ -336,7 +337,12 @@ class PositiveRootSystem(VectorSystem):
 
 
 class TableSystem(VectorSystem):
-    """Explicit centers: a [count, n_dim] tensor (or a .pt/.npy file holding one)."""
+    """Explicit centers: a [count, n_dim] tensor (or a .pt/.npy file holding one).
+
+    Cosines are compared in float64 after a certified float32 pass, so predictions are exact except between rows
+    whose cosines tie exactly while their norms differ by an irrational factor (e.g. |v|^2 = 8 and 18): such a tie
+    cannot be represented in floating point, and the lowest-label rule may not hold there.
+    """
 
     fast = False
 
@@ -352,7 +358,7 @@ class TableSystem(VectorSystem):
             raise ValueError(f"table centers have width {t.shape[1]} but n_dim={n_dim}; leave n_dim unset or match")
         if not torch.isfinite(t).all():
             raise ValueError("table centers contain NaN/inf")
-        norms = t.norm(dim=1)
+        norms = t.double().norm(dim=1)  # float64: the exact rescoring pass uses these
         if (norms == 0).any():
             raise ValueError(f"table row {(norms == 0).nonzero()[0, 0].item()} is the zero vector; it has no direction")
         self.name, self.n_dim, self.count, self.table = "table", t.shape[1], t.shape[0], t

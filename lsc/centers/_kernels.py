@@ -24,6 +24,9 @@ except ImportError:  # pragma: no cover
     numba, HAVE_NUMBA = None, False
 
 
+PARALLEL_ROWS = 1 << 15
+
+
 def fast_labels(cc, z: torch.Tensor, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     if backend == "auto":
         backend = "numba" if (HAVE_NUMBA and z.device.type == "cpu") else "torch"
@@ -103,11 +106,19 @@ def fast_labels_numba(cc, z: torch.Tensor):
     zn = z.detach().float().contiguous().numpy()
     labels = np.empty(zn.shape[0], dtype=np.int64)
     slow = np.empty(zn.shape[0], dtype=np.bool_)
-    _kernel(
-        zn, labels, slow, plan.table, plan.g_value, plan.g_mult, plan.g_place, plan.o_gstart, plan.o_ngroups,
-        plan.o_npos, plan.o_nneg, plan.o_offset, plan.o_inv, plan.n_top, plan.n_bottom, plan.shuffle, plan.keys,
-        plan.bits_r, plan.mask_l, plan.mask_r, plan.count, plan.n_classes,
-    )  # fmt: skip
+    # Small batches run on the calling thread: waking numba's pool right after a torch op costs milliseconds
+    # (torch's OpenMP threads spin-wait and take both cores), far more than the work (~0.4 us a row).
+    threads = numba.get_num_threads()
+    if zn.shape[0] < PARALLEL_ROWS:
+        numba.set_num_threads(1)
+    try:
+        _kernel(
+            zn, labels, slow, plan.table, plan.g_value, plan.g_mult, plan.g_place, plan.o_gstart, plan.o_ngroups,
+            plan.o_npos, plan.o_nneg, plan.o_offset, plan.o_inv, plan.n_top, plan.n_bottom, plan.shuffle, plan.keys,
+            plan.bits_r, plan.mask_l, plan.mask_r, plan.count, plan.n_classes,
+        )  # fmt: skip
+    finally:
+        numba.set_num_threads(threads)
     return torch.from_numpy(labels), torch.from_numpy(slow)
 
 

@@ -1,0 +1,66 @@
+"""n_min and max_cos of every system for 1k .. 100M classes (arXiv 2512.07509's table at our scale).
+
+    python experiments/nmin_table/run.py [--smoke]
+
+Printed from the library (no training): n_min from `lsc.centers.n_min`, max_cos from the system itself (exact
+best-first search), the papers' numbers beside ours where they exist.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from lsc.bench.report import md_table, write_results
+from lsc.centers import make_system, n_min
+
+SYSTEMS = ["v11", "v21", "v22", "v31", "v32", "v33", "a_n", "a_np", "a_n_interp", "v21p", "v22p"]
+CLASSES = [1_000, 5_000, 50_000, 300_000, 600_000, 1_000_000, 1_281_167, 5_000_000, 10_000_000, 20_000_000,
+           30_000_000, 50_000_000, 100_000_000]  # fmt: skip
+# numbers printed in the papers: (system, n_classes) -> n_min
+PAPER = {
+    ("v22", 1_000): 10, ("v22", 50_000): 23, ("v22", 1_000_000): 47, ("v22", 5_000_000): 69,
+    ("v22", 10_000_000): 82, ("v22", 20_000_000): 97, ("v22", 30_000_000): 107, ("v22", 50_000_000): 121,
+    ("v22", 100_000_000): 143,  # arXiv 2604.00779 Tables 1-3
+    ("a_n_interp", 300_000): 67, ("a_n_interp", 600_000): 85, ("a_n_interp", 1_281_167): 109,  # 2510.04090 5.4
+}  # fmt: skip
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser()
+    p.add_argument("--smoke", action="store_true", help="three class counts, three systems (CI)")
+    p.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    args = p.parse_args(argv)
+    systems, classes = (SYSTEMS[:3], CLASSES[:3]) if args.smoke else (SYSTEMS, CLASSES)
+    t0 = time.time()
+    raw, rows, mismatches = [], [], []
+    for s in systems:
+        row = [f"`{s}`"]
+        mc = None
+        for nc in classes:
+            n = n_min(s, nc)
+            sysm = make_system(s, n)
+            mc = sysm.max_cos if mc is None else mc
+            paper = PAPER.get((s, nc))
+            raw.append({"system": s, "n_classes": nc, "n_min": n, "count": sysm.count, "paper_n_min": paper})
+            if paper is not None and paper != n:
+                mismatches.append((s, nc, n, paper))
+            row.append(f"{n} (paper {paper})" if paper is not None else str(n))
+        row.insert(1, f"{make_system(s, 12).max_cos:.4f}")
+        rows.append(row)
+    header = ["system", "max_cos (n=12)"] + [f"{c:,}" for c in classes]
+    md = (
+        "### n_min (smallest n_dim holding n_classes vectors) and max_cos per system\n\n"
+        + md_table(header, rows)
+        + f"\n\nPaper values in parentheses; mismatches: {mismatches or 'none'}. Computed in {time.time() - t0:.1f} s."
+        "\nmax_cos depends only on the system family (it is the same for every n large enough), shown at n = 12."
+    )
+    print(md)
+    write_results(Path(args.out), "nmin_table_smoke" if args.smoke else "nmin_table", md, raw)
+    if mismatches:
+        raise SystemExit(f"n_min differs from the papers: {mismatches}")
+
+
+if __name__ == "__main__":
+    main()

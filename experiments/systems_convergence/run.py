@@ -1,0 +1,145 @@
+"""arXiv 2512.07509 Figures 1 and 3 at CPU scale: how fast each vector system trains, vs CE, many classes.
+
+    python experiments/systems_convergence/run.py            # CPU (about 30 min, 2 parallel single-thread runs)
+    python experiments/systems_convergence/run.py --smoke    # seconds (CI)
+    python experiments/systems_convergence/run.py --full-gpu # the full 60k-class set, trainer=gpu
+
+Fashion-MNIST training images with instance labels (every image its own class): the first 2,000 and 5,000
+images -> 2,000 / 5,000 classes. Small conv encoder, AdamW, batch 64, cosine (and Euclidean) loss to the centers
+of: a_n at n_dim 384 (the A_n paper's fixed width) and at its n_min, a_nr (random order) at n_min, v21 and v22
+at n_min, v21 at 2 x n_min; and CE with the same backbone at lr 1e-3 / 3e-3 / 1e-2 (its best is the reference).
+Training accuracy per epoch is the running accuracy of the epoch's training steps (what the papers plot);
+final accuracy is measured in eval mode on a fixed 1,000-image training sample. 3 seeds each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+from lsc.bench.report import machine, md_table, write_results
+from lsc.bench.runs import run_many
+from lsc.centers import n_min
+
+HERE = Path(__file__).parent
+
+
+def configs(n_classes: int, full: bool):
+    a, v21, v22 = n_min("a_n", n_classes), n_min("v21", n_classes), n_min("v22", n_classes)
+    lsc = [
+        ("a_n@384 cos", ["centers=a_n", "centers.n_dim=384"]),
+        (f"a_n@{a} cos", ["centers=a_n", f"centers.n_dim={a}"]),
+        (f"a_nr@{a} cos", ["centers=a_nr", f"centers.n_dim={a}"]),
+        (f"v21@{v21} cos", ["centers=v21", f"centers.n_dim={v21}"]),
+        (f"v22@{v22} cos", ["centers=v22", f"centers.n_dim={v22}"]),
+        (f"v21@{2 * v21} cos", ["centers=v21", f"centers.n_dim={2 * v21}"]),
+        (f"a_nr@{a} euclid", ["centers=a_nr", f"centers.n_dim={a}", "loss=dist"]),
+        (f"v21@{v21} euclid", ["centers=v21", f"centers.n_dim={v21}", "loss=dist"]),
+        (f"v22@{v22} euclid", ["centers=v22", f"centers.n_dim={v22}", "loss=dist"]),
+    ]
+    ce = [(f"CE lr {lr}", ["model=ce", f"model.optimizer.lr={lr}"]) for lr in ("1e-3", "3e-3", "1e-2")]
+    if full:
+        return lsc + ce
+    # the 5,000-class set: the n_min systems and the fixed-width A_n, and CE (the best lr is picked per set)
+    keep = {0, 2, 3, 4}
+    return [c for i, c in enumerate(lsc) if i in keep] + ce
+
+
+def first_epoch(curve, level):
+    for e in curve:
+        if e.get("train/acc", 0) >= level:
+            return e["epoch"] + 1
+    return None
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", type=int, nargs="+", default=[2000, 5000])
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--smoke", action="store_true")
+    p.add_argument("--full-gpu", action="store_true", help="the full 60k-class set on a GPU")
+    p.add_argument("--out", default=str(HERE / "results"))
+    a = p.parse_args(argv)
+    base = ["data=fashion_mnist", "data.instance_labels=true", "data.val_size=1000", "data.batch_size=64",
+            "model/backbone=encoder_small", "model.optimizer.lr=1e-3", "test=false",
+            "callbacks.predictor_accuracy.unlabeled_share=false", "centers.auto_min_dim=0"]  # fmt: skip
+    trainer = ["trainer=gpu", "data.num_workers=4"] if a.full_gpu else ["trainer=cpu"]
+    if a.full_gpu:
+        a.sizes = [60000]
+    if a.smoke:
+        a.sizes, a.epochs, a.seeds = [200], 2, [0]
+    out, t0 = Path(a.out), time.time()
+    runs_root = out / ("runs_smoke" if a.smoke else "runs")
+    jobs, labels = [], []
+    for size in a.sizes:
+        cfgs = configs(size, full=size == a.sizes[0])
+        if a.smoke:
+            cfgs = cfgs[3:5] + cfgs[-3:-2]
+        for i, (label, ov) in enumerate(cfgs):
+            for s in a.seeds:
+                jobs.append((f"{size}-c{i}-s{s}",
+                             [*base, *trainer, *ov, f"data.limit={size}", f"trainer.max_epochs={a.epochs}", f"seed={s}"]))  # fmt: skip
+                labels.append((size, label))
+    results = run_many(runs_root, jobs, workers=a.workers)
+    by = {}
+    for key, r in zip(labels, results, strict=True):
+        by.setdefault(key, []).append(r)
+    rows, raw, curves = [], [], {}
+    for (size, label), rs in by.items():
+        finals = [r["metrics"].get("val/acc", float("nan")) for r in rs]
+        e50 = [first_epoch(r["epochs"], 0.5) for r in rs]
+        e90 = [first_epoch(r["epochs"], 0.9) for r in rs]
+        walls = [r["wall_s"] for r in rs]
+        curves[(size, label)] = [[e.get("train/acc", float("nan")) for e in r["epochs"]] for r in rs]
+
+        def med(xs):
+            xs = [x for x in xs if x is not None]
+            return "—" if not xs else f"{statistics.median(xs):g}" + ("" if len(xs) == len(rs) else f" ({len(xs)}/{len(rs)})")
+
+        rows.append([f"{size:,}", label,
+                     f"{100 * statistics.mean(finals):.1f} ± {100 * (statistics.stdev(finals) if len(finals) > 1 else 0):.1f}",
+                     med(e50), med(e90), f"{statistics.mean(walls):.0f}"])  # fmt: skip
+        raw.append({"size": size, "config": label, "final_acc": finals, "epochs_to_50": e50, "epochs_to_90": e90,
+                    "wall_s": walls, "curves": curves[(size, label)], "dirs": [r["dir"] for r in rs]})  # fmt: skip
+    text = (
+        f"### Training accuracy vs vector system, Fashion-MNIST instance labels ({machine()}; small encoder, "
+        f"{a.epochs} epochs, seeds {a.seeds}; {time.time() - t0:.0f} s wall incl. cached runs)\n\n"
+        + md_table(["classes", "config", "final train acc % (eval, mean ± sd)", "epochs to 50% (median)",
+                    "epochs to 90% (median)", "s / run"], rows)  # fmt: skip
+        + "\n\nEpochs counted on the running training accuracy; '—' = not reached; (k/3) = reached by k seeds."
+    )
+    print(text)
+    name = "systems_convergence" + ("_smoke" if a.smoke else "")
+    write_results(out, name, text, raw)
+    plot(curves, out / f"{name}.png")
+
+
+def plot(curves, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = sorted({s for s, _ in curves})
+    fig, axes = plt.subplots(1, len(sizes), figsize=(6 * len(sizes), 4), squeeze=False)
+    for ax, size in zip(axes[0], sizes, strict=True):
+        for (s, label), cs in curves.items():
+            if s != size or not cs or not cs[0]:
+                continue
+            n = min(len(c) for c in cs)
+            mean = [sum(c[i] for c in cs) / len(cs) for i in range(n)]
+            ax.plot(range(1, n + 1), mean, "--" if "euclid" in label or "CE" in label else "-", label=label)
+        ax.set(title=f"{size:,} instance classes", xlabel="epoch", ylabel="training accuracy", ylim=(0, 1.02))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()

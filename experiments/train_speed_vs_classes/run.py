@@ -1,0 +1,85 @@
+"""Training-step throughput (images/s), LSC vs CE, at 1k .. 100M classes: same backbone and batch, side by side.
+
+    python experiments/train_speed_vs_classes/run.py               # CPU: conv encoder at 32 px, batch 32
+    python experiments/train_speed_vs_classes/run.py --device cuda # GPU: ViT-S/16 at 224 px, batch 128, bf16
+    python experiments/train_speed_vs_classes/run.py --smoke
+
+Each point is one AdamW step timed after a warm-up step (best of --steps), in a fresh subprocess on CPU.
+CE points whose weights + gradients + AdamW moments (16 bytes a parameter) exceed the memory cap are "OOM".
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from lsc.bench.points import ADAM_BYTES_PER_PARAM, head_params, run_probe
+from lsc.bench.report import machine, md_table, write_results
+from lsc.centers import n_min
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--classes", type=float, nargs="+", default=[1e3, 1e5, 1e6, 1e7, 1e8])
+    p.add_argument("--batch", type=int, default=None)
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--cap-gb", type=float, default=None)
+    p.add_argument("--smoke", action="store_true")
+    p.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    a = p.parse_args(argv)
+    cuda = a.device.startswith("cuda")
+    backbone, img, feats = ("vit_s", 224, 384) if cuda else ("encoder", 32, 512)
+    batch = a.batch or (128 if cuda else 32)
+    cap = (a.cap_gb or (40.0 if cuda else 16.0)) * 2**30
+    if a.smoke:
+        a.classes, batch, backbone, feats, a.steps = [1e3, 1e5], 4, "encoder_small", 128, 1
+    t0 = time.time()
+    rows, raw = [], []
+    for nc in map(int, a.classes):
+        res = {}
+        for method in ("lsc", "ce"):
+            static = ADAM_BYTES_PER_PARAM * head_params(method, nc, feats, n_min("v22", nc))
+            res[method] = None if static > cap else run_probe(
+                method, nc, batch, a.device, backbone, img, a.steps, dtype="bf16" if cuda else None
+            )
+            raw.append({"method": method, "n_classes": nc, "result": res[method]})
+        lsc, ce = res["lsc"], res["ce"]
+        ratio = "—" if ce is None else f"{lsc['images_per_s'] / ce['images_per_s']:.2f}"
+        rows.append([f"{nc:,}", n_min("v22", nc), f"{lsc['images_per_s']:.1f}",
+                     "OOM" if ce is None else f"{ce['images_per_s']:.1f}", ratio])  # fmt: skip
+        print("  ", rows[-1], flush=True)
+    text = (
+        f"### Training throughput vs n_classes, LSC vs CE ({machine(a.device)}; "
+        f"{'ViT-S/16 224 px, bf16' if cuda else backbone + ' at 32 px, fp32'}; batch {batch}; AdamW; "
+        f"{time.time() - t0:.0f} s)\n\n"
+        + md_table(["n_classes", "n_dim (LSC)", "LSC images/s", "CE images/s", "LSC / CE"], rows)
+    )
+    print(text)
+    name = "train_speed_vs_classes" + ("_smoke" if a.smoke else "") + ("_cuda" if cuda else "")
+    out = Path(a.out)
+    write_results(out, name, text, {"machine": machine(a.device), "batch": batch, "rows": raw})
+    plot(raw, out / f"{name}.png")
+
+
+def plot(raw, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for m, style in (("lsc", "o-"), ("ce", "s--")):
+        pts = [r for r in raw if r["method"] == m and r["result"]]
+        ax.plot([r["n_classes"] for r in pts], [r["result"]["images_per_s"] for r in pts], style, label=m.upper())
+    ax.set(xscale="log", yscale="log", xlabel="n_classes", ylabel="training images/s")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""Run many `python -m lsc.train` jobs in parallel single-threaded subprocesses and collect their results.
+
+Experiments describe each run as a list of Hydra overrides. A run whose directory already holds metrics.json is
+not run again, so an interrupted experiment resumes where it stopped; raw per-run outputs (the run's config,
+metrics.json, the CSV log) stay in the run directory next to the published tables.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+
+def run_dir(root: Path, name: str, overrides: list[str]) -> Path:
+    h = hashlib.sha1(" ".join(overrides).encode()).hexdigest()[:8]
+    return root / f"{name}-{h}"
+
+
+def run_one(root: Path, name: str, overrides: list[str], threads: int = 1, timeout: float | None = None) -> dict:
+    d = run_dir(root, name, overrides)
+    done = d / "metrics.json"
+    if not done.exists():
+        d.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "WANDB_MODE": "offline"}
+        cmd = [sys.executable, "-m", "lsc.train", *overrides, f"hydra.run.dir={d}", "logger=csv",
+               "~callbacks.rich_progress_bar", "~callbacks.embedding_plot"]  # fmt: skip
+        t0 = time.time()
+        with open(d / "stdout.log", "w") as log:
+            p = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=timeout)
+        if p.returncode != 0:
+            raise RuntimeError(f"run {name} failed ({p.returncode}); see {d / 'stdout.log'}")
+        (d / "wall_s.txt").write_text(f"{time.time() - t0:.1f}\n")
+    metrics = json.loads(done.read_text())
+    wall = float((d / "wall_s.txt").read_text()) if (d / "wall_s.txt").exists() else metrics.get("time_s")
+    return {"name": name, "overrides": overrides, "dir": str(d), "metrics": metrics, "wall_s": wall, "epochs": epochs(d)}
+
+
+def epochs(d: Path) -> list[dict]:
+    """Per-epoch rows of the CSV log (values merged per epoch)."""
+    f = d / "csv" / "metrics.csv"
+    if not f.exists():
+        return []
+    by_epoch: dict[int, dict] = {}
+    with open(f) as fh:
+        for row in csv.DictReader(fh):
+            if not row.get("epoch"):
+                continue
+            e = by_epoch.setdefault(int(row["epoch"]), {"epoch": int(row["epoch"])})
+            for k, v in row.items():
+                if v not in ("", None) and k not in ("epoch", "step"):
+                    e[k] = float(v)
+    return [by_epoch[k] for k in sorted(by_epoch)]
+
+
+def run_many(root: Path, jobs: list[tuple[str, list[str]]], workers: int = 2, threads: int = 1) -> list[dict]:
+    """jobs: (name, overrides). Runs `workers` at a time; returns results in job order."""
+    root.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+
+    def go(job):
+        r = run_one(root, job[0], job[1], threads)
+        m = r["metrics"]
+        acc = m.get("test/acc_topk", m.get("val/acc_topk", m.get("test/acc", m.get("val/acc"))))
+        print(f"  [{time.time() - t0:6.0f}s] {job[0]}: acc={acc} wall={r['wall_s']}s", flush=True)
+        return r
+
+    with ThreadPoolExecutor(max_workers=workers) as ex:
+        return list(ex.map(go, jobs))

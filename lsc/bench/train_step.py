@@ -1,0 +1,107 @@
+"""One training step of LSC vs CE at a given class count: parameters, peak memory, time per step.
+
+    python -m lsc.bench.train_step --method lsc --classes 1e6 --batch 32 [--backbone encoder --img 32] [--device cuda]
+
+Prints one JSON line. Used by experiments/memory_vs_classes and experiments/train_speed_vs_classes, one
+subprocess per point on CPU so that peak RSS (VmHWM) belongs to that point alone.
+LSC: backbone -> n_dim (V^22 at n_min), cosine loss to centers gathered per batch (no n_classes-sized tensor).
+CE: the same backbone whose last layer outputs n_classes logits, cross-entropy. Both: AdamW.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from lsc.centers import ClassCenters, n_min
+from lsc.losses import CosineLoss
+from lsc.models import encoder_backbone, timm_backbone
+
+
+def rss(field="VmHWM") -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def build(method: str, n_classes: int, backbone: str, img: int, device):
+    if method == "lsc":
+        cc = ClassCenters("v22", n_classes, n_dim=n_min("v22", n_classes))
+        out = cc.n_dim
+    else:
+        cc, out = None, n_classes
+    if backbone == "vit_s":
+        net = timm_backbone("vit_small_patch16_224", out_dim=out, img_size=img, patch_size=16 if img >= 64 else 4)
+    else:
+        net = encoder_backbone(out, size=backbone.removeprefix("encoder_") if "_" in backbone else "base")
+    return net.to(device), cc
+
+
+def probe(method, n_classes, batch, backbone="encoder", img=32, steps=3, device="cpu", dtype=None) -> dict:
+    device = torch.device(device)
+    torch.manual_seed(0)
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = rss("VmRSS")
+    net, cc = build(method, n_classes, backbone, img, device)
+    n_params = sum(p.numel() for p in net.parameters())
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4, weight_decay=1e-5)
+    loss_fn = CosineLoss()
+    x = torch.randn(batch, 3, img, img, device=device)
+    y = torch.randint(0, n_classes, (batch,), device=device)
+    times = []
+    for _ in range(steps + 1):  # the first step allocates optimizer state; not timed
+        if cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        with torch.autocast(device.type, torch.bfloat16, enabled=dtype == "bf16"):
+            out = net(x)
+            loss = loss_fn(out, y, cc) if cc is not None else F.cross_entropy(out.float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if cuda:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    peak = (torch.cuda.max_memory_allocated() - base) if cuda else (rss("VmHWM") - base)
+    t = min(times[1:]) if len(times) > 1 else times[0]
+    return {
+        "method": method,
+        "n_classes": n_classes,
+        "batch": batch,
+        "backbone": backbone,
+        "img": img,
+        "params": n_params,
+        "peak_bytes": peak,
+        "step_s": t,
+        "images_per_s": batch / t,
+        "loss": float(loss.detach()),
+    }
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser()
+    p.add_argument("--method", choices=["lsc", "ce"], required=True)
+    p.add_argument("--classes", type=float, required=True)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--backbone", default="encoder")
+    p.add_argument("--img", type=int, default=32)
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default=None)
+    a = p.parse_args(argv)
+    r = probe(a.method, int(a.classes), a.batch, a.backbone, a.img, a.steps, a.device, a.dtype)
+    print(json.dumps(r), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,4 +1,5 @@
+from .checkpoint import LastCheckpoint
 from .embedding_plot import EmbeddingPlot
 from .predictor_accuracy import PredictorAccuracy
 
-__all__ = ["EmbeddingPlot", "PredictorAccuracy"]
+__all__ = ["EmbeddingPlot", "LastCheckpoint", "PredictorAccuracy"]

@@ -1,0 +1,223 @@
+"""Shared test helpers for the training app: compose `conf/train.yaml` in-process with tiny CPU overrides.
+
+`make_cfg(tmp_path, *overrides)` is the lightning-hydra-template's compose fixture made into a factory
+(style.md section 7): Hydra's compose API, `paths.*` under tmp_path, `HydraConfig().set_config` so
+`${hydra:...}` interpolations resolve outside `@hydra.main`, and GlobalHydra cleared afterwards.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+FMNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
+HAS_FMNIST = (FMNIST_ROOT / "train-images-idx3-ubyte.gz").exists() or (FMNIST_ROOT / "train-images-idx3-ubyte").exists()
+
+# CPU, no logger, synthetic data, the ~0.1M-parameter encoder, one epoch (style.md section 7 "TINY").
+# `~logger`, not `logger=null`: the latter fails on the CLI in Hydra 1.3.8 (style.md trap 2).
+TINY = [
+    "trainer=cpu",
+    "~logger",
+    "data=synthetic",
+    "model/backbone=encoder_small",
+    "data.batch_size=8",
+    "trainer.max_epochs=1",
+]
+TINY_SYNTHETIC = ["data.num_samples=32"]  # only valid while data=synthetic
+
+
+def _key(override: str) -> str:
+    return override.lstrip("+~").partition("=")[0]
+
+
+def _merge(base: list[str], overrides: list[str]) -> list[str]:
+    """base overrides minus those whose key the test overrides itself (e.g. `logger=csv` drops `~logger`)."""
+    keys = {_key(o) for o in overrides}
+    return [o for o in base if _key(o) not in keys] + list(overrides)
+
+
+def compose_cfg(
+    overrides: list[str] | tuple[str, ...] = (), config_name: str = "train", return_hydra_config: bool = False
+) -> DictConfig:
+    """Plain compose of conf/<config_name>.yaml (no tiny overrides, no paths); GlobalHydra cleared afterwards."""
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            return compose(config_name, overrides=list(overrides), return_hydra_config=return_hydra_config)
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def make_cfg(
+    tmp_path: Path | str,
+    *overrides: str,
+    tiny: bool = True,
+    quiet: bool = True,
+    config_name: str = "train",
+    keep_hydra: bool = False,
+) -> DictConfig:
+    """Compose a run config whose outputs all go under tmp_path.
+
+    Args:
+        tmp_path: run directory (paths.output_dir, trainer.default_root_dir); logs/data dirs live below it.
+        overrides: Hydra CLI overrides, applied after TINY (a test's own key replaces TINY's).
+        tiny: prepend TINY (plus `data.num_samples=32` while the data is synthetic); with `+experiment=`, TINY
+            keeps the experiment's data and backbone groups.
+        quiet: drop the rich progress bar and the model summary (plain Lightning output only).
+        config_name: train or eval.
+        keep_hydra: keep the `hydra` node in the returned config (a real `@hydra.main` run has none).
+    """
+    tmp_path = Path(tmp_path)
+    overrides = list(overrides)
+    if tiny:
+        base = list(TINY)
+        if any(_key(o) == "experiment" for o in overrides):  # keep the experiment's own data and backbone
+            base = [o for o in base if _key(o) not in ("data", "model/backbone")]
+        data = next((o.partition("=")[2] for o in reversed(overrides) if _key(o) == "data"), None)
+        if data == "synthetic" or (data is None and "data=synthetic" in base):
+            base += TINY_SYNTHETIC
+        overrides = _merge(base, overrides)
+    overrides = _merge(
+        [
+            f"paths.log_dir={tmp_path / 'logs'}",
+            f"paths.data_dir={tmp_path / 'data'}",
+        ],
+        overrides,
+    )
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+            HydraConfig().set_config(cfg)
+    finally:
+        GlobalHydra.instance().clear()
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path)
+        cfg.trainer.default_root_dir = str(tmp_path)
+        if quiet:
+            if cfg.get("callbacks"):
+                cfg.callbacks.pop("rich_progress_bar", None)
+            cfg.trainer.enable_progress_bar = False
+            cfg.trainer.enable_model_summary = False
+        if not keep_hydra:
+            del cfg["hydra"]
+    return cfg
+
+
+# ---- independent references -------------------------------------------------------------------------------
+
+
+def system_count(system: str, n: int) -> int:
+    """Vector counts from the closed forms in the papers (not from lsc.centers)."""
+    if system in ("v11", "v21", "v22"):
+        m, k = int(system[1]), int(system[2])
+        return (
+            math.factorial(n) // (math.factorial(m) * math.factorial(k) * math.factorial(n - m - k))
+            if n >= m + k
+            else 0
+        )
+    if system == "v22p":  # V_{n+1}^{22} with the last coordinate dropped: a bijection, so |V_{n+1}^{22}|
+        return system_count("v22", n + 1)
+    if system in ("a_n", "a_nr"):
+        return n * (n + 1)
+    if system == "a_np":
+        return n * (n + 1) // 2
+    if system == "a_n_interp":
+        return n * n * (n + 1)
+    raise KeyError(system)
+
+
+def expected_n_dim(system: str, n_classes: int, floor: int = 16) -> int:
+    """`n_dim: auto` = max(n_min, auto_min_dim), n_min by linear search over the closed-form counts."""
+    n = 1
+    while system_count(system, n) < n_classes:
+        n += 1
+    return max(n, floor)
+
+
+# ---- subprocess runs ------------------------------------------------------------------------------------------
+
+
+def subprocess_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", WANDB_MODE="offline", WANDB_SILENT="true", HYDRA_FULL_ERROR="1"
+    )
+    return env
+
+
+def lsc_train_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "lsc.train", *args]
+
+
+def run_lsc(*args: str, timeout: float = 300, cwd: Path | str | None = None) -> subprocess.CompletedProcess:
+    """`python -m lsc.train <args>`; fails the test with the tail of the output on a non-zero exit."""
+    p = subprocess.run(
+        lsc_train_cmd(*args), env=subprocess_env(), cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
+    if p.returncode != 0:
+        raise AssertionError(f"exit {p.returncode}\n--- stdout\n{p.stdout[-3000:]}\n--- stderr\n{p.stderr[-5000:]}")
+    return p
+
+
+# ---- fake datasets on disk ------------------------------------------------------------------------------------
+
+
+def make_cifar(root: Path, variant: int = 10, n_train: int = 20, n_test: int = 8, seed: int = 0) -> dict:
+    """Standard CIFAR python-pickle layout under root; returns the raw arrays {"train": (x, y), "test": (x, y)}.
+
+    CIFAR-10: cifar-10-batches-py/data_batch_1..5 + test_batch, 'data' uint8 [n, 3072] and 'labels'.
+    CIFAR-100: cifar-100-python/train + test with 'fine_labels' (and 'coarse_labels').
+    Labels cycle through 0 .. variant - 1 so the top class is present (num_classes = max label + 1).
+    """
+    import pickle
+
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    folder = root / ("cifar-10-batches-py" if variant == 10 else "cifar-100-python")
+    folder.mkdir(parents=True, exist_ok=True)
+    raw = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        x = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+        y = (np.arange(n) * 7 + (split == "test")) % variant
+        if split == "train":
+            y[-1] = variant - 1
+        raw[split] = (x, y)
+        if variant == 10:
+            files = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+            chunks = np.array_split(np.arange(n), len(files))
+            for f, idx in zip(files, chunks, strict=True):
+                d = {"batch_label": f, "data": x[idx], "labels": [int(v) for v in y[idx]], "filenames": []}
+                (folder / f).write_bytes(pickle.dumps(d))
+        else:
+            d = {"data": x, "fine_labels": [int(v) for v in y], "coarse_labels": [int(v) // 5 for v in y]}
+            (folder / split).write_bytes(pickle.dumps(d))
+    return raw
+
+
+def make_image_folder(root: Path, n_classes: int = 3, per_class: int = 4, splits=("train", "val"), size: int = 40):
+    """root/<split>/<class>/*.png; every image of class c is a solid colour COLOURS[c] (RGB)."""
+    from PIL import Image
+
+    for split in splits:
+        for c in range(n_classes):
+            d = root / split / f"class_{c:02d}"
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                Image.new("RGB", (size, size), folder_colour(c)).save(d / f"img_{i}.png")
+    return root
+
+
+def folder_colour(c: int) -> tuple[int, int, int]:
+    return (40 * c % 256, 255 - 30 * c % 256, 100 + 50 * c % 156)

@@ -45,14 +45,24 @@ def main(argv=None):
     cfgs = CONFIGS
     if a.smoke:
         a.limit, a.epochs, a.seeds, cfgs = 300, 1, [0], [CONFIGS[2], CONFIGS[-1]]
-    base = ["data=fashion_mnist", "trainer=cpu", f"model/backbone={a.backbone}", "data.batch_size=128",
-            "model.optimizer.lr=1e-3", "model.scheduler.cosine=true", f"trainer.max_epochs={a.epochs}"]  # fmt: skip
+    base = [
+        "data=fashion_mnist",
+        "trainer=cpu",
+        f"model/backbone={a.backbone}",
+        "data.batch_size=128",
+        "model.optimizer.lr=1e-3",
+        "model.scheduler.cosine=true",
+        f"trainer.max_epochs={a.epochs}",
+    ]
     if a.limit:
         base.append(f"data.limit={a.limit}")
     if a.smoke:
         base += ["data.val_size=200"]
-    jobs = [(f"{label.split()[0]}{label.split()[2] if len(label.split()) > 2 else ''}-s{s}", [*base, *ov, f"seed={s}"])
-            for label, ov in cfgs for s in a.seeds]  # fmt: skip
+    jobs = [
+        (f"{label.split()[0]}{label.split()[2] if len(label.split()) > 2 else ''}-s{s}", [*base, *ov, f"seed={s}"])
+        for label, ov in cfgs
+        for s in a.seeds
+    ]
     t0 = time.time()
     results = run_many(Path(a.out) / ("runs_smoke" if a.smoke else "runs"), jobs, workers=a.workers)
     rows, raw = [], []
@@ -62,10 +72,23 @@ def main(argv=None):
         cos = [r["metrics"].get("test/acc_cossim", r["metrics"].get("test/acc")) for r in rs]
         wall = [r["wall_s"] for r in rs]
         sd = statistics.stdev(acc) if len(acc) > 1 else 0.0
-        rows.append([label, f"{100 * statistics.mean(acc):.2f} ± {100 * sd:.2f}",
-                     "—" if "CE" in label else ("yes" if acc == cos else "NO"), f"{statistics.mean(wall):.0f}"])  # fmt: skip
-        raw.append({"config": label, "test_acc_topk": acc, "test_acc_cossim": cos, "wall_s": wall,
-                    "dirs": [r["dir"] for r in rs]})  # fmt: skip
+        rows.append(
+            [
+                label,
+                f"{100 * statistics.mean(acc):.2f} ± {100 * sd:.2f}",
+                "—" if "CE" in label else ("yes" if acc == cos else "NO"),
+                f"{statistics.mean(wall):.0f}",
+            ]
+        )
+        raw.append(
+            {
+                "config": label,
+                "test_acc_topk": acc,
+                "test_acc_cossim": cos,
+                "wall_s": wall,
+                "dirs": [r["dir"] for r in rs],
+            }
+        )
     data = f"first {a.limit:,} training images" if a.limit else "all 60,000 training images"
     text = (
         f"### Fashion-MNIST test accuracy, LSC systems vs CE ({machine()}; {a.backbone}, {data}, {a.epochs} epochs, "

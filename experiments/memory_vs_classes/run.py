@@ -21,8 +21,14 @@ from lsc.bench.points import ADAM_BYTES_PER_PARAM, head_params, run_probe
 from lsc.bench.report import fmt_bytes, machine, md_table, write_results
 from lsc.centers import n_min
 
-PAPER_T10 = {"LSC": (943, 386), 1_000: (943, 386), 10_000: (973, 386), 100_000: (1237, 374),
-             1_000_000: (3873, 154), 10_000_000: (30281, None)}  # ViT-B, A100 40 GB: model MB, max batch  # fmt: skip
+PAPER_T10 = {
+    "LSC": (943, 386),
+    1_000: (943, 386),
+    10_000: (973, 386),
+    100_000: (1237, 374),
+    1_000_000: (3873, 154),
+    10_000_000: (30281, None),
+}  # ViT-B, A100 40 GB: model MB, max batch
 
 
 def main(argv=None):
@@ -48,7 +54,12 @@ def main(argv=None):
             n_dim = n_min("v22", nc)
             static = ADAM_BYTES_PER_PARAM * head_params(method, nc, feats, n_dim)
             if static > cap:
-                r = {"method": method, "n_classes": nc, "oom": True, "params_head": head_params(method, nc, feats, n_dim)}
+                r = {
+                    "method": method,
+                    "n_classes": nc,
+                    "oom": True,
+                    "params_head": head_params(method, nc, feats, n_dim),
+                }
                 raw.append(r)
                 rows.append([method.upper(), f"{nc:,}", "—", f"OOM (≥ {fmt_bytes(static)})", "—", "OOM", "—", "—"])
                 continue
@@ -60,15 +71,44 @@ def main(argv=None):
             per_img = max(1.0, (hi["peak_bytes"] - lo["peak_bytes"]) / (b2 - b1))
             fixed = lo["peak_bytes"] - per_img * b1
             bmax = int((cap - fixed) // per_img) if cap > fixed else 0
-            r = {"method": method, "n_classes": nc, "n_dim": n_dim if method == "lsc" else None, "params": hi["params"],
-                 "peak_b1": lo["peak_bytes"], "peak_b2": hi["peak_bytes"], "b1": b1, "b2": b2, "fixed_bytes": fixed,
-                 "per_image_bytes": per_img, "max_batch": bmax, "model_bytes": hi["params"] * 4}  # fmt: skip
+            r = {
+                "method": method,
+                "n_classes": nc,
+                "n_dim": n_dim if method == "lsc" else None,
+                "params": hi["params"],
+                "peak_b1": lo["peak_bytes"],
+                "peak_b2": hi["peak_bytes"],
+                "b1": b1,
+                "b2": b2,
+                "fixed_bytes": fixed,
+                "per_image_bytes": per_img,
+                "max_batch": bmax,
+                "model_bytes": hi["params"] * 4,
+            }
             raw.append(r)
-            rows.append([method.upper(), f"{nc:,}", f"{hi['params'] / 1e6:.2f}M", fmt_bytes(hi["params"] * 4),
-                         fmt_bytes(hi["peak_bytes"]), f"{bmax:,}", fmt_bytes(per_img), n_dim if method == "lsc" else "—"])  # fmt: skip
+            rows.append(
+                [
+                    method.upper(),
+                    f"{nc:,}",
+                    f"{hi['params'] / 1e6:.2f}M",
+                    fmt_bytes(hi["params"] * 4),
+                    fmt_bytes(hi["peak_bytes"]),
+                    f"{bmax:,}",
+                    fmt_bytes(per_img),
+                    n_dim if method == "lsc" else "—",
+                ]
+            )
             print("  ", rows[-1], flush=True)
-    hdr = ["method", "n_classes", "params", "model size", f"peak memory, batch {b2}", f"max batch under {cap / 2**30:g} GiB",
-           "memory per image", "n_dim (V^22 n_min)"]  # fmt: skip
+    hdr = [
+        "method",
+        "n_classes",
+        "params",
+        "model size",
+        f"peak memory, batch {b2}",
+        f"max batch under {cap / 2**30:g} GiB",
+        "memory per image",
+        "n_dim (V^22 n_min)",
+    ]
     paper = md_table(
         ["", "LSC (any)", "CE 1k", "CE 10k", "CE 100k", "CE 1M", "CE 10M"],
         [["model MB", 943, 943, 973, 1237, 3873, 30281], ["max batch", 386, 386, 386, 374, 154, "—"]],

@@ -58,9 +58,13 @@ class Images(Dataset):
     def __init__(self, n, size, crop, mean, std):
         self.n, self.size = n, size
         self.t = v2.Compose(
-            [v2.Resize(int(round(crop / 0.875)), antialias=True), v2.CenterCrop(crop), v2.ToDtype(torch.float32, scale=True),
-             v2.Normalize(mean, std)]
-        )  # fmt: skip
+            [
+                v2.Resize(int(round(crop / 0.875)), antialias=True),
+                v2.CenterCrop(crop),
+                v2.ToDtype(torch.float32, scale=True),
+                v2.Normalize(mean, std),
+            ]
+        )
 
     def __len__(self):
         return self.n
@@ -161,7 +165,7 @@ def run_point(nc, batch, net, size, crop, args, device, loader_cache):
     nb = max(1, min(args.batches, math.ceil(args.cossim_queries / batch)))
     dense_cossim(qb[0][:2], bank)
     tc, pc = timeit(lambda: torch.cat([dense_cossim(q, bank) for q in qb[:nb]]), device)
-    del bank
+    bank = None  # free the center matrix before the next point
     row["t_c"] = tc / (nb * batch) * PER
     row["cossim_queries"] = nb * batch
     row["acc_cossim"] = (pc.cpu() == labels[: nb * batch]).float().mean().item()
@@ -192,12 +196,36 @@ def table(rows, paper, mode):
         else:
             ref = "–" if p is None else f"{p[0]}: {fmt(p[1])} / {fmt(p[2])} / {fmt(p[3])} / {fmt(p[4])}"
         out.append(
-            [f"{r['n_classes']:,}", r["n_dim"], r["batch"], fmt(r["t_d"]), fmt(r["t_f"]), fmt(r.get("t_c")), fmt(r["t_n"]),
-             fmt(r.get("K_s")), fmt(r.get("K_t")), fmt(100 * r["acc_topk"], 4),
-             "–" if r.get("agreement") is None else f"{100 * r['agreement']:.2f}%", fmt_bytes(r["cossim_bytes"]), ref]
-        )  # fmt: skip
-    hdr = ["n_classes", "n_dim", "batch", "t_d", "t_f", "t_c", "t_n", "K_s", "K_t", "acc topk %", "agreement",
-           "dense cossim memory"]  # fmt: skip
+            [
+                f"{r['n_classes']:,}",
+                r["n_dim"],
+                r["batch"],
+                fmt(r["t_d"]),
+                fmt(r["t_f"]),
+                fmt(r.get("t_c")),
+                fmt(r["t_n"]),
+                fmt(r.get("K_s")),
+                fmt(r.get("K_t")),
+                fmt(100 * r["acc_topk"], 4),
+                "–" if r.get("agreement") is None else f"{100 * r['agreement']:.2f}%",
+                fmt_bytes(r["cossim_bytes"]),
+                ref,
+            ]
+        )
+    hdr = [
+        "n_classes",
+        "n_dim",
+        "batch",
+        "t_d",
+        "t_f",
+        "t_c",
+        "t_n",
+        "K_s",
+        "K_t",
+        "acc topk %",
+        "agreement",
+        "dense cossim memory",
+    ]
     hdr.append("paper t_c / t_n / K_s / K_t" if mode == "fixed" else "paper batch: t_c / t_n / K_s / K_t")
     return md_table(hdr, out)
 
@@ -258,7 +286,11 @@ def main(argv=None):
             rows.append(r)
             print(f"  {mode} n_classes={nc:,} batch={r['batch']} t_n={r['t_n']:.3g} t_c={r.get('t_c')}", flush=True)
         results[mode] = rows
-        title = "fixed batch 256 (paper Table 3)" if mode == "fixed" else f"largest batch under {args.mem_cap_gb:g} GiB (paper Table 2)"
+        title = (
+            "fixed batch 256 (paper Table 3)"
+            if mode == "fixed"
+            else f"largest batch under {args.mem_cap_gb:g} GiB (paper Table 2)"
+        )
         md.append(f"#### {title}\n\n" + table(rows, PAPER_T3 if mode == "fixed" else PAPER_T2, mode))
     model_name = "ViT-S/16 at 224 px" if device.type == "cuda" else "conv encoder (9.7M) at 32 px"
     head = (

@@ -64,9 +64,17 @@ def main(argv=None):
     p.add_argument("--full-gpu", action="store_true", help="the full 60k-class set on a GPU")
     p.add_argument("--out", default=str(HERE / "results"))
     a = p.parse_args(argv)
-    base = ["data=fashion_mnist", "data.instance_labels=true", "data.val_size=1000", "data.batch_size=64",
-            "model/backbone=encoder_small", "model.optimizer.lr=1e-3", "test=false",
-            "callbacks.predictor_accuracy.unlabeled_share=false", "centers.auto_min_dim=0"]  # fmt: skip
+    base = [
+        "data=fashion_mnist",
+        "data.instance_labels=true",
+        "data.val_size=1000",
+        "data.batch_size=64",
+        "model/backbone=encoder_small",
+        "model.optimizer.lr=1e-3",
+        "test=false",
+        "callbacks.predictor_accuracy.unlabeled_share=false",
+        "centers.auto_min_dim=0",
+    ]
     trainer = ["trainer=gpu", "data.num_workers=4"] if a.full_gpu else ["trainer=cpu"]
     if a.full_gpu:
         a.sizes = [60000]
@@ -81,8 +89,12 @@ def main(argv=None):
             cfgs = cfgs[3:5] + cfgs[-3:-2]
         for i, (label, ov) in enumerate(cfgs):
             for s in a.seeds:
-                jobs.append((f"{size}-c{i}-s{s}",
-                             [*base, *trainer, *ov, f"data.limit={size}", f"trainer.max_epochs={a.epochs}", f"seed={s}"]))  # fmt: skip
+                jobs.append(
+                    (
+                        f"{size}-c{i}-s{s}",
+                        [*base, *trainer, *ov, f"data.limit={size}", f"trainer.max_epochs={a.epochs}", f"seed={s}"],
+                    )
+                )
                 labels.append((size, label))
     results = run_many(runs_root, jobs, workers=a.workers)
     by = {}
@@ -96,20 +108,50 @@ def main(argv=None):
         walls = [r["wall_s"] for r in rs]
         curves[(size, label)] = [[e.get("train/acc", float("nan")) for e in r["epochs"]] for r in rs]
 
-        def med(xs):
+        def med(xs, rs=rs):
             xs = [x for x in xs if x is not None]
-            return "—" if not xs else f"{statistics.median(xs):g}" + ("" if len(xs) == len(rs) else f" ({len(xs)}/{len(rs)})")
+            return (
+                "—"
+                if not xs
+                else f"{statistics.median(xs):g}" + ("" if len(xs) == len(rs) else f" ({len(xs)}/{len(rs)})")
+            )
 
-        rows.append([f"{size:,}", label,
-                     f"{100 * statistics.mean(finals):.1f} ± {100 * (statistics.stdev(finals) if len(finals) > 1 else 0):.1f}",
-                     med(e50), med(e90), f"{statistics.mean(walls):.0f}"])  # fmt: skip
-        raw.append({"size": size, "config": label, "final_acc": finals, "epochs_to_50": e50, "epochs_to_90": e90,
-                    "wall_s": walls, "curves": curves[(size, label)], "dirs": [r["dir"] for r in rs]})  # fmt: skip
+        rows.append(
+            [
+                f"{size:,}",
+                label,
+                f"{100 * statistics.mean(finals):.1f} ± {100 * (statistics.stdev(finals) if len(rs) > 1 else 0):.1f}",
+                med(e50),
+                med(e90),
+                f"{statistics.mean(walls):.0f}",
+            ]
+        )
+        raw.append(
+            {
+                "size": size,
+                "config": label,
+                "final_acc": finals,
+                "epochs_to_50": e50,
+                "epochs_to_90": e90,
+                "wall_s": walls,
+                "curves": curves[(size, label)],
+                "dirs": [r["dir"] for r in rs],
+            }
+        )
     text = (
         f"### Training accuracy vs vector system, Fashion-MNIST instance labels ({machine()}; small encoder, "
         f"{a.epochs} epochs, seeds {a.seeds}; {time.time() - t0:.0f} s wall incl. cached runs)\n\n"
-        + md_table(["classes", "config", "final train acc % (eval, mean ± sd)", "epochs to 50% (median)",
-                    "epochs to 90% (median)", "s / run"], rows)  # fmt: skip
+        + md_table(
+            [
+                "classes",
+                "config",
+                "final train acc % (eval, mean ± sd)",
+                "epochs to 50% (median)",
+                "epochs to 90% (median)",
+                "s / run",
+            ],
+            rows,
+        )
         + "\n\nEpochs counted on the running training accuracy; '—' = not reached; (k/3) = reached by k seeds."
     )
     print(text)

@@ -41,14 +41,23 @@ def main(argv=None):
         res = {}
         for method in ("lsc", "ce"):
             static = ADAM_BYTES_PER_PARAM * head_params(method, nc, feats, n_min("v22", nc))
-            res[method] = None if static > cap else run_probe(
-                method, nc, batch, a.device, backbone, img, a.steps, dtype="bf16" if cuda else None
+            res[method] = (
+                None
+                if static > cap
+                else run_probe(method, nc, batch, a.device, backbone, img, a.steps, dtype="bf16" if cuda else None)
             )
             raw.append({"method": method, "n_classes": nc, "result": res[method]})
         lsc, ce = res["lsc"], res["ce"]
         ratio = "—" if ce is None else f"{lsc['images_per_s'] / ce['images_per_s']:.2f}"
-        rows.append([f"{nc:,}", n_min("v22", nc), f"{lsc['images_per_s']:.1f}",
-                     "OOM" if ce is None else f"{ce['images_per_s']:.1f}", ratio])  # fmt: skip
+        rows.append(
+            [
+                f"{nc:,}",
+                n_min("v22", nc),
+                f"{lsc['images_per_s']:.1f}",
+                "OOM" if ce is None else f"{ce['images_per_s']:.1f}",
+                ratio,
+            ]
+        )
         print("  ", rows[-1], flush=True)
     text = (
         f"### Training throughput vs n_classes, LSC vs CE ({machine(a.device)}; "

@@ -27,8 +27,23 @@ def run_probe(method, n_classes, batch, device="cpu", backbone="encoder", img=32
         finally:
             torch.cuda.empty_cache()
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    cmd = [sys.executable, "-m", "lsc.bench.train_step", "--method", method, "--classes", str(n_classes),
-           "--batch", str(batch), "--backbone", backbone, "--img", str(img), "--steps", str(steps)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "lsc.bench.train_step",
+        "--method",
+        method,
+        "--classes",
+        str(n_classes),
+        "--batch",
+        str(batch),
+        "--backbone",
+        backbone,
+        "--img",
+        str(img),
+        "--steps",
+        str(steps),
+    ]
     if dtype:
         cmd += ["--dtype", dtype]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)

@@ -124,7 +124,7 @@ def bench_one(n_classes, args, device) -> dict:
     t_copy, _ = timed(lambda: z.clone(), device, args.repeat)
     buf = torch.empty_like(z)
     t_memcpy, _ = timed(lambda: buf.copy_(z), device, args.repeat)
-    del buf
+    buf = None
     with PeakMemory(device) as mem_n:
         t_n, pred_n = timed(lambda: run("topk"), device, args.repeat)
     row = {
@@ -189,9 +189,22 @@ def _fmt_b(x):
 
 def markdown(rows, header) -> str:
     cols = [
-        "n_classes", "n_dim", "tc", "tn", "Ks = tc/tn", "tn/t_copy", "tn/t_memcpy", "topk q/s", "acc cossim",
-        "acc topk", "agreement", "cossim queries", "peak mem cossim", "peak mem topk", "map bytes",
-    ]  # fmt: skip
+        "n_classes",
+        "n_dim",
+        "tc",
+        "tn",
+        "Ks = tc/tn",
+        "tn/t_copy",
+        "tn/t_memcpy",
+        "topk q/s",
+        "acc cossim",
+        "acc topk",
+        "agreement",
+        "cossim queries",
+        "peak mem cossim",
+        "peak mem topk",
+        "map bytes",
+    ]
     out = [header, "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         ks = "—" if r["tc"] is None else f"{r['tc'] / r['tn']:.1f}"

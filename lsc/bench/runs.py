@@ -29,8 +29,16 @@ def run_one(root: Path, name: str, overrides: list[str], threads: int = 1, timeo
     if not done.exists():
         d.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "WANDB_MODE": "offline"}
-        cmd = [sys.executable, "-m", "lsc.train", *overrides, f"hydra.run.dir={d}", "logger=csv",
-               "~callbacks.rich_progress_bar", "~callbacks.embedding_plot"]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "lsc.train",
+            *overrides,
+            f"hydra.run.dir={d}",
+            "logger=csv",
+            "~callbacks.rich_progress_bar",
+            "~callbacks.embedding_plot",
+        ]
         t0 = time.time()
         with open(d / "stdout.log", "w") as log:
             p = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=timeout)
@@ -39,7 +47,14 @@ def run_one(root: Path, name: str, overrides: list[str], threads: int = 1, timeo
         (d / "wall_s.txt").write_text(f"{time.time() - t0:.1f}\n")
     metrics = json.loads(done.read_text())
     wall = float((d / "wall_s.txt").read_text()) if (d / "wall_s.txt").exists() else metrics.get("time_s")
-    return {"name": name, "overrides": overrides, "dir": str(d), "metrics": metrics, "wall_s": wall, "epochs": epochs(d)}
+    return {
+        "name": name,
+        "overrides": overrides,
+        "dir": str(d),
+        "metrics": metrics,
+        "wall_s": wall,
+        "epochs": epochs(d),
+    }
 
 
 def epochs(d: Path) -> list[dict]:

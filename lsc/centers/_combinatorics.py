@@ -42,7 +42,7 @@ def colex_unrank(r: torch.Tensor, k: int, n: int, table: torch.Tensor) -> torch.
     out = torch.empty(r.shape[0], k, dtype=torch.int64, device=r.device)
     r = r.clone()
     for j in range(k, 0, -1):
-        col = table[: n, j].contiguous()  # non-decreasing in c
+        col = table[:n, j].contiguous()  # non-decreasing in c
         # largest c < n with C(c, j) <= r
         c = torch.searchsorted(col, r, right=True) - 1
         out[:, j - 1] = c

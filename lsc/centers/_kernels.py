@@ -59,9 +59,7 @@ class _Plan:
         orbs = sysm.orbits
         kmax = max(max(o.mults) for o in orbs)
         n = sysm.n_dim
-        self.table = np.array(
-            [[min(v, (1 << 63) - 1) for v in row] for row in _binom(n, kmax)], dtype=np.int64
-        )
+        self.table = np.array([[min(v, (1 << 63) - 1) for v in row] for row in _binom(n, kmax)], dtype=np.int64)
         gv, gm, gp, gs, ng, npos, nneg, off, inv = [], [], [], [], [], [], [], [], []
         for o, o_off in zip(orbs, sysm.offsets, strict=True):
             gs.append(len(gv))

@@ -71,7 +71,9 @@ class ClassCenters:
                 if system.name != "table"
                 else "give one table row per class"
             )
-            raise ValueError(f"n_classes={_fmt(n_classes)} exceeds {system.display}'s {_fmt(system.count)} vectors; {hint}")
+            raise ValueError(
+                f"n_classes={_fmt(n_classes)} exceeds {system.display}'s {_fmt(system.count)} vectors; {hint}"
+            )
         if shuffle is None:
             shuffle = system.name not in ("a_n", "a_np", "table")
         self.shuffle = bool(shuffle)

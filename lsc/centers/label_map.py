@@ -49,9 +49,7 @@ class FeistelPermutation:
         if count < 1:
             raise ValueError("count must be >= 1")
         if count > MAX_SHUFFLE_COUNT:
-            raise ValueError(
-                f"cannot shuffle {count:,} vectors (limit 2^62); use shuffle=False or a smaller n_dim"
-            )
+            raise ValueError(f"cannot shuffle {count:,} vectors (limit 2^62); use shuffle=False or a smaller n_dim")
         self.count, self.seed = count, seed
         w = max(2, (count - 1).bit_length())
         self.bits_l, self.bits_r = (w + 1) // 2, w // 2  # domain 2^w < 2 * count: < 2 walks on average

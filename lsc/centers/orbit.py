@@ -131,13 +131,15 @@ class Orbit:
 
     def index(self, v: torch.Tensor) -> torch.Tensor:
         """Local indices of rows of v, all members of this orbit."""
-        groups = [(v == val).nonzero()[:, 1].view(v.shape[0], c) for val, c in zip(self.values, self.mults)]
+        groups = [
+            (v == val).nonzero()[:, 1].view(v.shape[0], c) for val, c in zip(self.values, self.mults, strict=True)
+        ]
         return self.rank_groups(groups)
 
     def split_selection(self, top: torch.Tensor, bottom: torch.Tensor) -> list[torch.Tensor]:
         """Group positions of the best vector, from top coordinate indices (descending) and bottom (ascending)."""
         groups, t, b = [], 0, 0
-        neg = [(v, c) for v, c in zip(self.values, self.mults) if v < 0]
+        neg = [(v, c) for v, c in zip(self.values, self.mults, strict=True) if v < 0]
         neg_start = {}
         for v, c in sorted(neg):  # most negative value takes the smallest coordinates
             neg_start[v] = b
@@ -180,10 +182,10 @@ class Orbit:
 
     def sorted_frame_levels(self) -> list[tuple[int, int]]:
         zeros = self.n - self.n_nonzero
-        levels = [(v, c) for v, c in zip(self.values, self.mults) if v > 0]
+        levels = [(v, c) for v, c in zip(self.values, self.mults, strict=True) if v > 0]
         if zeros:
             levels.append((0, zeros))
-        levels += [(v, c) for v, c in zip(self.values, self.mults) if v < 0]
+        levels += [(v, c) for v, c in zip(self.values, self.mults, strict=True) if v < 0]
         return levels
 
     # ---- scalar (Python) twins --------------------------------------------------------------------------

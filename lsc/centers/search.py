@@ -143,7 +143,7 @@ def best_first(orbits, offsets: list[int], z: list[float]) -> Iterator[tuple[flo
             groups[v].append(order[p])
         yield -neg, offsets[o] + orb.rank_py([groups[v] for v in orb.values])
         at = dict(state)
-        for p, a in state:  # adjacent swaps that move a larger value down the sorted frame
+        for p, _ in state:  # adjacent swaps that move a larger value down the sorted frame
             for lo, hi in ((p, p + 1), (p - 1, p)):
                 if lo < 0 or hi >= n:
                     continue

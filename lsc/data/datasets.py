@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from .base import LSCDataModule, RawSplit
 
@@ -112,11 +111,11 @@ class CIFARDataModule(LSCDataModule):
         if self.download:
             self.prepare_data()
         if not self.folder.exists():
-            raise _missing(f"CIFAR-{self.variant} ({self.folder.name}/)", self.root, "set data.download=true to fetch it")
+            raise _missing(
+                f"CIFAR-{self.variant} ({self.folder.name}/)", self.root, "set data.download=true to fetch it"
+            )
         names = (
-            ([f"data_batch_{i}" for i in range(1, 6)], ["test_batch"])
-            if self.variant == 10
-            else (["train"], ["test"])
+            ([f"data_batch_{i}" for i in range(1, 6)], ["test_batch"]) if self.variant == 10 else (["train"], ["test"])
         )
         key = "labels" if self.variant == 10 else "fine_labels"
         out = []
@@ -195,7 +194,12 @@ class SyntheticDataModule(LSCDataModule):
 
     def __init__(self, num_samples: int = 64, num_classes: int = 10, image_size: int = 32, channels: int = 3, **kw):
         super().__init__(**kw)
-        self.num_samples, self._n_classes, self.native_size, self.channels = num_samples, num_classes, image_size, channels
+        self.num_samples, self._n_classes, self.native_size, self.channels = (
+            num_samples,
+            num_classes,
+            image_size,
+            channels,
+        )
         self.mean, self.std = (0.5,) * channels, (0.29,) * channels
 
     def _load(self):
@@ -209,5 +213,3 @@ class SyntheticDataModule(LSCDataModule):
         if self.instance_labels:
             return super().num_classes
         return self._n_classes if self.classes is None else min(self._n_classes, self.classes)
-
-

@@ -71,7 +71,7 @@ def state_bytes(cc: ClassCenters) -> int:
 
     def walk(obj, depth=0):
         nonlocal total
-        if id(obj) in seen or depth > 4:
+        if id(obj) in seen or depth > 8:
             return
         seen.add(id(obj))
         if isinstance(obj, torch.Tensor):

@@ -84,9 +84,8 @@ class _Plan:
         p = cc.perm
         self.shuffle = hasattr(p, "keys")
         self.keys = np.array(p.keys if self.shuffle else [0] * 6, dtype=np.int64)
-        self.bits_r = p.bits_r if self.shuffle else 0
-        self.mask_l = p.mask_l if self.shuffle else 0
-        self.mask_r = p.mask_r if self.shuffle else 0
+        self.pa = p.a if self.shuffle else 1
+        self.pb = p.b if self.shuffle else 1
         self.count = sysm.count
         self.n_classes = cc.n_classes
 
@@ -113,7 +112,7 @@ def fast_labels_numba(cc, z: torch.Tensor):
         _kernel(
             zn, labels, slow, plan.table, plan.g_value, plan.g_mult, plan.g_place, plan.o_gstart, plan.o_ngroups,
             plan.o_npos, plan.o_nneg, plan.o_offset, plan.o_inv, plan.n_top, plan.n_bottom, plan.shuffle, plan.keys,
-            plan.bits_r, plan.mask_l, plan.mask_r, plan.count, plan.n_classes,
+            plan.pa, plan.pb, plan.count, plan.n_classes,
         )  # fmt: skip
     finally:
         numba.set_num_threads(threads)
@@ -121,33 +120,32 @@ def fast_labels_numba(cc, z: torch.Tensor):
 
 
 if HAVE_NUMBA:
-    _M1, _M2 = 0x5BD1E995 & 0x7FFFFFFF, 0x27D4EB2D
+    _M1 = 0x5BD1E995 & 0x7FFFFFFF
 
     @numba.njit(inline="always", cache=True)
-    def _f(x, k):
-        h = ((x ^ k) * _M1) & ((1 << 62) - 1)
-        h = (h ^ (h >> 29)) & 0x7FFFFFFF
-        h = h * _M2
+    def _f(x, k):  # FeistelPermutation._f
+        h = (x ^ k) * _M1
         return h ^ (h >> 31)
 
     @numba.njit(cache=True)
-    def _inverse(y, keys, bits_r, mask_l, mask_r, count):
+    def _inverse(y, keys, a, b, count):
+        """FeistelPermutation.inverse for one value (mixed-radix rounds in reverse, cycle-walking)."""
         while True:
-            lft = y >> bits_r
-            rgt = y & mask_r
+            lft = y // b
+            rgt = y % b
             for i in range(5, -1, -1):
                 if i % 2 == 0:
-                    lft = lft ^ (_f(rgt, keys[i]) & mask_l)
+                    lft = (lft - _f(rgt, keys[i]) % a) % a
                 else:
-                    rgt = rgt ^ (_f(lft, keys[i]) & mask_r)
-            y = (lft << bits_r) | rgt
+                    rgt = (rgt - _f(lft, keys[i]) % b) % b
+            y = lft * b + rgt
             if y < count:
                 return y
 
     @numba.njit(parallel=True, cache=True)
     def _kernel(
         z, labels, slow, table, g_value, g_mult, g_place, o_gstart, o_ngroups, o_npos, o_nneg, o_offset, o_inv,
-        n_top, n_bottom, shuffle, keys, bits_r, mask_l, mask_r, count, n_classes,
+        n_top, n_bottom, shuffle, keys, pa, pb, count, n_classes,
     ):  # fmt: skip
         B = z.shape[0]
         block = 2048
@@ -162,7 +160,7 @@ if HAVE_NUMBA:
             for r in range(blk * block, min(B, (blk + 1) * block)):
                 lab = _row(
                     z[r], tv, ti, bv, bi, taken, pos, table, g_value, g_mult, g_place, o_gstart, o_ngroups,
-                    o_npos, o_nneg, o_offset, o_inv, n_top, n_bottom, shuffle, keys, bits_r, mask_l, mask_r, count,
+                    o_npos, o_nneg, o_offset, o_inv, n_top, n_bottom, shuffle, keys, pa, pb, count,
                 )  # fmt: skip
                 if lab < 0 or lab >= n_classes:
                     labels[r] = -1
@@ -174,7 +172,7 @@ if HAVE_NUMBA:
     @numba.njit(cache=True, inline="always")
     def _row(
         row, tv, ti, bv, bi, taken, pos, table, g_value, g_mult, g_place, o_gstart, o_ngroups, o_npos, o_nneg,
-        o_offset, o_inv, n_top, n_bottom, shuffle, keys, bits_r, mask_l, mask_r, count,
+        o_offset, o_inv, n_top, n_bottom, shuffle, keys, pa, pb, count,
     ):  # fmt: skip
         """Label (pi^-1 of the nearest vector's index) of one row; -1 when the nearest vector is tied."""
         n = row.shape[0]
@@ -307,5 +305,5 @@ if HAVE_NUMBA:
             idx += rk * g_place[g0 + g]
         idx += o_offset[win]
         if shuffle:
-            return _inverse(idx, keys, bits_r, mask_l, mask_r, count)
+            return _inverse(idx, keys, pa, pb, count)
         return idx

@@ -192,19 +192,20 @@ class ClassCenters:
         """Closest labeled center (lowest label on exact ties) for rows whose nearest vector is unlabeled/tied."""
         if self.n_classes <= SCAN_FALLBACK_CLASSES or 8 * self.n_classes < self.system.count:
             return self._scan(z, chunk_size)  # few labels (or sparse ones): a scan is cheaper than searching
-        out = torch.empty(z.shape[0], dtype=torch.int64, device=z.device)
+        out = torch.empty(z.shape[0], dtype=torch.int64)
         left = []
-        for r in range(z.shape[0]):
-            lab = self._search(z[r])
+        for r, row in enumerate(z.detach().double().cpu().tolist()):  # one device->host copy for all rows
+            lab = self._search(row)
             if lab is None:
                 left.append(r)
             else:
                 out[r] = lab
+        out = out.to(z.device)
         if left:
             out[left] = self._scan(z[left], chunk_size)
         return out
 
-    def _search(self, z_row: torch.Tensor) -> int | None:
+    def _search(self, z_row: list[float]) -> int | None:
         top, best = None, None
         for pops, (score, idx) in enumerate(self.system.best_first(z_row)):
             if top is not None and score < top:

@@ -56,9 +56,7 @@ class FeistelPermutation:
         if count < 1:
             raise ValueError("count must be >= 1")
         if count > MAX_SHUFFLE_COUNT:
-            raise ValueError(
-                f"cannot shuffle {count:,} vectors (limit 2^62); use shuffle=False or a smaller n_dim"
-            )
+            raise ValueError(f"cannot shuffle {count:,} vectors (limit 2^62); use shuffle=False or a smaller n_dim")
         self.count, self.seed = count, seed
         self.a = max(2, math.isqrt(count - 1) + 1)  # ceil(sqrt(count)), both halves < 2^31
         self.b = max(2, -(-count // self.a))

@@ -253,9 +253,10 @@ class OrbitSystem(VectorSystem):
                 break
         return int(self.scan(z_row[None])[0]) if pops >= TIE_BUDGET else low
 
-    def best_first(self, z_row: torch.Tensor):
+    def best_first(self, z_row: torch.Tensor | list[float]):
         """Yield (cosine * |z|, index) over all vectors in non-increasing order (2604.00779, Algorithm 2)."""
-        return best_first(self.orbits, self.offsets, z_row.double().tolist())
+        row = z_row.double().tolist() if isinstance(z_row, torch.Tensor) else z_row
+        return best_first(self.orbits, self.offsets, row)
 
     @property
     def max_cos(self) -> float:

@@ -54,7 +54,7 @@ class PeakMemory:
         if self.device.type == "cuda":
             self.peak = torch.cuda.max_memory_allocated(self.device) - self.base
         elif Path("/proc/self/clear_refs").exists():
-            self.peak = _rss("VmHWM") - self.base
+            self.peak = max(0, _rss("VmHWM") - self.base)  # pages freed earlier can make the raw delta negative
 
 
 def _rss(field: str) -> int:
@@ -275,7 +275,7 @@ def main(argv=None):
     else:
         where = machine()
     header = (
-        f"### Label prediction, {rows[0]['system'].split('_')[0]} systems at n_min, {args.queries:,} queries "
+        f"### Label prediction, {args.system} at n_min, {args.queries:,} queries "
         f"(batch {args.batch_size:,}, {args.dtype}, noise {args.noise}), {where}"
     )
     md = markdown(rows, header)

@@ -2,7 +2,10 @@
 PYTHON ?= python
 PYTEST = OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 WANDB_MODE=offline $(PYTHON) -m pytest
 
-.PHONY: help install data test test-fast test-all test-gpu test-realdata lint fmt bench bench-gpu train clean
+EXPERIMENTS = nmin_table predict_speed memory_vs_classes train_speed_vs_classes lsc_vs_ce systems_convergence
+
+.PHONY: help install data test test-fast test-all test-gpu test-realdata lint fmt bench bench-gpu train clean \
+	experiments experiments-smoke gpu-checks $(EXPERIMENTS)
 
 help: ## this list
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-14s %s\n", $$1, $$2}'
@@ -47,7 +50,18 @@ bench: ## label-prediction benchmark on CPU (table + JSON)
 bench-gpu: ## the same on CUDA
 	$(PYTHON) -m lsc.bench.predict --device cuda --queries 4194304
 
-train: ## default run: small encoder on digits, v21 at n_min, CPU, < 1 minute
+experiments: $(EXPERIMENTS) ## every paper table/figure on CPU (about 80 minutes), results in experiments/*/results
+
+$(EXPERIMENTS):
+	$(PYTHON) experiments/$@/run.py
+
+experiments-smoke: ## every experiment at smoke size (seconds each)
+	@for e in $(EXPERIMENTS); do $(PYTHON) experiments/$$e/run.py --smoke --out /tmp/lsc-smoke/$$e || exit 1; done
+
+gpu-checks: ## CUDA tests + the GPU variants of the benchmarks/experiments (one command, ~6 min on an H100/H200)
+	bash experiments/gpu_checks.sh gpu_results
+
+train: ## default run: small encoder on digits, v21 at auto n_dim, CPU, < 1 minute
 	$(PYTHON) -m lsc.train
 
 clean: ## remove caches and run outputs

@@ -93,7 +93,7 @@ def model_and_images(args, device):
         net = timm_backbone("vit_small_patch16_224", out_dim=None)  # 384-d output; the projection is per n_dim
         size, crop = 256, 224
     else:
-        net = encoder_backbone(384, size="base")
+        net = encoder_backbone(384, size="small" if args.smoke else "base")
         size, crop = 36, 32
     return net.to(device).eval(), size, crop
 
@@ -267,7 +267,7 @@ def main(argv=None):
     if args.mem_cap_gb is None:
         args.mem_cap_gb = 40.0 if device.type == "cuda" else 8.0
     if args.smoke:
-        args.classes, args.batches, args.cossim_queries, args.workers = [1e5, 1e6], 2, 64, 0
+        args.classes, args.batches, args.cossim_queries, args.workers, args.batch = [1e5, 1e6], 1, 32, 0, 32
     net, size, crop = model_and_images(args, device)
     args.model_bytes = sum(p.numel() * p.element_size() for p in net.parameters())
     args.act_bytes = activation_bytes(net, crop, device)

@@ -1,0 +1,64 @@
+"""Every experiment script runs end to end in its smoke size (seconds), so none of them rots; and the committed
+full-size results exist and hold what README quotes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import HAS_FMNIST, ROOT, subprocess_env
+
+EXPERIMENTS = ["nmin_table", "predict_speed", "memory_vs_classes", "train_speed_vs_classes", "lsc_vs_ce",
+               "systems_convergence"]  # fmt: skip
+NEEDS_FMNIST = {"lsc_vs_ce", "systems_convergence"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_smoke(tmp_path, name):
+    if name in NEEDS_FMNIST and not HAS_FMNIST:
+        pytest.skip("needs Debian's dataset-fashion-mnist (make data)")
+    script = ROOT / "experiments" / name / "run.py"
+    p = subprocess.run(
+        [sys.executable, str(script), "--smoke", "--out", str(tmp_path)],
+        env=subprocess_env(),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    md = list(tmp_path.glob("*.md"))
+    js = list(tmp_path.glob("*.json"))
+    assert md and js, f"no results written: {list(tmp_path.iterdir())}"
+    assert md[0].read_text().count("|") > 10  # a markdown table
+    json.loads(js[0].read_text())
+    if name != "nmin_table":
+        assert list(tmp_path.glob("*.png"))
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_committed_results_exist(name):
+    out = ROOT / "experiments" / name / "results"
+    full = [p for p in out.glob("*.md") if "smoke" not in p.name]
+    assert full, f"experiments/{name}/results has no committed full-size results"
+    for p in full:
+        assert (p.with_suffix(".json")).exists()
+
+
+def test_nmin_table_smoke_matches_papers(tmp_path):
+    """In-process: the n_min table reproduces every n_min the papers print (the script raises otherwise)."""
+    sys.path.insert(0, str(ROOT / "experiments" / "nmin_table"))
+    try:
+        import run  # noqa: PLC0415
+
+        run.main(["--out", str(tmp_path)])
+    finally:
+        sys.path.pop(0)
+        sys.modules.pop("run", None)
+    rows = json.loads((tmp_path / "nmin_table.json").read_text())
+    papers = [r for r in rows if r["paper_n_min"] is not None]
+    assert len(papers) == 12 and all(r["n_min"] == r["paper_n_min"] for r in papers)

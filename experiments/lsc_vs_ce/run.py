@@ -1,6 +1,6 @@
 """LSC vs CE on Fashion-MNIST (10 classes): the same encoder, epochs and schedule; each LSC system, 3 seeds.
 
-    python experiments/lsc_vs_ce/run.py            # CPU (about 20 min: first 15k training images, 5 epochs)
+    python experiments/lsc_vs_ce/run.py            # CPU (about 25 min: first 10k training images, 4 epochs)
     python experiments/lsc_vs_ce/run.py --smoke    # seconds (CI)
     python experiments/lsc_vs_ce/run.py --limit 0 --epochs 10   # the full 60k training set
 
@@ -34,8 +34,8 @@ CONFIGS = [
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--limit", type=int, default=15000, help="first N training images (0 = all 60k)")
-    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--limit", type=int, default=10000, help="first N training images (0 = all 60k)")
+    p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--backbone", default="encoder_small")
     p.add_argument("--workers", type=int, default=2)

@@ -123,21 +123,26 @@ if HAVE_NUMBA:
     _M1 = 0x5BD1E995 & 0x7FFFFFFF
 
     @numba.njit(inline="always", cache=True)
-    def _f(x, k):  # FeistelPermutation._f
+    def _f(x, k, m):  # FeistelPermutation._f
         h = (x ^ k) * _M1
-        return h ^ (h >> 31)
+        return (((h ^ (h >> 31)) & 0x7FFFFFFF) * m) >> 31
 
     @numba.njit(cache=True)
     def _inverse(y, keys, a, b, count):
-        """FeistelPermutation.inverse for one value (mixed-radix rounds in reverse, cycle-walking)."""
+        """FeistelPermutation.inverse for one value: rounds in reverse, cycle-walking; no division in the rounds
+        (0 <= l < a and 0 <= F < a, so (l - F) mod a is one conditional add)."""
         while True:
             lft = y // b
-            rgt = y % b
+            rgt = y - lft * b
             for i in range(5, -1, -1):
                 if i % 2 == 0:
-                    lft = (lft - _f(rgt, keys[i]) % a) % a
+                    lft -= _f(rgt, keys[i], a)
+                    if lft < 0:
+                        lft += a
                 else:
-                    rgt = (rgt - _f(lft, keys[i]) % b) % b
+                    rgt -= _f(lft, keys[i], b)
+                    if rgt < 0:
+                        rgt += b
             y = lft * b + rgt
             if y < count:
                 return y

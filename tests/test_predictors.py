@@ -120,6 +120,20 @@ def ref_fast_labels(cc: ClassCenters, z: torch.Tensor):
     return torch.from_numpy(np.where(slow, -1, lab)), torch.from_numpy(slow)
 
 
+def ref_second_labeled(cc: ClassCenters, z: torch.Tensor) -> torch.Tensor:
+    """Rows whose nearest vector is unique and unlabeled and whose second-best vector is unique and labeled."""
+    full = cc.system.vectors(torch.arange(cc.system.count), dtype=torch.float64)
+    key = torch.from_numpy(cos_scores(z, full))
+    if key.shape[1] < 3:
+        return torch.zeros(len(z), dtype=torch.bool)
+    top = key.topk(3, dim=1)
+    lab = torch.from_numpy(ref_label_table(cc))
+    first_unlabeled = lab[top.indices[:, 0]] < 0
+    second_labeled = lab[top.indices[:, 1]] >= 0
+    unique = (top.values[:, 0] > top.values[:, 1]) & (top.values[:, 1] > top.values[:, 2])
+    return first_unlabeled & second_labeled & unique
+
+
 def queries(n_dim: int, seed: int, kind: str, rows: int = 400) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     if kind == "gauss":
@@ -195,7 +209,7 @@ def test_topk_default_search_path_large(monkeypatch):
     g = torch.Generator().manual_seed(0)
     z = torch.cat([torch.randn(200, 23, generator=g), torch.randint(-1, 2, (100, 23), generator=g).float()])
     want = ref_cossim(cc, z)
-    _, slow = kernels.fast_labels_torch(cc, z)
+    _, slow = kernels.fast_labels(cc, z)  # the backend predict uses (numba on CPU when installed)
     assert slow.sum() >= 5  # enough rows take the slow path
     assert torch.equal(cc.predict(z, "topk"), want)
     assert len(calls) == int(slow.sum())
@@ -265,11 +279,21 @@ def test_fast_labels_torch_and_numba(name, n_dim, n_classes, shuffle, kind):
     if not kernels.HAVE_NUMBA:
         pytest.skip("numba not available")
     ln, sn = kernels.fast_labels_numba(cc, z)
-    assert torch.equal(sn, want_slow)
-    assert torch.equal(ln, want_labels)
+    # the fused kernel decides every row the torch path decides, identically ...
+    assert not (sn & ~want_slow).any()
+    assert torch.equal(ln[~want_slow], want_labels[~want_slow])
+    # ... and also rows whose nearest vector is unlabeled but whose second-best vector is unique and labeled
+    # (coordinates distinct), always with the exact closest labeled center
+    exact = ref_cossim(cc, z)
+    assert torch.equal(ln[~sn], exact[~sn])
+    assert torch.equal(ln[sn], torch.full_like(ln[sn], -1))
+    if kind == "gauss":
+        second = ref_second_labeled(cc, z)
+        must = want_slow & second
+        assert not sn[must].any(), f"{int(sn[must].sum())} rows with a unique labeled runner-up left to the slow path"
     # a second call reuses the cached plan
     ln2, sn2 = kernels.fast_labels_numba(cc, z[:7])
-    assert torch.equal(ln2, want_labels[:7]) and torch.equal(sn2, want_slow[:7])
+    assert torch.equal(ln2, ln[:7]) and torch.equal(sn2, sn[:7])
 
 
 def test_fast_labels_torch_row_blocks():

@@ -80,7 +80,9 @@ class _Plan:
         self.o_nneg = np.array(nneg, dtype=np.int64)
         self.o_offset = np.array(off, dtype=np.int64)
         self.o_inv = np.array(inv, dtype=np.float64)
-        self.n_top, self.n_bottom = sysm.n_top, sysm.n_bottom
+        # two beyond the largest orbit's nonzeros: the second-best vector needs one more coordinate on each side
+        self.n_top = min(n, max(o.n_pos for o in orbs) + 2)
+        self.n_bottom = min(n, max(o.n_neg for o in orbs) + 2)
         p = cc.perm
         self.shuffle = hasattr(p, "keys")
         self.keys = np.array(p.keys if self.shuffle else [0] * 6, dtype=np.int64)
@@ -153,6 +155,7 @@ if HAVE_NUMBA:
         n_top, n_bottom, shuffle, keys, pa, pb, count, n_classes,
     ):  # fmt: skip
         B = z.shape[0]
+        n_orb = o_offset.shape[0]
         block = 2048
         for blk in numba.prange((B + block - 1) // block):
             # per-block scratch: allocating inside the row loop would dominate the cost
@@ -162,12 +165,16 @@ if HAVE_NUMBA:
             bi = np.empty(n_bottom, np.int64)
             taken = np.empty(n_top + n_bottom, np.int64)
             pos = np.empty(n_top + n_bottom, np.int64)
+            osc = np.empty(n_orb, np.float64)
+            odot = np.empty(n_orb, np.float64)
+            odrop = np.empty(n_orb, np.float64)
             for r in range(blk * block, min(B, (blk + 1) * block)):
                 lab = _row(
-                    z[r], tv, ti, bv, bi, taken, pos, table, g_value, g_mult, g_place, o_gstart, o_ngroups,
-                    o_npos, o_nneg, o_offset, o_inv, n_top, n_bottom, shuffle, keys, pa, pb, count,
+                    z[r], tv, ti, bv, bi, taken, pos, osc, odot, odrop, table, g_value, g_mult, g_place, o_gstart,
+                    o_ngroups, o_npos, o_nneg, o_offset, o_inv, n_top, n_bottom, shuffle, keys, pa, pb, count,
+                    n_classes,
                 )  # fmt: skip
-                if lab < 0 or lab >= n_classes:
+                if lab < 0:
                     labels[r] = -1
                     slow[r] = True
                 else:
@@ -175,11 +182,72 @@ if HAVE_NUMBA:
                     slow[r] = False
 
     @numba.njit(cache=True, inline="always")
+    def _coord(k, n, ti, bi, n_top):
+        """Coordinate of the z at sorted-frame position k (0 = largest)."""
+        return ti[k] if k < n_top else bi[n - 1 - k]
+
+    @numba.njit(cache=True, inline="always")
+    def _zval(k, n, tv, bv, n_top):
+        return tv[k] if k < n_top else bv[n - 1 - k]
+
+    @numba.njit(cache=True)
+    def _rank(o, swap, n, ti, bi, n_top, taken, pos, table, g_value, g_mult, g_place, o_gstart, o_ngroups,
+              o_npos, o_nneg, o_offset):  # fmt: skip
+        """Global index of orbit o's best arrangement (its levels in sorted-frame order), with frame positions
+        swap and swap + 1 exchanged when swap >= 0 (a "basic permutation" of arXiv 2604.00779, Alg. 2)."""
+        g0 = o_gstart[o]
+        ng = o_ngroups[o]
+        nt_ = 0
+        idx = 0
+        fpos = 0  # next frame position of the positive groups
+        fneg = n - o_nneg[o]  # next frame position of the negative groups (least negative first)
+        for g in range(ng):
+            v = g_value[g0 + g]
+            c = g_mult[g0 + g]
+            start = fpos if v > 0 else fneg
+            for a in range(c):
+                f = start + a
+                if f == swap:
+                    f = swap + 1
+                elif f == swap + 1 and swap >= 0:
+                    f = swap
+                pos[a] = _coord(f, n, ti, bi, n_top)
+            if v > 0:
+                fpos += c
+            else:
+                fneg += c
+            for a in range(1, c):  # insertion sort, c is tiny
+                x = pos[a]
+                b = a
+                while b > 0 and pos[b - 1] > x:
+                    pos[b] = pos[b - 1]
+                    b -= 1
+                pos[b] = x
+            rk = 0
+            for a in range(c):
+                q = pos[a]
+                for b in range(nt_):
+                    if taken[b] < pos[a]:
+                        q -= 1
+                rk += table[q, a + 1]
+            for a in range(c):
+                taken[nt_] = pos[a]
+                nt_ += 1
+            idx += rk * g_place[g0 + g]
+        return idx + o_offset[o]
+
+    @numba.njit(cache=True, inline="always")
     def _row(
-        row, tv, ti, bv, bi, taken, pos, table, g_value, g_mult, g_place, o_gstart, o_ngroups, o_npos, o_nneg,
-        o_offset, o_inv, n_top, n_bottom, shuffle, keys, pa, pb, count,
+        row, tv, ti, bv, bi, taken, pos, osc, odot, odrop, table, g_value, g_mult, g_place, o_gstart, o_ngroups,
+        o_npos, o_nneg, o_offset, o_inv, n_top, n_bottom, shuffle, keys, pa, pb, count, n_classes,
     ):  # fmt: skip
-        """Label (pi^-1 of the nearest vector's index) of one row; -1 when the nearest vector is tied."""
+        """Label of the closest labeled center of one row, or -1 when the slow path must decide.
+
+        Fast: the nearest vector (rearrangement inequality, best orbit by cosine) when it is unique and labeled.
+        Else, when the coordinates near the level boundaries are distinct, the second-best vector: the best of
+        the winner's basic permutations and the other orbits' best vectors (every other vector lies below one
+        of them along a non-increasing path, Lemma 1 of arXiv 2604.00779), when it is unique and labeled.
+        """
         n = row.shape[0]
         # top n_top (value desc, index asc) and bottom n_bottom (value asc, index desc): one total order
         nt = 0
@@ -209,7 +277,6 @@ if HAVE_NUMBA:
         best = -np.inf
         second = -np.inf
         win = 0
-        win_runner = -np.inf
         for o in range(o_offset.shape[0]):
             npos = o_npos[o]
             nneg = o_nneg[o]
@@ -217,98 +284,117 @@ if HAVE_NUMBA:
             ng = o_ngroups[o]
             s = 0.0
             drop = np.inf
-            # positive groups take sorted-frame coordinates 0..npos-1, in canonical (value desc) order
-            i = 0
+            # levels in sorted-frame order: positive groups (value desc), zeros, negative groups (value desc)
+            f = 0
             prev_val = 0
+            first = True
             for g in range(ng):
                 v = g_value[g0 + g]
                 if v < 0:
                     break
                 c = g_mult[g0 + g]
-                if i > 0:
-                    drop = min(drop, (prev_val - v) * (tv[i - 1] - tv[i]))
-                for t in range(i, i + c):
-                    s += v * tv[t]
-                i += c
+                if not first:
+                    drop = min(drop, (prev_val - v) * (_zval(f - 1, n, tv, bv, n_top) - _zval(f, n, tv, bv, n_top)))
+                for t in range(f, f + c):
+                    s += v * _zval(t, n, tv, bv, n_top)
+                f += c
                 prev_val = v
+                first = False
             zeros = n - npos - nneg
-            if npos > 0 and npos < n:  # boundary after the positives: with a zero, or the first negative
-                nxt = 0
-                if zeros == 0:
-                    for g in range(ng):
-                        if g_value[g0 + g] < 0:
-                            nxt = g_value[g0 + g]
-                            break
-                after = tv[npos] if npos < n_top else bv[n - 1 - npos]
-                drop = min(drop, (prev_val - nxt) * (tv[npos - 1] - after))
-            # negative groups: frame coordinates n-nneg..n-1, least negative first; bottom index = n-1-frame
-            i = n - nneg
-            first_neg = True
-            prev_val = 0
+            if zeros > 0:
+                if not first:
+                    drop = min(drop, prev_val * (_zval(f - 1, n, tv, bv, n_top) - _zval(f, n, tv, bv, n_top)))
+                f += zeros
+                prev_val = 0
+                first = False
             for g in range(ng):
                 v = g_value[g0 + g]
                 if v > 0:
                     continue
                 c = g_mult[g0 + g]
-                if first_neg:
-                    if zeros > 0:
-                        before = bv[n - i] if n - i < n_bottom else tv[i - 1]
-                        drop = min(drop, (0 - v) * (before - bv[n - 1 - i]))
-                    first_neg = False
-                else:
-                    drop = min(drop, (prev_val - v) * (bv[n - i] - bv[n - 1 - i]))
-                for t in range(i, i + c):
-                    s += v * bv[n - 1 - t]
-                i += c
+                if not first:
+                    drop = min(drop, (prev_val - v) * (_zval(f - 1, n, tv, bv, n_top) - _zval(f, n, tv, bv, n_top)))
+                for t in range(f, f + c):
+                    s += v * _zval(t, n, tv, bv, n_top)
+                f += c
                 prev_val = v
+                first = False
+            odot[o] = s
+            odrop[o] = drop
             sc = s * o_inv[o]
-            rn = (s - drop) * o_inv[o]
+            osc[o] = sc
             if sc > best:
                 second = best
                 best = sc
                 win = o
-                win_runner = rn
             elif sc > second:
                 second = sc
-        if max(win_runner, second) >= best:
-            return -1
-        # rank the winner: groups in canonical order choose among the positions still free
+        if max((odot[win] - odrop[win]) * o_inv[win], second) >= best:
+            return -1  # an exact tie for the nearest vector
+        idx = _rank(win, -1, n, ti, bi, n_top, taken, pos, table, g_value, g_mult, g_place, o_gstart, o_ngroups,
+                    o_npos, o_nneg, o_offset)  # fmt: skip
+        lab = _inverse(idx, keys, pa, pb, count) if shuffle else idx
+        if lab < n_classes:
+            return lab
+        # the nearest vector is unlabeled: try the second-best vector
+        for k in range(1, nt):
+            if not tv[k] < tv[k - 1]:
+                return -1
+        for k in range(1, nb):
+            if not bv[k] > bv[k - 1]:
+                return -1
+        c_best = -np.inf
+        c_second = -np.inf
+        c_orb = -1
+        c_swap = -1
+        for o in range(o_offset.shape[0]):
+            if o != win:
+                if osc[o] > c_best:
+                    c_second = c_best
+                    c_best = osc[o]
+                    c_orb = o
+                    c_swap = -1
+                elif osc[o] > c_second:
+                    c_second = osc[o]
+        # the winner's basic permutations: one adjacent swap at each boundary between value levels
         g0 = o_gstart[win]
         ng = o_ngroups[win]
-        nt_ = 0
-        idx = 0
-        t = 0
-        nneg_after = o_nneg[win]
-        for g in range(ng):
-            v = g_value[g0 + g]
-            c = g_mult[g0 + g]
-            if v > 0:
-                for a in range(c):
-                    pos[a] = ti[t + a]
-                t += c
-            else:
-                nneg_after -= c  # groups after this one are more negative and take smaller coordinates
-                for a in range(c):
-                    pos[a] = bi[nneg_after + a]
-            for a in range(1, c):  # insertion sort, c is tiny
-                x = pos[a]
-                b = a
-                while b > 0 and pos[b - 1] > x:
-                    pos[b] = pos[b - 1]
-                    b -= 1
-                pos[b] = x
-            rk = 0
-            for a in range(c):
-                q = pos[a]
-                for b in range(nt_):
-                    if taken[b] < pos[a]:
-                        q -= 1
-                rk += table[q, a + 1]
-            for a in range(c):
-                taken[nt_] = pos[a]
-                nt_ += 1
-            idx += rk * g_place[g0 + g]
-        idx += o_offset[win]
-        if shuffle:
-            return _inverse(idx, keys, pa, pb, count)
-        return idx
+        npos = o_npos[win]
+        nneg = o_nneg[win]
+        zeros = n - npos - nneg
+        f = 0
+        prev_val = 0
+        first = True
+        for part in range(3):  # positives, zeros, negatives
+            for g in range(ng if part != 1 else 1):
+                if part == 1:
+                    if zeros == 0:
+                        continue
+                    v = 0
+                    c = zeros
+                else:
+                    v = g_value[g0 + g]
+                    if (part == 0 and v < 0) or (part == 2 and v > 0):
+                        continue
+                    c = g_mult[g0 + g]
+                if not first:
+                    w = (prev_val - v) * (_zval(f - 1, n, tv, bv, n_top) - _zval(f, n, tv, bv, n_top))
+                    sc = (odot[win] - w) * o_inv[win]
+                    if sc > c_best:
+                        c_second = c_best
+                        c_best = sc
+                        c_orb = win
+                        c_swap = f - 1
+                    elif sc > c_second:
+                        c_second = sc
+                f += c
+                prev_val = v
+                first = False
+        if c_orb < 0 or not c_best > c_second:
+            return -1
+        if c_orb != win and not odrop[c_orb] > 0:
+            return -1
+        idx = _rank(c_orb, c_swap, n, ti, bi, n_top, taken, pos, table, g_value, g_mult, g_place, o_gstart,
+                    o_ngroups, o_npos, o_nneg, o_offset)  # fmt: skip
+        lab = _inverse(idx, keys, pa, pb, count) if shuffle else idx
+        return lab if lab < n_classes else -1

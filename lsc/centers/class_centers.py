@@ -184,6 +184,11 @@ class ClassCenters:
             return self._scan(z, chunk_size)  # a_np, table: exact chunked search
         labels, slow = _kernels.fast_labels(self, z)
         rows = slow.nonzero()[:, 0]
+        if rows.numel() and z.device.type != "cpu" and _kernels.HAVE_NUMBA:
+            # GPU: the fused CPU kernel also resolves most unlabeled-nearest rows (its second-best check)
+            lab2, slow2 = _kernels.fast_labels_numba(self, z[rows].cpu())
+            labels[rows] = lab2.to(z.device)
+            rows = rows[slow2.to(z.device)]
         if rows.numel():
             labels[rows] = self._resolve(z[rows], chunk_size)
         return labels

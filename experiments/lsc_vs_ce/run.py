@@ -16,7 +16,7 @@ import statistics
 import time
 from pathlib import Path
 
-from lsc.bench.report import machine, md_table, write_results
+from lsc.bench.report import machine, md_table, pyplot, save_figure, write_results
 from lsc.bench.runs import run_many
 
 HERE = Path(__file__).parent
@@ -103,11 +103,7 @@ def main(argv=None):
 
 
 def plot(raw, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.5))
     labels = [r["config"] for r in raw]
     means = [100 * statistics.mean(r["test_acc_topk"]) for r in raw]
@@ -116,9 +112,7 @@ def plot(raw, path):
     ax.set_xticks(range(len(raw)), labels, rotation=30, ha="right", fontsize=8)
     ax.set(ylabel="test accuracy %", ylim=(min(means) - 3, max(means) + 2))
     ax.grid(alpha=0.3, axis="y")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

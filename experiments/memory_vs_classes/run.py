@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from lsc.bench.points import ADAM_BYTES_PER_PARAM, head_params, run_probe
-from lsc.bench.report import fmt_bytes, machine, md_table, write_results
+from lsc.bench.report import fmt_bytes, machine, md_table, pyplot, save_figure, write_results
 from lsc.centers import n_min
 
 PAPER_T10 = {
@@ -128,11 +128,7 @@ def main(argv=None):
 
 
 def plot(raw, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
     for m, style in (("lsc", "o-"), ("ce", "s--")):
         pts = [r for r in raw if r["method"] == m and not r.get("oom")]
@@ -143,9 +139,7 @@ def plot(raw, path):
     for ax in (ax1, ax2):
         ax.legend()
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from lsc.bench.report import fmt_bytes, machine, md_table, write_results
+from lsc.bench.report import fmt_bytes, machine, md_table, pyplot, save_figure, write_results
 from lsc.centers import ClassCenters, n_min
 from lsc.models import encoder_backbone, timm_backbone
 
@@ -230,11 +230,7 @@ def table(rows, paper, mode):
 
 
 def plot(rows_by_mode, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for mode, rows in rows_by_mode.items():
         x = [r["n_classes"] for r in rows]
@@ -244,9 +240,7 @@ def plot(rows_by_mode, path):
     ax.set(xscale="log", yscale="log", xlabel="n_classes", ylabel="seconds per 1M queries")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv=None):

@@ -23,7 +23,7 @@ import statistics
 import time
 from pathlib import Path
 
-from lsc.bench.report import machine, md_table, write_results
+from lsc.bench.report import machine, md_table, pyplot, save_figure, write_results
 from lsc.bench.runs import run_many
 from lsc.centers import n_min
 
@@ -171,11 +171,7 @@ def main(argv=None):
 
 
 def plot(curves, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     sizes = sorted({s for s, _ in curves})
     fig, axes = plt.subplots(1, len(sizes), figsize=(6 * len(sizes), 4), squeeze=False)
     for ax, size in zip(axes[0], sizes, strict=True):
@@ -188,9 +184,7 @@ def plot(curves, path):
         ax.set(title=f"{size:,} instance classes", xlabel="epoch", ylabel="training accuracy", ylim=(0, 1.02))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from lsc.bench.points import ADAM_BYTES_PER_PARAM, head_params, run_probe
-from lsc.bench.report import machine, md_table, write_results
+from lsc.bench.report import machine, md_table, pyplot, save_figure, write_results
 from lsc.centers import n_min
 
 
@@ -73,11 +73,7 @@ def main(argv=None):
 
 
 def plot(raw, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for m, style in (("lsc", "o-"), ("ce", "s--")):
         pts = [r for r in raw if r["method"] == m and r["result"]]
@@ -85,9 +81,7 @@ def plot(raw, path):
     ax.set(xscale="log", yscale="log", xlabel="n_classes", ylabel="training images/s")
     ax.legend()
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

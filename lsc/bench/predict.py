@@ -20,13 +20,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from lsc.bench.report import machine as report_machine
 from lsc.centers import ClassCenters, n_min
 
 
@@ -236,17 +236,7 @@ def markdown(rows, header) -> str:
 
 
 def machine() -> str:
-    import platform
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    return f"{report_machine('cpu')}, {torch.get_num_threads()} threads"
 
 
 def main(argv=None):

@@ -66,5 +66,8 @@ def encoder_backbone(out_dim: int, in_chans: int = 3, size: str = "base", **kwar
     sizes = {"base": {}, "medium": dict(widths=(32, 64, 128, 256), hidden=256), "small": None}
     if size not in sizes:
         raise ValueError(f"encoder size must be one of {', '.join(sizes)}, got {size!r}")
-    enc = encoder_small(out_dim, in_chans) if size == "small" else Encoder(out_dim, in_chans, **sizes[size], **kwargs)
+    if size == "small":
+        enc = encoder_small(out_dim, in_chans, **kwargs)
+    else:
+        enc = Encoder(out_dim, in_chans, **sizes[size], **kwargs)
     return Backbone(enc, out_dim, out_dim)

@@ -36,15 +36,30 @@ class Encoder(nn.Module):
         hidden: width of the first linear layer ("a"); the second ("b") maps it to out_dim.
     """
 
-    def __init__(self, out_dim: int, in_chans: int = 3, widths: Sequence[int] = (64, 128, 256, 512, 512), hidden=512):
+    def __init__(
+        self,
+        out_dim: int,
+        in_chans: int = 3,
+        widths: Sequence[int] = (64, 128, 256, 512, 512),
+        hidden: int = 512,
+        head: str = "gap",
+        flat_size: int = 4,
+    ):
         super().__init__()
+        if head not in ("gap", "flat"):
+            raise ValueError(f"encoder head must be 'gap' (global average pool) or 'flat', got {head!r}")
         self.levels = nn.ModuleList()
         c = in_chans
         for w in widths:
             self.levels.append(double_conv(c, w))
             c = w
         self.pool = nn.MaxPool2d(2)
-        self.head = nn.Sequential(nn.Linear(c, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out_dim))
+        # gap: global average pooling (size-free, few parameters); flat: the last feature map pooled to
+        # flat_size x flat_size and flattened,
+        # like a classic CNN classifier -- it keeps the spatial detail that telling images apart needs
+        self.squash = nn.AdaptiveAvgPool2d(1 if head == "gap" else flat_size)
+        feats = c * (1 if head == "gap" else flat_size**2)
+        self.head = nn.Sequential(nn.Linear(feats, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out_dim))
         self.out_dim = out_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -52,9 +67,9 @@ class Encoder(nn.Module):
             if i > 0 and min(x.shape[-2:]) >= 2:
                 x = self.pool(x)
             x = level(x)
-        return self.head(x.mean((-2, -1)))  # (B, out_dim)
+        return self.head(self.squash(x).flatten(1))  # (B, out_dim)
 
 
-def encoder_small(out_dim: int, in_chans: int = 3) -> Encoder:
-    """A ~0.1M-parameter variant that trains in minutes on a CPU."""
-    return Encoder(out_dim, in_chans, widths=(16, 32, 64), hidden=128)
+def encoder_small(out_dim: int, in_chans: int = 3, head: str = "gap", flat_size: int = 4) -> Encoder:
+    """A ~0.1M-parameter variant that trains in minutes on a CPU (more with head='flat')."""
+    return Encoder(out_dim, in_chans, widths=(16, 32, 64), hidden=128, head=head, flat_size=flat_size)

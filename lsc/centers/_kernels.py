@@ -16,6 +16,10 @@ import os
 import numpy as np
 import torch
 
+# numba's thread pool must not outnumber torch's: with OMP_NUM_THREADS=1 (parallel single-thread workers: sweeps,
+# DDP on CPU, the experiment runner) a 2-thread pool per process oversubscribes the cores and halves training speed.
+os.environ.setdefault("NUMBA_NUM_THREADS", str(max(1, torch.get_num_threads())))
+
 try:  # optional: pure torch works everywhere, numba makes the CPU path ~10x faster
     import numba
 

@@ -151,7 +151,12 @@ def expected_n_dim(system: str, n_classes: int, floor: int = 16) -> int:
 def subprocess_env() -> dict[str, str]:
     env = dict(os.environ)
     env.update(
-        OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", WANDB_MODE="offline", WANDB_SILENT="true", HYDRA_FULL_ERROR="1"
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        NUMBA_NUM_THREADS="1",
+        WANDB_MODE="offline",
+        WANDB_SILENT="true",
+        HYDRA_FULL_ERROR="1",
     )
     return env
 

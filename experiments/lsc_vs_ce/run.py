@@ -53,6 +53,7 @@ def main(argv=None):
         "model.optimizer.lr=1e-3",
         "model.scheduler.cosine=true",
         f"trainer.max_epochs={a.epochs}",
+        f"trainer.check_val_every_n_epoch={a.epochs}",  # the test split is evaluated once, at the end
     ]
     if a.limit:
         base.append(f"data.limit={a.limit}")

@@ -85,6 +85,7 @@ def main(argv=None):
         "test=false",
         "callbacks.predictor_accuracy.unlabeled_share=false",
         "centers.auto_min_dim=0",
+        f"trainer.check_val_every_n_epoch={a.epochs}",  # accuracy per epoch comes from the training steps
     ]
     trainer = ["trainer=gpu", "data.num_workers=4"] if a.full_gpu else ["trainer=cpu"]
     if a.full_gpu:

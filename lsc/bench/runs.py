@@ -28,7 +28,8 @@ def run_one(root: Path, name: str, overrides: list[str], threads: int = 1, timeo
     done = d / "metrics.json"
     if not done.exists():
         d.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "WANDB_MODE": "offline"}
+        env = {**os.environ, "WANDB_MODE": "offline"}
+        env.update({k: str(threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")})
         cmd = [
             sys.executable,
             "-m",

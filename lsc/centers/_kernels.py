@@ -84,9 +84,10 @@ class _Plan:
         self.o_nneg = np.array(nneg, dtype=np.int64)
         self.o_offset = np.array(off, dtype=np.int64)
         self.o_inv = np.array(inv, dtype=np.float64)
-        # two beyond the largest orbit's nonzeros: the second-best vector needs one more coordinate on each side
-        self.n_top = min(n, max(o.n_pos for o in orbs) + 2)
-        self.n_bottom = min(n, max(o.n_neg for o in orbs) + 2)
+        # coordinates selected from the top and the bottom: the nearest vector and its runner-up need one beyond
+        # the largest orbit's nonzeros on each side; the second-best check needs one more (selected only then)
+        mp, mn = max(o.n_pos for o in orbs), max(o.n_neg for o in orbs)
+        self.sizes = np.array([min(n, mp + 1), min(n, mn + 1), min(n, mp + 2), min(n, mn + 2)], dtype=np.int64)
         p = cc.perm
         self.shuffle = hasattr(p, "keys")
         self.keys = np.array(p.keys if self.shuffle else [0] * 6, dtype=np.int64)
@@ -109,19 +110,15 @@ def fast_labels_numba(cc, z: torch.Tensor):
     zn = z.detach().float().contiguous().numpy()
     labels = np.empty(zn.shape[0], dtype=np.int64)
     slow = np.empty(zn.shape[0], dtype=np.bool_)
-    # Small batches run on the calling thread: waking numba's pool right after a torch op costs milliseconds
-    # (torch's OpenMP threads spin-wait and take both cores), far more than the work (~0.4 us a row).
-    threads = numba.get_num_threads()
-    if zn.shape[0] < PARALLEL_ROWS:
-        numba.set_num_threads(1)
-    try:
-        _kernel(
-            zn, labels, slow, plan.table, plan.g_value, plan.g_mult, plan.g_place, plan.o_gstart, plan.o_ngroups,
-            plan.o_npos, plan.o_nneg, plan.o_offset, plan.o_inv, plan.n_top, plan.n_bottom, plan.shuffle, plan.keys,
-            plan.pa, plan.pb, plan.count, plan.n_classes,
-        )  # fmt: skip
-    finally:
-        numba.set_num_threads(threads)
+    # Small batches (and single-thread processes) run a serial kernel on the calling thread: numba's thread pool is
+    # never launched there. Waking the pool right after a torch op costs milliseconds (torch's OpenMP threads
+    # spin-wait), and an idle pool beside single-thread workers (sweeps, DDP on CPU) halves their speed.
+    parallel = zn.shape[0] >= PARALLEL_ROWS and torch.get_num_threads() > 1
+    (_kernel if parallel else _kernel_serial)(
+        zn, labels, slow, plan.table, plan.g_value, plan.g_mult, plan.g_place, plan.o_gstart, plan.o_ngroups,
+        plan.o_npos, plan.o_nneg, plan.o_offset, plan.o_inv, plan.sizes, plan.shuffle, plan.keys, plan.pa,
+        plan.pb, plan.count, plan.n_classes,
+    )  # fmt: skip
     return torch.from_numpy(labels), torch.from_numpy(slow)
 
 
@@ -156,52 +153,98 @@ if HAVE_NUMBA:
     @numba.njit(parallel=True, cache=True)
     def _kernel(
         z, labels, slow, table, g_value, g_mult, g_place, o_gstart, o_ngroups, o_npos, o_nneg, o_offset, o_inv,
-        n_top, n_bottom, shuffle, keys, pa, pb, count, n_classes,
+        sizes, shuffle, keys, pa, pb, count, n_classes,
     ):  # fmt: skip
         B = z.shape[0]
-        n_orb = o_offset.shape[0]
         block = 2048
         for blk in numba.prange((B + block - 1) // block):
-            # per-block scratch: allocating inside the row loop would dominate the cost
-            tv = np.empty(n_top, np.float64)
-            ti = np.empty(n_top, np.int64)
-            bv = np.empty(n_bottom, np.float64)
-            bi = np.empty(n_bottom, np.int64)
-            taken = np.empty(n_top + n_bottom, np.int64)
-            pos = np.empty(n_top + n_bottom, np.int64)
-            osc = np.empty(n_orb, np.float64)
-            odot = np.empty(n_orb, np.float64)
-            odrop = np.empty(n_orb, np.float64)
-            for r in range(blk * block, min(B, (blk + 1) * block)):
-                lab = _row(
-                    z[r], tv, ti, bv, bi, taken, pos, osc, odot, odrop, table, g_value, g_mult, g_place, o_gstart,
-                    o_ngroups, o_npos, o_nneg, o_offset, o_inv, n_top, n_bottom, shuffle, keys, pa, pb, count,
-                    n_classes,
-                )  # fmt: skip
-                if lab < 0:
-                    labels[r] = -1
-                    slow[r] = True
-                else:
-                    labels[r] = lab
-                    slow[r] = False
-
-    @numba.njit(cache=True, inline="always")
-    def _coord(k, n, ti, bi, n_top):
-        """Coordinate of the z at sorted-frame position k (0 = largest)."""
-        return ti[k] if k < n_top else bi[n - 1 - k]
-
-    @numba.njit(cache=True, inline="always")
-    def _zval(k, n, tv, bv, n_top):
-        return tv[k] if k < n_top else bv[n - 1 - k]
+            _rows(
+                z, labels, slow, blk * block, min(B, (blk + 1) * block), table, g_value, g_mult, g_place, o_gstart,
+                o_ngroups, o_npos, o_nneg, o_offset, o_inv, sizes, shuffle, keys, pa, pb, count, n_classes,
+            )  # fmt: skip
 
     @numba.njit(cache=True)
-    def _rank(o, swap, n, ti, bi, n_top, taken, pos, table, g_value, g_mult, g_place, o_gstart, o_ngroups,
-              o_npos, o_nneg, o_offset):  # fmt: skip
+    def _kernel_serial(
+        z, labels, slow, table, g_value, g_mult, g_place, o_gstart, o_ngroups, o_npos, o_nneg, o_offset, o_inv,
+        sizes, shuffle, keys, pa, pb, count, n_classes,
+    ):  # fmt: skip
+        """`_kernel` on the calling thread (its own function, so that each keeps its own numba cache entry)."""
+        _rows(
+            z, labels, slow, 0, z.shape[0], table, g_value, g_mult, g_place, o_gstart, o_ngroups, o_npos, o_nneg,
+            o_offset, o_inv, sizes, shuffle, keys, pa, pb, count, n_classes,
+        )  # fmt: skip
+
+    @numba.njit(cache=True)
+    def _rows(
+        z, labels, slow, r0, r1, table, g_value, g_mult, g_place, o_gstart, o_ngroups, o_npos, o_nneg, o_offset,
+        o_inv, sizes, shuffle, keys, pa, pb, count, n_classes,
+    ):  # fmt: skip
+        """Rows r0..r1-1, with scratch allocated once (allocating per row would dominate the cost)."""
+        n_orb = o_offset.shape[0]
+        tv = np.empty(sizes[2], np.float64)
+        ti = np.empty(sizes[2], np.int64)
+        bv = np.empty(sizes[3], np.float64)
+        bi = np.empty(sizes[3], np.int64)
+        taken = np.empty(sizes[2] + sizes[3], np.int64)
+        pos = np.empty(sizes[2] + sizes[3], np.int64)
+        osc = np.empty(n_orb, np.float64)
+        odot = np.empty(n_orb, np.float64)
+        odrop = np.empty(n_orb, np.float64)
+        for r in range(r0, r1):
+            lab = _row(
+                z[r], tv, ti, bv, bi, taken, pos, osc, odot, odrop, table, g_value, g_mult, g_place, o_gstart,
+                o_ngroups, o_npos, o_nneg, o_offset, o_inv, sizes, shuffle, keys, pa, pb, count, n_classes,
+            )  # fmt: skip
+            labels[r] = lab
+            slow[r] = lab < 0
+
+    @numba.njit(cache=True, inline="always")
+    def _select(row, tv, ti, n_top, bv, bi, n_bottom):
+        """Largest n_top (value desc, index asc) and smallest n_bottom (value asc, index desc) coordinates: one
+        total order, so the two lists never disagree on ties."""
+        nt = 0
+        nb = 0
+        for j in range(row.shape[0]):
+            x = np.float64(row[j])
+            if nt < n_top or x > tv[nt - 1]:
+                p = nt if nt < n_top else n_top - 1
+                while p > 0 and x > tv[p - 1]:
+                    tv[p] = tv[p - 1]
+                    ti[p] = ti[p - 1]
+                    p -= 1
+                tv[p] = x
+                ti[p] = j
+                if nt < n_top:
+                    nt += 1
+            if nb < n_bottom or x <= bv[nb - 1]:
+                p = nb if nb < n_bottom else n_bottom - 1
+                while p > 0 and x <= bv[p - 1]:
+                    bv[p] = bv[p - 1]
+                    bi[p] = bi[p - 1]
+                    p -= 1
+                bv[p] = x
+                bi[p] = j
+                if nb < n_bottom:
+                    nb += 1
+        return nt, nb
+
+    @numba.njit(cache=True, inline="always")
+    def _coord(k, n, ti, bi, nt):
+        """Coordinate of the z at sorted-frame position k (0 = largest), from the top or the bottom list."""
+        return ti[k] if k < nt else bi[n - 1 - k]
+
+    @numba.njit(cache=True, inline="always")
+    def _zval(k, n, tv, bv, nt):
+        return tv[k] if k < nt else bv[n - 1 - k]
+
+    @numba.njit(cache=True)
+    def _rank(o, swap, n, ti, bi, nt, taken, pos, table, g_value, g_mult, g_place, o_gstart, o_ngroups, o_nneg,
+              o_offset):  # fmt: skip
         """Global index of orbit o's best arrangement (its levels in sorted-frame order), with frame positions
         swap and swap + 1 exchanged when swap >= 0 (a "basic permutation" of arXiv 2604.00779, Alg. 2)."""
         g0 = o_gstart[o]
         ng = o_ngroups[o]
-        nt_ = 0
+        n_taken = 0
         idx = 0
         fpos = 0  # next frame position of the positive groups
         fneg = n - o_nneg[o]  # next frame position of the negative groups (least negative first)
@@ -213,9 +256,9 @@ if HAVE_NUMBA:
                 f = start + a
                 if f == swap:
                     f = swap + 1
-                elif f == swap + 1 and swap >= 0:
+                elif swap >= 0 and f == swap + 1:
                     f = swap
-                pos[a] = _coord(f, n, ti, bi, n_top)
+                pos[a] = _coord(f, n, ti, bi, nt)
             if v > 0:
                 fpos += c
             else:
@@ -230,29 +273,146 @@ if HAVE_NUMBA:
             rk = 0
             for a in range(c):
                 q = pos[a]
-                for b in range(nt_):
+                for b in range(n_taken):
                     if taken[b] < pos[a]:
                         q -= 1
                 rk += table[q, a + 1]
             for a in range(c):
-                taken[nt_] = pos[a]
-                nt_ += 1
+                taken[n_taken] = pos[a]
+                n_taken += 1
             idx += rk * g_place[g0 + g]
         return idx + o_offset[o]
+
+    @numba.njit(cache=True)
+    def _second(
+        row, tv, ti, bv, bi, taken, pos, osc, odot, odrop, table, g_value, g_mult, g_place, o_gstart, o_ngroups,
+        o_npos, o_nneg, o_offset, o_inv, sizes, shuffle, keys, pa, pb, count, n_classes,
+    ):  # fmt: skip
+        """For a row whose nearest vector is unique but unlabeled: the second-best vector's label when that vector is
+        unique and labeled and the coordinates near the level boundaries are distinct, else -1 (slow path).
+
+        Every vector but the nearest lies below one of the winner's basic permutations or one of the other
+        orbits' best vectors along a non-increasing path (Lemma 1 of arXiv 2604.00779), so the best of those
+        candidates is the second-best vector; distinct coordinates rule out zero-weight edges (exact ties) below it.
+        """
+        n = row.shape[0]
+        nt, nb = _select(row, tv, ti, sizes[2], bv, bi, sizes[3])
+        best = -np.inf
+        second = -np.inf
+        win = 0
+        for o in range(o_offset.shape[0]):
+            g0 = o_gstart[o]
+            ng = o_ngroups[o]
+            s = 0.0
+            drop = np.inf
+            # levels in sorted-frame order: positive groups (value desc), zeros, negative groups (value desc)
+            f = 0
+            prev_val = 0
+            first = True
+            for part in range(3):
+                for g in range(ng if part != 1 else 1):
+                    if part == 1:
+                        c = n - o_npos[o] - o_nneg[o]
+                        if c == 0:
+                            continue
+                        v = 0
+                    else:
+                        v = g_value[g0 + g]
+                        if (part == 0 and v < 0) or (part == 2 and v > 0):
+                            continue
+                        c = g_mult[g0 + g]
+                    if not first:
+                        gap = _zval(f - 1, n, tv, bv, nt) - _zval(f, n, tv, bv, nt)
+                        drop = min(drop, (prev_val - v) * gap)
+                    if v != 0:
+                        for t in range(f, f + c):
+                            s += v * _zval(t, n, tv, bv, nt)
+                    f += c
+                    prev_val = v
+                    first = False
+            odot[o] = s
+            odrop[o] = drop
+            sc = s * o_inv[o]
+            osc[o] = sc
+            if sc > best:
+                second = best
+                best = sc
+                win = o
+            elif sc > second:
+                second = sc
+        for k in range(1, nt):
+            if not tv[k] < tv[k - 1]:
+                return -1
+        for k in range(1, nb):
+            if not bv[k] > bv[k - 1]:
+                return -1
+        c_best = -np.inf
+        c_second = -np.inf
+        c_orb = -1
+        c_swap = -1
+        for o in range(o_offset.shape[0]):
+            if o != win:
+                if osc[o] > c_best:
+                    c_second = c_best
+                    c_best = osc[o]
+                    c_orb = o
+                    c_swap = -1
+                elif osc[o] > c_second:
+                    c_second = osc[o]
+        # the winner's basic permutations: one adjacent swap at each boundary between value levels
+        g0 = o_gstart[win]
+        ng = o_ngroups[win]
+        f = 0
+        prev_val = 0
+        first = True
+        for part in range(3):
+            for g in range(ng if part != 1 else 1):
+                if part == 1:
+                    c = n - o_npos[win] - o_nneg[win]
+                    if c == 0:
+                        continue
+                    v = 0
+                else:
+                    v = g_value[g0 + g]
+                    if (part == 0 and v < 0) or (part == 2 and v > 0):
+                        continue
+                    c = g_mult[g0 + g]
+                if not first:
+                    w = (prev_val - v) * (_zval(f - 1, n, tv, bv, nt) - _zval(f, n, tv, bv, nt))
+                    sc = (odot[win] - w) * o_inv[win]
+                    if sc > c_best:
+                        c_second = c_best
+                        c_best = sc
+                        c_orb = win
+                        c_swap = f - 1
+                    elif sc > c_second:
+                        c_second = sc
+                f += c
+                prev_val = v
+                first = False
+        if c_orb < 0 or not c_best > c_second:
+            return -1
+        if c_orb != win and not odrop[c_orb] > 0:
+            return -1
+        idx = _rank(c_orb, c_swap, n, ti, bi, nt, taken, pos, table, g_value, g_mult, g_place, o_gstart, o_ngroups,
+                    o_nneg, o_offset)  # fmt: skip
+        lab = _inverse(idx, keys, pa, pb, count) if shuffle else idx
+        return lab if lab < n_classes else -1
 
     @numba.njit(cache=True, inline="always")
     def _row(
         row, tv, ti, bv, bi, taken, pos, osc, odot, odrop, table, g_value, g_mult, g_place, o_gstart, o_ngroups,
-        o_npos, o_nneg, o_offset, o_inv, n_top, n_bottom, shuffle, keys, pa, pb, count, n_classes,
+        o_npos, o_nneg, o_offset, o_inv, sizes, shuffle, keys, pa, pb, count, n_classes,
     ):  # fmt: skip
         """Label of the closest labeled center of one row, or -1 when the slow path must decide.
 
-        Fast: the nearest vector (rearrangement inequality, best orbit by cosine) when it is unique and labeled.
-        Else, when the coordinates near the level boundaries are distinct, the second-best vector: the best of
-        the winner's basic permutations and the other orbits' best vectors (every other vector lies below one
-        of them along a non-increasing path, Lemma 1 of arXiv 2604.00779), when it is unique and labeled.
+        The nearest vector (rearrangement inequality, best orbit by cosine) when it is unique and labeled; when it
+        is unique but unlabeled, `_second` tries the second-best vector. This hot path is written out by hand:
+        the generic level loop of `_second` runs ~2.5x slower.
         """
         n = row.shape[0]
+        n_top = sizes[0]
+        n_bottom = sizes[1]
         # top n_top (value desc, index asc) and bottom n_bottom (value asc, index desc): one total order
         nt = 0
         nb = 0
@@ -281,6 +441,7 @@ if HAVE_NUMBA:
         best = -np.inf
         second = -np.inf
         win = 0
+        win_runner = -np.inf
         for o in range(o_offset.shape[0]):
             npos = o_npos[o]
             nneg = o_nneg[o]
@@ -288,117 +449,102 @@ if HAVE_NUMBA:
             ng = o_ngroups[o]
             s = 0.0
             drop = np.inf
-            # levels in sorted-frame order: positive groups (value desc), zeros, negative groups (value desc)
-            f = 0
+            # positive groups take sorted-frame coordinates 0..npos-1, in canonical (value desc) order
+            i = 0
             prev_val = 0
-            first = True
             for g in range(ng):
                 v = g_value[g0 + g]
                 if v < 0:
                     break
                 c = g_mult[g0 + g]
-                if not first:
-                    drop = min(drop, (prev_val - v) * (_zval(f - 1, n, tv, bv, n_top) - _zval(f, n, tv, bv, n_top)))
-                for t in range(f, f + c):
-                    s += v * _zval(t, n, tv, bv, n_top)
-                f += c
+                if i > 0:
+                    drop = min(drop, (prev_val - v) * (tv[i - 1] - tv[i]))
+                for t in range(i, i + c):
+                    s += v * tv[t]
+                i += c
                 prev_val = v
-                first = False
             zeros = n - npos - nneg
-            if zeros > 0:
-                if not first:
-                    drop = min(drop, prev_val * (_zval(f - 1, n, tv, bv, n_top) - _zval(f, n, tv, bv, n_top)))
-                f += zeros
-                prev_val = 0
-                first = False
+            if npos > 0 and npos < n:  # boundary after the positives: with a zero, or the first negative
+                nxt = 0
+                if zeros == 0:
+                    for g in range(ng):
+                        if g_value[g0 + g] < 0:
+                            nxt = g_value[g0 + g]
+                            break
+                after = tv[npos] if npos < n_top else bv[n - 1 - npos]
+                drop = min(drop, (prev_val - nxt) * (tv[npos - 1] - after))
+            # negative groups: frame coordinates n-nneg..n-1, least negative first; bottom index = n-1-frame
+            i = n - nneg
+            first_neg = True
+            prev_val = 0
             for g in range(ng):
                 v = g_value[g0 + g]
                 if v > 0:
                     continue
                 c = g_mult[g0 + g]
-                if not first:
-                    drop = min(drop, (prev_val - v) * (_zval(f - 1, n, tv, bv, n_top) - _zval(f, n, tv, bv, n_top)))
-                for t in range(f, f + c):
-                    s += v * _zval(t, n, tv, bv, n_top)
-                f += c
+                if first_neg:
+                    if zeros > 0:
+                        before = bv[n - i] if n - i < n_bottom else tv[i - 1]
+                        drop = min(drop, (0 - v) * (before - bv[n - 1 - i]))
+                    first_neg = False
+                else:
+                    drop = min(drop, (prev_val - v) * (bv[n - i] - bv[n - 1 - i]))
+                for t in range(i, i + c):
+                    s += v * bv[n - 1 - t]
+                i += c
                 prev_val = v
-                first = False
-            odot[o] = s
-            odrop[o] = drop
             sc = s * o_inv[o]
-            osc[o] = sc
+            rn = (s - drop) * o_inv[o]
             if sc > best:
                 second = best
                 best = sc
                 win = o
+                win_runner = rn
             elif sc > second:
                 second = sc
-        if max((odot[win] - odrop[win]) * o_inv[win], second) >= best:
-            return -1  # an exact tie for the nearest vector
-        idx = _rank(win, -1, n, ti, bi, n_top, taken, pos, table, g_value, g_mult, g_place, o_gstart, o_ngroups,
-                    o_npos, o_nneg, o_offset)  # fmt: skip
+        if max(win_runner, second) >= best:
+            return -1
+        # rank the winner: groups in canonical order choose among the positions still free
+        g0 = o_gstart[win]
+        ng = o_ngroups[win]
+        nt_ = 0
+        idx = 0
+        t = 0
+        nneg_after = o_nneg[win]
+        for g in range(ng):
+            v = g_value[g0 + g]
+            c = g_mult[g0 + g]
+            if v > 0:
+                for a in range(c):
+                    pos[a] = ti[t + a]
+                t += c
+            else:
+                nneg_after -= c  # groups after this one are more negative and take smaller coordinates
+                for a in range(c):
+                    pos[a] = bi[nneg_after + a]
+            for a in range(1, c):  # insertion sort, c is tiny
+                x = pos[a]
+                b = a
+                while b > 0 and pos[b - 1] > x:
+                    pos[b] = pos[b - 1]
+                    b -= 1
+                pos[b] = x
+            rk = 0
+            for a in range(c):
+                q = pos[a]
+                for b in range(nt_):
+                    if taken[b] < pos[a]:
+                        q -= 1
+                rk += table[q, a + 1]
+            for a in range(c):
+                taken[nt_] = pos[a]
+                nt_ += 1
+            idx += rk * g_place[g0 + g]
+        idx += o_offset[win]
         lab = _inverse(idx, keys, pa, pb, count) if shuffle else idx
         if lab < n_classes:
             return lab
-        # the nearest vector is unlabeled: try the second-best vector
-        for k in range(1, nt):
-            if not tv[k] < tv[k - 1]:
-                return -1
-        for k in range(1, nb):
-            if not bv[k] > bv[k - 1]:
-                return -1
-        c_best = -np.inf
-        c_second = -np.inf
-        c_orb = -1
-        c_swap = -1
-        for o in range(o_offset.shape[0]):
-            if o != win:
-                if osc[o] > c_best:
-                    c_second = c_best
-                    c_best = osc[o]
-                    c_orb = o
-                    c_swap = -1
-                elif osc[o] > c_second:
-                    c_second = osc[o]
-        # the winner's basic permutations: one adjacent swap at each boundary between value levels
-        g0 = o_gstart[win]
-        ng = o_ngroups[win]
-        npos = o_npos[win]
-        nneg = o_nneg[win]
-        zeros = n - npos - nneg
-        f = 0
-        prev_val = 0
-        first = True
-        for part in range(3):  # positives, zeros, negatives
-            for g in range(ng if part != 1 else 1):
-                if part == 1:
-                    if zeros == 0:
-                        continue
-                    v = 0
-                    c = zeros
-                else:
-                    v = g_value[g0 + g]
-                    if (part == 0 and v < 0) or (part == 2 and v > 0):
-                        continue
-                    c = g_mult[g0 + g]
-                if not first:
-                    w = (prev_val - v) * (_zval(f - 1, n, tv, bv, n_top) - _zval(f, n, tv, bv, n_top))
-                    sc = (odot[win] - w) * o_inv[win]
-                    if sc > c_best:
-                        c_second = c_best
-                        c_best = sc
-                        c_orb = win
-                        c_swap = f - 1
-                    elif sc > c_second:
-                        c_second = sc
-                f += c
-                prev_val = v
-                first = False
-        if c_orb < 0 or not c_best > c_second:
-            return -1
-        if c_orb != win and not odrop[c_orb] > 0:
-            return -1
-        idx = _rank(c_orb, c_swap, n, ti, bi, n_top, taken, pos, table, g_value, g_mult, g_place, o_gstart,
-                    o_ngroups, o_npos, o_nneg, o_offset)  # fmt: skip
-        lab = _inverse(idx, keys, pa, pb, count) if shuffle else idx
-        return lab if lab < n_classes else -1
+        return _second(
+            row, tv, ti, bv, bi, taken, pos, osc, odot, odrop, table, g_value, g_mult, g_place, o_gstart, o_ngroups,
+            o_npos, o_nneg, o_offset, o_inv, sizes, shuffle, keys, pa, pb, count, n_classes,
+        )  # fmt: skip

@@ -130,22 +130,26 @@ if HAVE_NUMBA:
         h = (x ^ k) * _M1
         return (((h ^ (h >> 31)) & 0x7FFFFFFF) * m) >> 31
 
-    @numba.njit(cache=True)
-    def _inverse(y, keys, a, b, count):
+    @numba.njit(inline="always", cache=True)
+    def _inverse(y, k0, k1, k2, k3, k4, k5, a, b, count):
         """FeistelPermutation.inverse for one value: rounds in reverse, cycle-walking; no division in the rounds
-        (0 <= l < a and 0 <= F < a, so (l - F) mod a is one conditional add)."""
+        (0 <= l < a and 0 <= F < a, so (l - F) mod a is one conditional add). Scalars only: an array argument
+        would cost an atomic reference-count update per call."""
         while True:
             lft = y // b
             rgt = y - lft * b
-            for i in range(5, -1, -1):
-                if i % 2 == 0:
-                    lft -= _f(rgt, keys[i], a)
-                    if lft < 0:
-                        lft += a
-                else:
-                    rgt -= _f(lft, keys[i], b)
-                    if rgt < 0:
-                        rgt += b
+            rgt -= _f(lft, k5, b)
+            rgt += b if rgt < 0 else 0
+            lft -= _f(rgt, k4, a)
+            lft += a if lft < 0 else 0
+            rgt -= _f(lft, k3, b)
+            rgt += b if rgt < 0 else 0
+            lft -= _f(rgt, k2, a)
+            lft += a if lft < 0 else 0
+            rgt -= _f(lft, k1, b)
+            rgt += b if rgt < 0 else 0
+            lft -= _f(rgt, k0, a)
+            lft += a if lft < 0 else 0
             y = lft * b + rgt
             if y < count:
                 return y
@@ -174,59 +178,255 @@ if HAVE_NUMBA:
             o_offset, o_inv, sizes, shuffle, keys, pa, pb, count, n_classes,
         )  # fmt: skip
 
+    @numba.njit(inline="always")
+    def _push_top(a1, a2, a3, a4, x):  # insert x into the descending list a1 >= a2 >= a3 >= a4, branch-free
+        h = max(a1, x)
+        x = min(a1, x)
+        a1 = h
+        h = max(a2, x)
+        x = min(a2, x)
+        a2 = h
+        h = max(a3, x)
+        x = min(a3, x)
+        return a1, a2, h, max(a4, x)
+
+    @numba.njit(inline="always")
+    def _push_bottom(a1, a2, a3, a4, x):  # insert x into the ascending list a1 <= a2 <= a3 <= a4, branch-free
+        h = min(a1, x)
+        x = max(a1, x)
+        a1 = h
+        h = min(a2, x)
+        x = max(a2, x)
+        a2 = h
+        h = min(a3, x)
+        x = max(a3, x)
+        return a1, a2, h, min(a4, x)
+
+    @numba.njit(inline="always")
+    def _pick(k, a1, a2, a3, a4, none):
+        if k == 1:
+            return a1
+        if k == 2:
+            return a2
+        if k == 3:
+            return a3
+        if k == 4:
+            return a4
+        return none
+
     @numba.njit(cache=True)
     def _rows(
         z, labels, slow, r0, r1, table, g_value, g_mult, g_place, o_gstart, o_ngroups, o_npos, o_nneg, o_offset,
         o_inv, sizes, shuffle, keys, pa, pb, count, n_classes,
     ):  # fmt: skip
-        """Rows r0..r1-1, with scratch allocated once (allocating per row would dominate the cost)."""
+        """Labels of rows r0..r1-1: the closest labeled center of each, or -1 where the slow path must decide.
+
+        The nearest vector (rearrangement inequality, best orbit by cosine) when it is unique and labeled; when it
+        is unique but unlabeled, `_second` tries the second-best vector. The per-row work is written out here, in
+        one function: numba updates an array's reference count (an atomic instruction) whenever one is passed to a
+        helper, inlined or not, and ~50 such updates per row took over half the time. Helpers called per row take
+        scalars only; `_second` (a few percent of rows) takes arrays.
+        """
+        n = z.shape[1]
         n_orb = o_offset.shape[0]
-        tv = np.empty(sizes[2], np.float64)
-        ti = np.empty(sizes[2], np.int64)
-        bv = np.empty(sizes[3], np.float64)
-        bi = np.empty(sizes[3], np.int64)
-        taken = np.empty(sizes[2] + sizes[3], np.int64)
-        pos = np.empty(sizes[2] + sizes[3], np.int64)
+        n_top = sizes[0]
+        n_bottom = sizes[1]
+        # selected from each side: one coordinate beyond the largest orbit's nonzeros for the runner-up, one more
+        # for `_second`
+        sel_top = sizes[2]
+        sel_bottom = sizes[3]
+        tv = np.empty(sel_top, np.float64)
+        ti = np.empty(sel_top, np.int64)
+        bv = np.empty(sel_bottom, np.float64)
+        bi = np.empty(sel_bottom, np.int64)
+        taken = np.empty(sel_top + sel_bottom, np.int64)
+        pos = np.empty(sel_top + sel_bottom, np.int64)
         osc = np.empty(n_orb, np.float64)
         odot = np.empty(n_orb, np.float64)
         odrop = np.empty(n_orb, np.float64)
+        cand_top = np.empty(n + 1, np.int64)
+        cand_bottom = np.empty(n + 1, np.int64)
+        k0, k1, k2, k3, k4, k5 = keys[0], keys[1], keys[2], keys[3], keys[4], keys[5]
+        lo = z.dtype.type(-np.inf)
+        hi = z.dtype.type(np.inf)
+        half = n - n % 2
         for r in range(r0, r1):
-            lab = _row(
-                z[r], tv, ti, bv, bi, taken, pos, osc, odot, odrop, table, g_value, g_mult, g_place, o_gstart,
-                o_ngroups, o_npos, o_nneg, o_offset, o_inv, sizes, shuffle, keys, pa, pb, count, n_classes,
-            )  # fmt: skip
+            # Selection of the sel_top largest (value desc, index asc) and sel_bottom smallest (value asc, index
+            # desc) coordinates -- one total order, so the two lists never disagree on ties. A branch-free pass over
+            # two interleaved lanes finds the sel_top-th largest and sel_bottom-th smallest values; a branch-free
+            # compaction keeps the coordinates at or beyond them (as many as selected, more only on ties); only those
+            # go through the ordered insertion, whose data-dependent branches cost ~5x more over a whole row.
+            p1 = p2 = p3 = p4 = q1 = q2 = q3 = q4 = lo
+            s1 = s2 = s3 = s4 = w1 = w2 = w3 = w4 = hi
+            for j in range(0, half, 2):
+                x = z[r, j]
+                y = z[r, j + 1]
+                p1, p2, p3, p4 = _push_top(p1, p2, p3, p4, x)
+                q1, q2, q3, q4 = _push_top(q1, q2, q3, q4, y)
+                s1, s2, s3, s4 = _push_bottom(s1, s2, s3, s4, x)
+                w1, w2, w3, w4 = _push_bottom(w1, w2, w3, w4, y)
+            if half < n:
+                p1, p2, p3, p4 = _push_top(p1, p2, p3, p4, z[r, half])
+                s1, s2, s3, s4 = _push_bottom(s1, s2, s3, s4, z[r, half])
+            p1, p2, p3, p4 = _push_top(p1, p2, p3, p4, q1)
+            p1, p2, p3, p4 = _push_top(p1, p2, p3, p4, q2)
+            p1, p2, p3, p4 = _push_top(p1, p2, p3, p4, q3)
+            p1, p2, p3, p4 = _push_top(p1, p2, p3, p4, q4)
+            s1, s2, s3, s4 = _push_bottom(s1, s2, s3, s4, w1)
+            s1, s2, s3, s4 = _push_bottom(s1, s2, s3, s4, w2)
+            s1, s2, s3, s4 = _push_bottom(s1, s2, s3, s4, w3)
+            s1, s2, s3, s4 = _push_bottom(s1, s2, s3, s4, w4)
+            t_top = _pick(sel_top, p1, p2, p3, p4, lo)  # past 4: no filtering, every coordinate is a candidate
+            t_bottom = _pick(sel_bottom, s1, s2, s3, s4, hi)
+            kt = 0
+            kb = 0
+            for j in range(n):
+                x = z[r, j]
+                cand_top[kt] = j
+                cand_bottom[kb] = j
+                kt += x >= t_top
+                kb += x <= t_bottom
+            nt = 0
+            for c in range(kt):
+                j = cand_top[c]
+                x = np.float64(z[r, j])
+                if nt < sel_top or x > tv[nt - 1]:
+                    p = nt if nt < sel_top else sel_top - 1
+                    while p > 0 and x > tv[p - 1]:
+                        tv[p] = tv[p - 1]
+                        ti[p] = ti[p - 1]
+                        p -= 1
+                    tv[p] = x
+                    ti[p] = j
+                    if nt < sel_top:
+                        nt += 1
+            nb = 0
+            for c in range(kb):
+                j = cand_bottom[c]
+                x = np.float64(z[r, j])
+                if nb < sel_bottom or x <= bv[nb - 1]:
+                    p = nb if nb < sel_bottom else sel_bottom - 1
+                    while p > 0 and x <= bv[p - 1]:
+                        bv[p] = bv[p - 1]
+                        bi[p] = bi[p - 1]
+                        p -= 1
+                    bv[p] = x
+                    bi[p] = j
+                    if nb < sel_bottom:
+                        nb += 1
+            best = -np.inf
+            second = -np.inf
+            win = 0
+            win_runner = -np.inf
+            for o in range(o_offset.shape[0]):
+                npos = o_npos[o]
+                nneg = o_nneg[o]
+                g0 = o_gstart[o]
+                ng = o_ngroups[o]
+                s = 0.0
+                drop = np.inf
+                # positive groups take sorted-frame coordinates 0..npos-1, in canonical (value desc) order
+                i = 0
+                prev_val = 0
+                for g in range(ng):
+                    v = g_value[g0 + g]
+                    if v < 0:
+                        break
+                    c = g_mult[g0 + g]
+                    if i > 0:
+                        drop = min(drop, (prev_val - v) * (tv[i - 1] - tv[i]))
+                    for t in range(i, i + c):
+                        s += v * tv[t]
+                    i += c
+                    prev_val = v
+                zeros = n - npos - nneg
+                if npos > 0 and npos < n:  # boundary after the positives: with a zero, or the first negative
+                    nxt = 0
+                    if zeros == 0:
+                        for g in range(ng):
+                            if g_value[g0 + g] < 0:
+                                nxt = g_value[g0 + g]
+                                break
+                    after = tv[npos] if npos < n_top else bv[n - 1 - npos]
+                    drop = min(drop, (prev_val - nxt) * (tv[npos - 1] - after))
+                # negative groups: frame coordinates n-nneg..n-1, least negative first; bottom index = n-1-frame
+                i = n - nneg
+                first_neg = True
+                prev_val = 0
+                for g in range(ng):
+                    v = g_value[g0 + g]
+                    if v > 0:
+                        continue
+                    c = g_mult[g0 + g]
+                    if first_neg:
+                        if zeros > 0:
+                            before = bv[n - i] if n - i < n_bottom else tv[i - 1]
+                            drop = min(drop, (0 - v) * (before - bv[n - 1 - i]))
+                        first_neg = False
+                    else:
+                        drop = min(drop, (prev_val - v) * (bv[n - i] - bv[n - 1 - i]))
+                    for t in range(i, i + c):
+                        s += v * bv[n - 1 - t]
+                    i += c
+                    prev_val = v
+                sc = s * o_inv[o]
+                rn = (s - drop) * o_inv[o]
+                if sc > best:
+                    second = best
+                    best = sc
+                    win = o
+                    win_runner = rn
+                elif sc > second:
+                    second = sc
+            if max(win_runner, second) >= best:
+                labels[r] = -1
+                slow[r] = True
+                continue
+            # rank the winner: groups in canonical order choose among the positions still free
+            g0 = o_gstart[win]
+            ng = o_ngroups[win]
+            nt_ = 0
+            idx = 0
+            t = 0
+            nneg_after = o_nneg[win]
+            for g in range(ng):
+                v = g_value[g0 + g]
+                c = g_mult[g0 + g]
+                if v > 0:
+                    for a in range(c):
+                        pos[a] = ti[t + a]
+                    t += c
+                else:
+                    nneg_after -= c  # groups after this one are more negative and take smaller coordinates
+                    for a in range(c):
+                        pos[a] = bi[nneg_after + a]
+                for a in range(1, c):  # insertion sort, c is tiny
+                    x = pos[a]
+                    b = a
+                    while b > 0 and pos[b - 1] > x:
+                        pos[b] = pos[b - 1]
+                        b -= 1
+                    pos[b] = x
+                rk = 0
+                for a in range(c):
+                    q = pos[a]
+                    for b in range(nt_):
+                        if taken[b] < pos[a]:
+                            q -= 1
+                    rk += table[q, a + 1]
+                for a in range(c):
+                    taken[nt_] = pos[a]
+                    nt_ += 1
+                idx += rk * g_place[g0 + g]
+            idx += o_offset[win]
+            lab = _inverse(idx, k0, k1, k2, k3, k4, k5, pa, pb, count) if shuffle else idx
+            if lab >= n_classes:
+                lab = _second(
+                    n, nt, nb, tv, ti, bv, bi, taken, pos, osc, odot, odrop, table, g_value, g_mult, g_place, o_gstart,
+                    o_ngroups, o_npos, o_nneg, o_offset, o_inv, shuffle, keys, pa, pb, count, n_classes,
+                )  # fmt: skip
             labels[r] = lab
             slow[r] = lab < 0
-
-    @numba.njit(cache=True, inline="always")
-    def _select(row, tv, ti, n_top, bv, bi, n_bottom):
-        """Largest n_top (value desc, index asc) and smallest n_bottom (value asc, index desc) coordinates: one
-        total order, so the two lists never disagree on ties."""
-        nt = 0
-        nb = 0
-        for j in range(row.shape[0]):
-            x = np.float64(row[j])
-            if nt < n_top or x > tv[nt - 1]:
-                p = nt if nt < n_top else n_top - 1
-                while p > 0 and x > tv[p - 1]:
-                    tv[p] = tv[p - 1]
-                    ti[p] = ti[p - 1]
-                    p -= 1
-                tv[p] = x
-                ti[p] = j
-                if nt < n_top:
-                    nt += 1
-            if nb < n_bottom or x <= bv[nb - 1]:
-                p = nb if nb < n_bottom else n_bottom - 1
-                while p > 0 and x <= bv[p - 1]:
-                    bv[p] = bv[p - 1]
-                    bi[p] = bi[p - 1]
-                    p -= 1
-                bv[p] = x
-                bi[p] = j
-                if nb < n_bottom:
-                    nb += 1
-        return nt, nb
 
     @numba.njit(cache=True, inline="always")
     def _coord(k, n, ti, bi, nt):
@@ -285,8 +485,8 @@ if HAVE_NUMBA:
 
     @numba.njit(cache=True)
     def _second(
-        row, tv, ti, bv, bi, taken, pos, osc, odot, odrop, table, g_value, g_mult, g_place, o_gstart, o_ngroups,
-        o_npos, o_nneg, o_offset, o_inv, sizes, shuffle, keys, pa, pb, count, n_classes,
+        n, nt, nb, tv, ti, bv, bi, taken, pos, osc, odot, odrop, table, g_value, g_mult, g_place, o_gstart, o_ngroups,
+        o_npos, o_nneg, o_offset, o_inv, shuffle, keys, pa, pb, count, n_classes,
     ):  # fmt: skip
         """For a row whose nearest vector is unique but unlabeled: the second-best vector's label when that vector is
         unique and labeled and the coordinates near the level boundaries are distinct, else -1 (slow path).
@@ -295,8 +495,6 @@ if HAVE_NUMBA:
         orbits' best vectors along a non-increasing path (Lemma 1 of arXiv 2604.00779), so the best of those
         candidates is the second-best vector; distinct coordinates rule out zero-weight edges (exact ties) below it.
         """
-        n = row.shape[0]
-        nt, nb = _select(row, tv, ti, sizes[2], bv, bi, sizes[3])
         best = -np.inf
         second = -np.inf
         win = 0
@@ -396,155 +594,6 @@ if HAVE_NUMBA:
             return -1
         idx = _rank(c_orb, c_swap, n, ti, bi, nt, taken, pos, table, g_value, g_mult, g_place, o_gstart, o_ngroups,
                     o_nneg, o_offset)  # fmt: skip
-        lab = _inverse(idx, keys, pa, pb, count) if shuffle else idx
-        return lab if lab < n_classes else -1
-
-    @numba.njit(cache=True, inline="always")
-    def _row(
-        row, tv, ti, bv, bi, taken, pos, osc, odot, odrop, table, g_value, g_mult, g_place, o_gstart, o_ngroups,
-        o_npos, o_nneg, o_offset, o_inv, sizes, shuffle, keys, pa, pb, count, n_classes,
-    ):  # fmt: skip
-        """Label of the closest labeled center of one row, or -1 when the slow path must decide.
-
-        The nearest vector (rearrangement inequality, best orbit by cosine) when it is unique and labeled; when it
-        is unique but unlabeled, `_second` tries the second-best vector. This hot path is written out by hand:
-        the generic level loop of `_second` runs ~2.5x slower.
-        """
-        n = row.shape[0]
-        n_top = sizes[0]
-        n_bottom = sizes[1]
-        # top n_top (value desc, index asc) and bottom n_bottom (value asc, index desc): one total order
-        nt = 0
-        nb = 0
-        for j in range(n):
-            x = np.float64(row[j])
-            if nt < n_top or x > tv[nt - 1]:
-                p = nt if nt < n_top else n_top - 1
-                while p > 0 and x > tv[p - 1]:
-                    tv[p] = tv[p - 1]
-                    ti[p] = ti[p - 1]
-                    p -= 1
-                tv[p] = x
-                ti[p] = j
-                if nt < n_top:
-                    nt += 1
-            if nb < n_bottom or x <= bv[nb - 1]:
-                p = nb if nb < n_bottom else n_bottom - 1
-                while p > 0 and x <= bv[p - 1]:
-                    bv[p] = bv[p - 1]
-                    bi[p] = bi[p - 1]
-                    p -= 1
-                bv[p] = x
-                bi[p] = j
-                if nb < n_bottom:
-                    nb += 1
-        best = -np.inf
-        second = -np.inf
-        win = 0
-        win_runner = -np.inf
-        for o in range(o_offset.shape[0]):
-            npos = o_npos[o]
-            nneg = o_nneg[o]
-            g0 = o_gstart[o]
-            ng = o_ngroups[o]
-            s = 0.0
-            drop = np.inf
-            # positive groups take sorted-frame coordinates 0..npos-1, in canonical (value desc) order
-            i = 0
-            prev_val = 0
-            for g in range(ng):
-                v = g_value[g0 + g]
-                if v < 0:
-                    break
-                c = g_mult[g0 + g]
-                if i > 0:
-                    drop = min(drop, (prev_val - v) * (tv[i - 1] - tv[i]))
-                for t in range(i, i + c):
-                    s += v * tv[t]
-                i += c
-                prev_val = v
-            zeros = n - npos - nneg
-            if npos > 0 and npos < n:  # boundary after the positives: with a zero, or the first negative
-                nxt = 0
-                if zeros == 0:
-                    for g in range(ng):
-                        if g_value[g0 + g] < 0:
-                            nxt = g_value[g0 + g]
-                            break
-                after = tv[npos] if npos < n_top else bv[n - 1 - npos]
-                drop = min(drop, (prev_val - nxt) * (tv[npos - 1] - after))
-            # negative groups: frame coordinates n-nneg..n-1, least negative first; bottom index = n-1-frame
-            i = n - nneg
-            first_neg = True
-            prev_val = 0
-            for g in range(ng):
-                v = g_value[g0 + g]
-                if v > 0:
-                    continue
-                c = g_mult[g0 + g]
-                if first_neg:
-                    if zeros > 0:
-                        before = bv[n - i] if n - i < n_bottom else tv[i - 1]
-                        drop = min(drop, (0 - v) * (before - bv[n - 1 - i]))
-                    first_neg = False
-                else:
-                    drop = min(drop, (prev_val - v) * (bv[n - i] - bv[n - 1 - i]))
-                for t in range(i, i + c):
-                    s += v * bv[n - 1 - t]
-                i += c
-                prev_val = v
-            sc = s * o_inv[o]
-            rn = (s - drop) * o_inv[o]
-            if sc > best:
-                second = best
-                best = sc
-                win = o
-                win_runner = rn
-            elif sc > second:
-                second = sc
-        if max(win_runner, second) >= best:
-            return -1
-        # rank the winner: groups in canonical order choose among the positions still free
-        g0 = o_gstart[win]
-        ng = o_ngroups[win]
-        nt_ = 0
-        idx = 0
-        t = 0
-        nneg_after = o_nneg[win]
-        for g in range(ng):
-            v = g_value[g0 + g]
-            c = g_mult[g0 + g]
-            if v > 0:
-                for a in range(c):
-                    pos[a] = ti[t + a]
-                t += c
-            else:
-                nneg_after -= c  # groups after this one are more negative and take smaller coordinates
-                for a in range(c):
-                    pos[a] = bi[nneg_after + a]
-            for a in range(1, c):  # insertion sort, c is tiny
-                x = pos[a]
-                b = a
-                while b > 0 and pos[b - 1] > x:
-                    pos[b] = pos[b - 1]
-                    b -= 1
-                pos[b] = x
-            rk = 0
-            for a in range(c):
-                q = pos[a]
-                for b in range(nt_):
-                    if taken[b] < pos[a]:
-                        q -= 1
-                rk += table[q, a + 1]
-            for a in range(c):
-                taken[nt_] = pos[a]
-                nt_ += 1
-            idx += rk * g_place[g0 + g]
-        idx += o_offset[win]
-        lab = _inverse(idx, keys, pa, pb, count) if shuffle else idx
-        if lab < n_classes:
-            return lab
-        return _second(
-            row, tv, ti, bv, bi, taken, pos, osc, odot, odrop, table, g_value, g_mult, g_place, o_gstart, o_ngroups,
-            o_npos, o_nneg, o_offset, o_inv, sizes, shuffle, keys, pa, pb, count, n_classes,
-        )  # fmt: skip
+        if shuffle:
+            idx = _inverse(idx, keys[0], keys[1], keys[2], keys[3], keys[4], keys[5], pa, pb, count)
+        return idx if idx < n_classes else -1

@@ -296,6 +296,26 @@ def test_fast_labels_torch_and_numba(name, n_dim, n_classes, shuffle, kind):
     assert torch.equal(ln2, ln[:7]) and torch.equal(sn2, sn[:7])
 
 
+@pytest.mark.parametrize("name,n_dim,n_classes", [("v22", 12, 2500), ("a_n_interp", 6, 200), ("v33", 7, 100)])
+def test_fast_labels_numba_parallel_equals_serial(name, n_dim, n_classes, monkeypatch):
+    """The multi-threaded kernel (prange over row blocks) gives the serial kernel's labels, row for row."""
+    if not kernels.HAVE_NUMBA:
+        pytest.skip("numba not available")
+    cc = make_cc(name, n_dim, n_classes, seed=5, shuffle=True)
+    z = torch.cat([queries(n_dim, 7, "gauss", rows=3000), queries(n_dim, 8, "int", rows=3000)])
+    serial = kernels.fast_labels_numba(cc, z)
+    monkeypatch.setattr(kernels, "PARALLEL_ROWS", 1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        par = kernels.fast_labels_numba(cc, z)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(par[0], serial[0]) and torch.equal(par[1], serial[1])
+    want_labels, want_slow = ref_fast_labels(cc, z[:500])
+    assert torch.equal(par[0][:500][~want_slow], want_labels[~want_slow])
+
+
 def test_fast_labels_torch_row_blocks():
     cc = make_cc("a_n_interp", 6, 200, seed=3)
     z = queries(6, 5, "gauss", rows=300)

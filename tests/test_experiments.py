@@ -35,8 +35,7 @@ def test_experiment_smoke(tmp_path, name):
     assert md and js, f"no results written: {list(tmp_path.iterdir())}"
     assert md[0].read_text().count("|") > 10  # a markdown table
     json.loads(js[0].read_text())
-    if name != "nmin_table":
-        assert list(tmp_path.glob("*.png"))
+    assert list(tmp_path.glob("*.png"))
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
@@ -45,7 +44,8 @@ def test_committed_results_exist(name):
     full = [p for p in out.glob("*.md") if "smoke" not in p.name]
     assert full, f"experiments/{name}/results has no committed full-size results"
     for p in full:
-        assert (p.with_suffix(".json")).exists()
+        assert (p.with_suffix(".json")).exists(), f"{p.name} has no raw JSON beside it"
+        assert (p.with_suffix(".png")).exists(), f"{p.name} has no plot beside it"
 
 
 def test_nmin_table_smoke_matches_papers(tmp_path):

@@ -12,7 +12,7 @@ import argparse
 import time
 from pathlib import Path
 
-from lsc.bench.report import md_table, write_results
+from lsc.bench.report import md_table, pyplot, save_figure, write_results
 from lsc.centers import make_system, n_min
 
 SYSTEMS = ["v11", "v21", "v22", "v31", "v32", "v33", "a_n", "a_np", "a_n_interp", "v21p", "v22p"]
@@ -58,11 +58,9 @@ def main(argv=None):
     raw, rows, mismatches = [], [], []
     for s in systems:
         row = [f"`{s}`"]
-        mc = None
         for nc in classes:
             n = n_min(s, nc)
             sysm = make_system(s, n)
-            mc = sysm.max_cos if mc is None else mc
             paper = PAPER.get((s, nc))
             raw.append({"system": s, "n_classes": nc, "n_min": n, "count": sysm.count, "paper_n_min": paper})
             if paper is not None and paper != n:
@@ -78,9 +76,27 @@ def main(argv=None):
         "\nmax_cos depends only on the system family (it is the same for every n large enough), shown at n = 12."
     )
     print(md)
-    write_results(Path(args.out), "nmin_table_smoke" if args.smoke else "nmin_table", md, raw)
+    name = "nmin_table_smoke" if args.smoke else "nmin_table"
+    write_results(Path(args.out), name, md, raw)
+    plot(raw, Path(args.out) / f"{name}.png")
     if mismatches:
         raise SystemExit(f"n_min differs from the papers: {mismatches}")
+
+
+def plot(raw, path: Path) -> None:
+    """n_min vs n_classes per system (log x), the papers' values as black crosses."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, s in enumerate(dict.fromkeys(r["system"] for r in raw)):
+        pts = [(r["n_classes"], r["n_min"]) for r in raw if r["system"] == s]
+        ax.plot(*zip(*pts, strict=True), marker="o", ms=3, ls="-" if i < 10 else "--", label=s)  # 10 colors
+    paper = [(r["n_classes"], r["paper_n_min"]) for r in raw if r["paper_n_min"] is not None]
+    if paper:
+        ax.scatter(*zip(*paper, strict=True), marker="x", color="black", zorder=3, label="papers")
+    ax.set(xscale="log", yscale="log", xlabel="n_classes", ylabel="n_min (smallest n_dim)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, ncol=2)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

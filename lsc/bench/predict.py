@@ -272,7 +272,8 @@ def main(argv=None):
     print(md)
     out = Path(args.json or f"bench_predict_{device.type}.json")
     out.write_text(json.dumps({"machine": where, "args": vars(args), "rows": rows}, indent=1))
-    print(f"\nwrote {out}")
+    out.with_suffix(".md").write_text(md + "\n")
+    print(f"\nwrote {out} and {out.with_suffix('.md').name}")
     return rows
 
 

@@ -27,6 +27,9 @@ def run_probe(method, n_classes, batch, device="cpu", backbone="encoder", img=32
         finally:
             torch.cuda.empty_cache()
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    # glibc's adaptive mmap threshold keeps freed tensors in the heap, so RSS would lag behind live memory; a fixed
+    # threshold returns every large tensor to the OS when freed and peak RSS tracks what is alive
+    env.setdefault("MALLOC_MMAP_THRESHOLD_", str(1 << 17))
     cmd = [
         sys.executable,
         "-m",

@@ -30,6 +30,23 @@ def rss(field="VmHWM") -> int:
     return 0
 
 
+def reset_peak(cuda: bool) -> int:
+    """Start a new peak-memory window; returns the current usage (the window's baseline)."""
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        return torch.cuda.memory_allocated()
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+    return rss("VmRSS")
+
+
+def peak_now(cuda: bool) -> int:
+    if cuda:
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated()
+    return rss("VmHWM")
+
+
 def build(method: str, n_classes: int, backbone: str, img: int, device):
     if method == "lsc":
         cc = ClassCenters("v22", n_classes, n_dim=n_min("v22", n_classes))
@@ -72,7 +89,11 @@ def probe(method, n_classes, batch, backbone="encoder", img=32, steps=3, device=
         if cuda:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-    peak = (torch.cuda.max_memory_allocated() - base) if cuda else (rss("VmHWM") - base)
+    peak = peak_now(cuda) - base
+    # One more step in two peak windows: forward + backward (grows with the batch: activations, logits) and the
+    # optimizer step (does not: AdamW's temporaries are parameter-sized). The whole-step peak is the larger of the
+    # two, so it is not linear in the batch; the largest batch under a cap needs them apart.
+    peak_mem = _phases(net, opt, loss_fn, cc, x, y, device, dtype, cuda, base) if _windows_ok(cuda) else None
     t = min(times[1:]) if len(times) > 1 else times[0]
     return {
         "method": method,
@@ -82,10 +103,30 @@ def probe(method, n_classes, batch, backbone="encoder", img=32, steps=3, device=
         "img": img,
         "params": n_params,
         "peak_bytes": peak,
+        "peak_fwd_bwd_bytes": peak_mem[0] if peak_mem else None,
+        "peak_opt_bytes": peak_mem[1] if peak_mem else None,
         "step_s": t,
         "images_per_s": batch / t,
         "loss": float(loss.detach()),
     }
+
+
+def _windows_ok(cuda: bool) -> bool:
+    return cuda or Path("/proc/self/clear_refs").exists()
+
+
+def _phases(net, opt, loss_fn, cc, x, y, device, dtype, cuda, base):
+    opt.zero_grad(set_to_none=True)
+    reset_peak(cuda)
+    with torch.autocast(device.type, torch.bfloat16, enabled=dtype == "bf16"):
+        out = net(x)
+        loss = loss_fn(out, y, cc) if cc is not None else F.cross_entropy(out.float(), y)
+    loss.backward()
+    fwd_bwd = peak_now(cuda) - base
+    del out, loss
+    reset_peak(cuda)
+    opt.step()
+    return fwd_bwd, peak_now(cuda) - base
 
 
 def main(argv=None):

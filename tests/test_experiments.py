@@ -61,3 +61,23 @@ def test_nmin_table_smoke_matches_papers(tmp_path):
     rows = json.loads((tmp_path / "nmin_table.json").read_text())
     papers = [r for r in rows if r["paper_n_min"] is not None]
     assert len(papers) == 12 and all(r["n_min"] == r["paper_n_min"] for r in papers)
+
+
+@pytest.mark.slow
+def test_memory_probe_separates_batch_and_optimizer_memory():
+    """The probes behind memory_vs_classes: per image, CE's forward+backward holds at least its n_classes logits
+    more than LSC's (same backbone); the optimizer-step peak does not grow with the batch; LSC's parameter count
+    does not depend on n_classes."""
+    from lsc.bench.points import run_probe
+
+    nc, b1, b2 = 100_000, 8, 40
+    p = {(m, b): run_probe(m, nc, b, backbone="encoder_small", img=32, steps=1, threads=1) for m in ("lsc", "ce")
+         for b in (b1, b2)}  # fmt: skip
+    slope = {m: (p[m, b2]["peak_fwd_bwd_bytes"] - p[m, b1]["peak_fwd_bwd_bytes"]) / (b2 - b1) for m in ("lsc", "ce")}
+    assert slope["lsc"] > 0
+    assert slope["ce"] - slope["lsc"] >= nc * 4  # float32 logits of every class for every image, at least
+    for m in ("lsc", "ce"):
+        assert abs(p[m, b2]["peak_opt_bytes"] - p[m, b1]["peak_opt_bytes"]) < 0.25 * p[m, b1]["peak_opt_bytes"]
+    assert p["ce", b1]["params"] - p["lsc", b1]["params"] >= (nc - 27) * 128  # the n_classes-wide last layer
+    small = run_probe("lsc", 1_000, b1, backbone="encoder_small", img=32, steps=1, threads=1)
+    assert abs(small["params"] - p["lsc", b1]["params"]) <= 129 * (27 - 10)  # only the n_dim-wide head differs

@@ -29,6 +29,7 @@ except ImportError:  # pragma: no cover
 
 
 PARALLEL_ROWS = 1 << 15
+TILE = 32  # rows per SIMD threshold pass in the fused kernel
 
 
 def fast_labels(cc, z: torch.Tensor, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
@@ -179,30 +180,6 @@ if HAVE_NUMBA:
         )  # fmt: skip
 
     @numba.njit(inline="always")
-    def _push_top(a1, a2, a3, a4, x):  # insert x into the descending list a1 >= a2 >= a3 >= a4, branch-free
-        h = max(a1, x)
-        x = min(a1, x)
-        a1 = h
-        h = max(a2, x)
-        x = min(a2, x)
-        a2 = h
-        h = max(a3, x)
-        x = min(a3, x)
-        return a1, a2, h, max(a4, x)
-
-    @numba.njit(inline="always")
-    def _push_bottom(a1, a2, a3, a4, x):  # insert x into the ascending list a1 <= a2 <= a3 <= a4, branch-free
-        h = min(a1, x)
-        x = max(a1, x)
-        a1 = h
-        h = min(a2, x)
-        x = max(a2, x)
-        a2 = h
-        h = min(a3, x)
-        x = max(a3, x)
-        return a1, a2, h, min(a4, x)
-
-    @numba.njit(inline="always")
     def _pick(k, a1, a2, a3, a4, none):
         if k == 1:
             return a1
@@ -249,185 +226,212 @@ if HAVE_NUMBA:
         k0, k1, k2, k3, k4, k5 = keys[0], keys[1], keys[2], keys[3], keys[4], keys[5]
         lo = z.dtype.type(-np.inf)
         hi = z.dtype.type(np.inf)
-        half = n - n % 2
-        for r in range(r0, r1):
+        # per tile of TILE rows, transposed, so that the threshold pass runs across rows in SIMD lanes
+        zt = np.empty((n, TILE), z.dtype)
+        p1 = np.empty(TILE, z.dtype)
+        p2 = np.empty(TILE, z.dtype)
+        p3 = np.empty(TILE, z.dtype)
+        p4 = np.empty(TILE, z.dtype)
+        s1 = np.empty(TILE, z.dtype)
+        s2 = np.empty(TILE, z.dtype)
+        s3 = np.empty(TILE, z.dtype)
+        s4 = np.empty(TILE, z.dtype)
+        for r_tile in range(r0, r1, TILE):
+            m = min(TILE, r1 - r_tile)
             # Selection of the sel_top largest (value desc, index asc) and sel_bottom smallest (value asc, index
-            # desc) coordinates -- one total order, so the two lists never disagree on ties. A branch-free pass over
-            # two interleaved lanes finds the sel_top-th largest and sel_bottom-th smallest values; a branch-free
-            # compaction keeps the coordinates at or beyond them (as many as selected, more only on ties); only those
-            # go through the ordered insertion, whose data-dependent branches cost ~5x more over a whole row.
-            p1 = p2 = p3 = p4 = q1 = q2 = q3 = q4 = lo
-            s1 = s2 = s3 = s4 = w1 = w2 = w3 = w4 = hi
-            for j in range(0, half, 2):
-                x = z[r, j]
-                y = z[r, j + 1]
-                p1, p2, p3, p4 = _push_top(p1, p2, p3, p4, x)
-                q1, q2, q3, q4 = _push_top(q1, q2, q3, q4, y)
-                s1, s2, s3, s4 = _push_bottom(s1, s2, s3, s4, x)
-                w1, w2, w3, w4 = _push_bottom(w1, w2, w3, w4, y)
-            if half < n:
-                p1, p2, p3, p4 = _push_top(p1, p2, p3, p4, z[r, half])
-                s1, s2, s3, s4 = _push_bottom(s1, s2, s3, s4, z[r, half])
-            p1, p2, p3, p4 = _push_top(p1, p2, p3, p4, q1)
-            p1, p2, p3, p4 = _push_top(p1, p2, p3, p4, q2)
-            p1, p2, p3, p4 = _push_top(p1, p2, p3, p4, q3)
-            p1, p2, p3, p4 = _push_top(p1, p2, p3, p4, q4)
-            s1, s2, s3, s4 = _push_bottom(s1, s2, s3, s4, w1)
-            s1, s2, s3, s4 = _push_bottom(s1, s2, s3, s4, w2)
-            s1, s2, s3, s4 = _push_bottom(s1, s2, s3, s4, w3)
-            s1, s2, s3, s4 = _push_bottom(s1, s2, s3, s4, w4)
-            t_top = _pick(sel_top, p1, p2, p3, p4, lo)  # past 4: no filtering, every coordinate is a candidate
-            t_bottom = _pick(sel_bottom, s1, s2, s3, s4, hi)
-            kt = 0
-            kb = 0
+            # desc) coordinates -- one total order, so the two lists never disagree on ties. A branch-free pass
+            # finds the sel_top-th largest and sel_bottom-th smallest values of each row (four running extremes a
+            # side, one SIMD lane per row); per row, a branch-free compaction then keeps the coordinates at or beyond
+            # them (as many as selected, more only on ties), and only those go through the ordered insertion, whose
+            # data-dependent branches cost ~5x more over a whole row.
+            for lane in range(m):
+                for j in range(n):
+                    zt[j, lane] = z[r_tile + lane, j]
+            p1[:] = lo
+            p2[:] = lo
+            p3[:] = lo
+            p4[:] = lo
+            s1[:] = hi
+            s2[:] = hi
+            s3[:] = hi
+            s4[:] = hi
             for j in range(n):
-                x = z[r, j]
-                cand_top[kt] = j
-                cand_bottom[kb] = j
-                kt += x >= t_top
-                kb += x <= t_bottom
-            nt = 0
-            for c in range(kt):
-                j = cand_top[c]
-                x = np.float64(z[r, j])
-                if nt < sel_top or x > tv[nt - 1]:
-                    p = nt if nt < sel_top else sel_top - 1
-                    while p > 0 and x > tv[p - 1]:
-                        tv[p] = tv[p - 1]
-                        ti[p] = ti[p - 1]
-                        p -= 1
-                    tv[p] = x
-                    ti[p] = j
-                    if nt < sel_top:
-                        nt += 1
-            nb = 0
-            for c in range(kb):
-                j = cand_bottom[c]
-                x = np.float64(z[r, j])
-                if nb < sel_bottom or x <= bv[nb - 1]:
-                    p = nb if nb < sel_bottom else sel_bottom - 1
-                    while p > 0 and x <= bv[p - 1]:
-                        bv[p] = bv[p - 1]
-                        bi[p] = bi[p - 1]
-                        p -= 1
-                    bv[p] = x
-                    bi[p] = j
-                    if nb < sel_bottom:
-                        nb += 1
-            best = -np.inf
-            second = -np.inf
-            win = 0
-            win_runner = -np.inf
-            for o in range(o_offset.shape[0]):
-                npos = o_npos[o]
-                nneg = o_nneg[o]
-                g0 = o_gstart[o]
-                ng = o_ngroups[o]
-                s = 0.0
-                drop = np.inf
-                # positive groups take sorted-frame coordinates 0..npos-1, in canonical (value desc) order
-                i = 0
-                prev_val = 0
+                for lane in range(m):
+                    x = zt[j, lane]
+                    y = x
+                    a1 = p1[lane]
+                    a2 = p2[lane]
+                    a3 = p3[lane]
+                    p1[lane] = max(a1, x)
+                    x = min(a1, x)
+                    p2[lane] = max(a2, x)
+                    x = min(a2, x)
+                    p3[lane] = max(a3, x)
+                    p4[lane] = max(p4[lane], min(a3, x))
+                    b1 = s1[lane]
+                    b2 = s2[lane]
+                    b3 = s3[lane]
+                    s1[lane] = min(b1, y)
+                    y = max(b1, y)
+                    s2[lane] = min(b2, y)
+                    y = max(b2, y)
+                    s3[lane] = min(b3, y)
+                    s4[lane] = min(s4[lane], max(b3, y))
+            for lane in range(m):
+                r = r_tile + lane
+                # past 4 selected: no filtering, every coordinate is a candidate
+                t_top = _pick(sel_top, p1[lane], p2[lane], p3[lane], p4[lane], lo)
+                t_bottom = _pick(sel_bottom, s1[lane], s2[lane], s3[lane], s4[lane], hi)
+                kt = 0
+                kb = 0
+                for j in range(n):
+                    x = z[r, j]
+                    cand_top[kt] = j
+                    cand_bottom[kb] = j
+                    kt += x >= t_top
+                    kb += x <= t_bottom
+                nt = 0
+                for c in range(kt):
+                    j = cand_top[c]
+                    x = np.float64(z[r, j])
+                    if nt < sel_top or x > tv[nt - 1]:
+                        p = nt if nt < sel_top else sel_top - 1
+                        while p > 0 and x > tv[p - 1]:
+                            tv[p] = tv[p - 1]
+                            ti[p] = ti[p - 1]
+                            p -= 1
+                        tv[p] = x
+                        ti[p] = j
+                        if nt < sel_top:
+                            nt += 1
+                nb = 0
+                for c in range(kb):
+                    j = cand_bottom[c]
+                    x = np.float64(z[r, j])
+                    if nb < sel_bottom or x <= bv[nb - 1]:
+                        p = nb if nb < sel_bottom else sel_bottom - 1
+                        while p > 0 and x <= bv[p - 1]:
+                            bv[p] = bv[p - 1]
+                            bi[p] = bi[p - 1]
+                            p -= 1
+                        bv[p] = x
+                        bi[p] = j
+                        if nb < sel_bottom:
+                            nb += 1
+                best = -np.inf
+                second = -np.inf
+                win = 0
+                win_runner = -np.inf
+                for o in range(o_offset.shape[0]):
+                    npos = o_npos[o]
+                    nneg = o_nneg[o]
+                    g0 = o_gstart[o]
+                    ng = o_ngroups[o]
+                    s = 0.0
+                    drop = np.inf
+                    # positive groups take sorted-frame coordinates 0..npos-1, in canonical (value desc) order
+                    i = 0
+                    prev_val = 0
+                    for g in range(ng):
+                        v = g_value[g0 + g]
+                        if v < 0:
+                            break
+                        c = g_mult[g0 + g]
+                        if i > 0:
+                            drop = min(drop, (prev_val - v) * (tv[i - 1] - tv[i]))
+                        for t in range(i, i + c):
+                            s += v * tv[t]
+                        i += c
+                        prev_val = v
+                    zeros = n - npos - nneg
+                    if npos > 0 and npos < n:  # boundary after the positives: with a zero, or the first negative
+                        nxt = 0
+                        if zeros == 0:
+                            for g in range(ng):
+                                if g_value[g0 + g] < 0:
+                                    nxt = g_value[g0 + g]
+                                    break
+                        after = tv[npos] if npos < n_top else bv[n - 1 - npos]
+                        drop = min(drop, (prev_val - nxt) * (tv[npos - 1] - after))
+                    # negative groups: frame coordinates n-nneg..n-1, least negative first; bottom index = n-1-frame
+                    i = n - nneg
+                    first_neg = True
+                    prev_val = 0
+                    for g in range(ng):
+                        v = g_value[g0 + g]
+                        if v > 0:
+                            continue
+                        c = g_mult[g0 + g]
+                        if first_neg:
+                            if zeros > 0:
+                                before = bv[n - i] if n - i < n_bottom else tv[i - 1]
+                                drop = min(drop, (0 - v) * (before - bv[n - 1 - i]))
+                            first_neg = False
+                        else:
+                            drop = min(drop, (prev_val - v) * (bv[n - i] - bv[n - 1 - i]))
+                        for t in range(i, i + c):
+                            s += v * bv[n - 1 - t]
+                        i += c
+                        prev_val = v
+                    sc = s * o_inv[o]
+                    rn = (s - drop) * o_inv[o]
+                    if sc > best:
+                        second = best
+                        best = sc
+                        win = o
+                        win_runner = rn
+                    elif sc > second:
+                        second = sc
+                if max(win_runner, second) >= best:
+                    labels[r] = -1
+                    slow[r] = True
+                    continue
+                # rank the winner: groups in canonical order choose among the positions still free (what `_rank(win, -1,
+                # ...)` computes, written out here because a call with array arguments costs ~40 atomic updates per row)
+                g0 = o_gstart[win]
+                ng = o_ngroups[win]
+                nt_ = 0
+                idx = 0
+                t = 0
+                nneg_after = o_nneg[win]
                 for g in range(ng):
                     v = g_value[g0 + g]
-                    if v < 0:
-                        break
                     c = g_mult[g0 + g]
-                    if i > 0:
-                        drop = min(drop, (prev_val - v) * (tv[i - 1] - tv[i]))
-                    for t in range(i, i + c):
-                        s += v * tv[t]
-                    i += c
-                    prev_val = v
-                zeros = n - npos - nneg
-                if npos > 0 and npos < n:  # boundary after the positives: with a zero, or the first negative
-                    nxt = 0
-                    if zeros == 0:
-                        for g in range(ng):
-                            if g_value[g0 + g] < 0:
-                                nxt = g_value[g0 + g]
-                                break
-                    after = tv[npos] if npos < n_top else bv[n - 1 - npos]
-                    drop = min(drop, (prev_val - nxt) * (tv[npos - 1] - after))
-                # negative groups: frame coordinates n-nneg..n-1, least negative first; bottom index = n-1-frame
-                i = n - nneg
-                first_neg = True
-                prev_val = 0
-                for g in range(ng):
-                    v = g_value[g0 + g]
                     if v > 0:
-                        continue
-                    c = g_mult[g0 + g]
-                    if first_neg:
-                        if zeros > 0:
-                            before = bv[n - i] if n - i < n_bottom else tv[i - 1]
-                            drop = min(drop, (0 - v) * (before - bv[n - 1 - i]))
-                        first_neg = False
+                        for a in range(c):
+                            pos[a] = ti[t + a]
+                        t += c
                     else:
-                        drop = min(drop, (prev_val - v) * (bv[n - i] - bv[n - 1 - i]))
-                    for t in range(i, i + c):
-                        s += v * bv[n - 1 - t]
-                    i += c
-                    prev_val = v
-                sc = s * o_inv[o]
-                rn = (s - drop) * o_inv[o]
-                if sc > best:
-                    second = best
-                    best = sc
-                    win = o
-                    win_runner = rn
-                elif sc > second:
-                    second = sc
-            if max(win_runner, second) >= best:
-                labels[r] = -1
-                slow[r] = True
-                continue
-            # rank the winner: groups in canonical order choose among the positions still free (what `_rank(win, -1,
-            # ...)` computes, written out here because a call with array arguments costs ~40 atomic updates per row)
-            g0 = o_gstart[win]
-            ng = o_ngroups[win]
-            nt_ = 0
-            idx = 0
-            t = 0
-            nneg_after = o_nneg[win]
-            for g in range(ng):
-                v = g_value[g0 + g]
-                c = g_mult[g0 + g]
-                if v > 0:
+                        nneg_after -= c  # groups after this one are more negative and take smaller coordinates
+                        for a in range(c):
+                            pos[a] = bi[nneg_after + a]
+                    for a in range(1, c):  # insertion sort, c is tiny
+                        x = pos[a]
+                        b = a
+                        while b > 0 and pos[b - 1] > x:
+                            pos[b] = pos[b - 1]
+                            b -= 1
+                        pos[b] = x
+                    rk = 0
                     for a in range(c):
-                        pos[a] = ti[t + a]
-                    t += c
-                else:
-                    nneg_after -= c  # groups after this one are more negative and take smaller coordinates
+                        q = pos[a]
+                        for b in range(nt_):
+                            if taken[b] < pos[a]:
+                                q -= 1
+                        rk += table[q, a + 1]
                     for a in range(c):
-                        pos[a] = bi[nneg_after + a]
-                for a in range(1, c):  # insertion sort, c is tiny
-                    x = pos[a]
-                    b = a
-                    while b > 0 and pos[b - 1] > x:
-                        pos[b] = pos[b - 1]
-                        b -= 1
-                    pos[b] = x
-                rk = 0
-                for a in range(c):
-                    q = pos[a]
-                    for b in range(nt_):
-                        if taken[b] < pos[a]:
-                            q -= 1
-                    rk += table[q, a + 1]
-                for a in range(c):
-                    taken[nt_] = pos[a]
-                    nt_ += 1
-                idx += rk * g_place[g0 + g]
-            idx += o_offset[win]
-            lab = _inverse(idx, k0, k1, k2, k3, k4, k5, pa, pb, count) if shuffle else idx
-            if lab >= n_classes:
-                lab = _second(
-                    n, nt, nb, tv, ti, bv, bi, taken, pos, osc, odot, odrop, table, g_value, g_mult, g_place, o_gstart,
-                    o_ngroups, o_npos, o_nneg, o_offset, o_inv, shuffle, keys, pa, pb, count, n_classes,
-                )  # fmt: skip
-            labels[r] = lab
-            slow[r] = lab < 0
+                        taken[nt_] = pos[a]
+                        nt_ += 1
+                    idx += rk * g_place[g0 + g]
+                idx += o_offset[win]
+                lab = _inverse(idx, k0, k1, k2, k3, k4, k5, pa, pb, count) if shuffle else idx
+                if lab >= n_classes:
+                    lab = _second(
+                        n, nt, nb, tv, ti, bv, bi, taken, pos, osc, odot, odrop, table, g_value, g_mult, g_place,
+                        o_gstart, o_ngroups, o_npos, o_nneg, o_offset, o_inv, shuffle, keys, pa, pb, count, n_classes,
+                    )  # fmt: skip
+                labels[r] = lab
+                slow[r] = lab < 0
 
     @numba.njit(cache=True, inline="always")
     def _coord(k, n, ti, bi, nt):

@@ -80,9 +80,7 @@ def probe(method, n_classes, batch, backbone="encoder", img=32, steps=3, device=
         if cuda:
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        with torch.autocast(device.type, torch.bfloat16, enabled=dtype == "bf16"):
-            out = net(x)
-            loss = loss_fn(out, y, cc) if cc is not None else F.cross_entropy(out.float(), y)
+        loss = _loss(net, loss_fn, cc, x, y, device, dtype)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -111,6 +109,13 @@ def probe(method, n_classes, batch, backbone="encoder", img=32, steps=3, device=
     }
 
 
+def _loss(net, loss_fn, cc, x, y, device, dtype):
+    """LSC: cosine loss to the gathered centers; CE: cross-entropy over the n_classes logits."""
+    with torch.autocast(device.type, torch.bfloat16, enabled=dtype == "bf16"):
+        out = net(x)
+        return loss_fn(out, y, cc) if cc is not None else F.cross_entropy(out.float(), y)
+
+
 def _windows_ok(cuda: bool) -> bool:
     return cuda or Path("/proc/self/clear_refs").exists()
 
@@ -118,12 +123,10 @@ def _windows_ok(cuda: bool) -> bool:
 def _phases(net, opt, loss_fn, cc, x, y, device, dtype, cuda, base):
     opt.zero_grad(set_to_none=True)
     reset_peak(cuda)
-    with torch.autocast(device.type, torch.bfloat16, enabled=dtype == "bf16"):
-        out = net(x)
-        loss = loss_fn(out, y, cc) if cc is not None else F.cross_entropy(out.float(), y)
+    loss = _loss(net, loss_fn, cc, x, y, device, dtype)
     loss.backward()
     fwd_bwd = peak_now(cuda) - base
-    del out, loss
+    del loss
     reset_peak(cuda)
     opt.step()
     return fwd_bwd, peak_now(cuda) - base

@@ -86,9 +86,9 @@ class _Plan:
         self.o_offset = np.array(off, dtype=np.int64)
         self.o_inv = np.array(inv, dtype=np.float64)
         # coordinates selected from the top and the bottom: the nearest vector and its runner-up need one beyond
-        # the largest orbit's nonzeros on each side; the second-best check needs one more (selected only then)
+        # the largest orbit's nonzeros on each side, the second-best check one more
         mp, mn = max(o.n_pos for o in orbs), max(o.n_neg for o in orbs)
-        self.sizes = np.array([min(n, mp + 1), min(n, mn + 1), min(n, mp + 2), min(n, mn + 2)], dtype=np.int64)
+        self.sizes = np.array([min(n, mp + 2), min(n, mn + 2)], dtype=np.int64)
         p = cc.perm
         self.shuffle = hasattr(p, "keys")
         self.keys = np.array(p.keys if self.shuffle else [0] * 6, dtype=np.int64)
@@ -206,12 +206,8 @@ if HAVE_NUMBA:
         """
         n = z.shape[1]
         n_orb = o_offset.shape[0]
-        n_top = sizes[0]
-        n_bottom = sizes[1]
-        # selected from each side: one coordinate beyond the largest orbit's nonzeros for the runner-up, one more
-        # for `_second`
-        sel_top = sizes[2]
-        sel_bottom = sizes[3]
+        sel_top = sizes[0]  # coordinates selected from each side (see _Plan.sizes); both lists are always full
+        sel_bottom = sizes[1]
         tv = np.empty(sel_top, np.float64)
         ti = np.empty(sel_top, np.int64)
         bv = np.empty(sel_bottom, np.float64)
@@ -351,7 +347,7 @@ if HAVE_NUMBA:
                                 if g_value[g0 + g] < 0:
                                     nxt = g_value[g0 + g]
                                     break
-                        after = tv[npos] if npos < n_top else bv[n - 1 - npos]
+                        after = tv[npos] if npos < sel_top else bv[n - 1 - npos]
                         drop = min(drop, (prev_val - nxt) * (tv[npos - 1] - after))
                     # negative groups: frame coordinates n-nneg..n-1, least negative first; bottom index = n-1-frame
                     i = n - nneg
@@ -364,7 +360,7 @@ if HAVE_NUMBA:
                         c = g_mult[g0 + g]
                         if first_neg:
                             if zeros > 0:
-                                before = bv[n - i] if n - i < n_bottom else tv[i - 1]
+                                before = bv[n - i] if n - i < sel_bottom else tv[i - 1]
                                 drop = min(drop, (0 - v) * (before - bv[n - 1 - i]))
                             first_neg = False
                         else:

@@ -78,8 +78,8 @@ class FeistelPermutation:
     def _rounds(self, x, forward: bool):
         a, b = self.a, self.b
         lft, rgt = x // b, x % b
+        sign = 1 if forward else -1
         for i in range(self.rounds) if forward else range(self.rounds - 1, -1, -1):
-            sign = 1 if forward else -1
             if i % 2 == 0:
                 lft = (lft + sign * self._f(rgt, self.keys[i], a)) % a
             else:

@@ -10,8 +10,10 @@ EXPERIMENTS = nmin_table predict_speed memory_vs_classes train_speed_vs_classes 
 help: ## this list
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-14s %s\n", $$1, $$2}'
 
-install: ## pip install -e ".[dev]" into the active Python, plus Fashion-MNIST from Debian when possible
-	$(PYTHON) -m pip install -e ".[dev]"
+EXTRAS = dev,slurm,faiss
+
+install: ## pip install -e ".[dev,slurm,faiss]" (every extra the tests exercise) + Fashion-MNIST from Debian
+	$(PYTHON) -m pip install -e ".[$(EXTRAS)]"
 	@$(MAKE) --no-print-directory data
 
 data: ## Debian's dataset-fashion-mnist (IDX files in /usr/share/datasets/fashion-mnist), if apt and root

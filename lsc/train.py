@@ -21,8 +21,9 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from lsc.centers import ClassCenters, n_min
-from lsc.utils import register_resolvers, save_json, summary_line, to_float_dict
+from lsc.centers import METHODS, ClassCenters, n_min
+from lsc.runconfig import check_resume, load_checkpoint, stored_run_config
+from lsc.utils import quiet_lightning, register_resolvers, save_json, summary_line, to_float_dict
 
 log = logging.getLogger("lsc.train")
 register_resolvers()
@@ -52,7 +53,10 @@ def build_centers(cfg: DictConfig, n_classes: int) -> ClassCenters:
         return cc
     base = "a_n" if system == "a_nr" else system
     n_dim = resolve_n_dim(base, n_classes, cfg.get("n_dim", "auto"), cfg.get("auto_min_dim", 0) or 0)
-    return ClassCenters(system, n_classes, n_dim=n_dim, seed=cfg.get("seed", 0), shuffle=cfg.get("shuffle"))
+    seed = cfg.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"centers.seed must be an integer, got {seed!r}")
+    return ClassCenters(system, n_classes, n_dim=n_dim, seed=seed, shuffle=cfg.get("shuffle"))
 
 
 def is_lsc(cfg: DictConfig) -> bool:
@@ -61,6 +65,10 @@ def is_lsc(cfg: DictConfig) -> bool:
 
 def build(cfg: DictConfig):
     """(datamodule, module, centers or None) from a composed config."""
+    if is_lsc(cfg) and cfg.model.get("predictor", "topk") not in METHODS:
+        raise ValueError(
+            f"model.predictor={cfg.model.predictor!r} is not a predictor; choose one of {', '.join(METHODS)}"
+        )
     dm = hydra.utils.instantiate(cfg.data)
     n_classes = dm.num_classes
     centers = build_centers(cfg.centers, n_classes) if is_lsc(cfg) else None
@@ -87,9 +95,33 @@ def output_dir(cfg: DictConfig) -> Path:
     return Path(cfg.paths.output_dir)
 
 
+def check_run(cfg: DictConfig) -> None:
+    """Run-level settings that would otherwise fail late or do nothing silently."""
+    seed = cfg.get("seed")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+    epochs, steps = cfg.trainer.get("max_epochs"), cfg.trainer.get("max_steps", -1)
+    if epochs is not None and epochs == 0 and not cfg.trainer.get("fast_dev_run"):
+        raise ValueError(
+            "trainer.max_epochs=0 trains nothing (no checkpoint would be written); set it >= 1, or evaluate a "
+            "checkpoint with `python -m lsc.eval ckpt_path=...`"
+        )
+    if steps == 0:
+        raise ValueError("trainer.max_steps=0 trains nothing; set it >= 1 or -1 (no step limit)")
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Fit (and test), write metrics.json, print the summary line; returns the metrics."""
+    """Fit (and test), write metrics.json, print the summary line; returns the metrics.
+
+    With `ckpt_path` the run resumes from that checkpoint (weights, optimizer, loop and data-loader position) and
+    must use the checkpoint's own data/model/centers/loss settings (`main` takes them from the checkpoint).
+    """
     t0 = time.time()
+    check_run(cfg)
+    quiet_lightning()
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path:
+        check_resume(load_checkpoint(ckpt_path), cfg, ckpt_path)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.get("float32_matmul_precision"):
         torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
@@ -101,17 +133,20 @@ def train(cfg: DictConfig) -> dict[str, float]:
     dm, module, centers = build(cfg)
     if centers is not None:
         log.info(f"centers: {centers}")
+    n_params = sum(p.numel() for p in module.parameters())
+    log.info(f"model: {type(module).__name__}, {n_params:,} parameters; {dm.num_classes:,} classes")
     callbacks = instantiate_dict(cfg.get("callbacks"))
     loggers = instantiate_dict(cfg.get("logger"))
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for lg in loggers:
         lg.log_hyperparams(module.run_config)
     try:
-        trainer.fit(module, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
         metrics = to_float_dict(trainer.callback_metrics)
         if cfg.get("test") and not trainer.fast_dev_run and dm.test_set is not None:
+            # the test split is scored once, on the checkpoint that validation (held out from train) chose
             ckpt = "best" if trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path else None
-            trainer.test(module, datamodule=dm, ckpt_path=ckpt)
+            trainer.test(module, datamodule=dm, ckpt_path=ckpt, weights_only=True)
             metrics.update(to_float_dict(trainer.callback_metrics))
     finally:
         if any(type(lg).__name__ == "WandbLogger" for lg in loggers):
@@ -119,6 +154,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
             wandb.finish()
     extra = {"epochs": trainer.current_epoch, "time_s": round(time.time() - t0, 1)}
+    skipped = dm.bad_images.value
+    if skipped:
+        extra["skipped_images"] = skipped
+        log.warning(f"data.on_bad_image=skip: skipped {skipped:,} unreadable image(s) (warnings above name them)")
     if centers is not None:
         extra["n_dim"] = centers.n_dim
     if trainer.is_global_zero:
@@ -127,10 +166,21 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
+def resume_config(cfg: DictConfig, overrides: list[str], groups: set[str]) -> DictConfig:
+    """With ckpt_path: the checkpoint's own run config, CLI overrides on top. Logs and metrics go to this run's
+    output dir; checkpoints continue in the resumed checkpoint's folder (last.ckpt in place, best score kept)."""
+    path = cfg.get("ckpt_path")
+    if not path:
+        return cfg
+    return stored_run_config(load_checkpoint(path), cfg, overrides, groups, ckpt_dir=Path(path).resolve().parent)
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    hc = HydraConfig.get()
     with open_dict(cfg):
-        cfg.paths.output_dir = HydraConfig.get().runtime.output_dir
+        cfg.paths.output_dir = hc.runtime.output_dir
+    cfg = resume_config(cfg, list(hc.overrides.task), set(hc.runtime.choices.keys()))
     metrics = train(cfg)
     return metrics.get(cfg.get("optimized_metric") or "", None)
 

@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -18,6 +19,15 @@ def register_resolvers() -> None:
     # wandb never prompts: offline unless the user asked for online (WANDB_MODE=online)
     if not OmegaConf.has_resolver("lsc_wandb_offline"):
         OmegaConf.register_new_resolver("lsc_wandb_offline", lambda: os.environ.get("WANDB_MODE", "") != "online")
+
+
+def quiet_lightning() -> None:
+    """A first run shows the progress bar and the result line: drop Lightning's tips, device banners and a
+    deprecation warning raised inside Lightning itself (nothing a user can act on). Warnings stay on."""
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+    logging.getLogger("lightning.fabric.utilities.rank_zero").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    warnings.filterwarnings("ignore", message=r".*'set_vital' is deprecated.*")
 
 
 def to_float_dict(metrics: dict) -> dict[str, float]:

@@ -226,3 +226,39 @@ def make_image_folder(root: Path, n_classes: int = 3, per_class: int = 4, splits
 
 def folder_colour(c: int) -> tuple[int, int, int]:
     return (40 * c % 256, 255 - 30 * c % 256, 100 + 50 * c % 156)
+
+
+# ---- callbacks a test adds through the config (`+callbacks.<name>._target_=helpers.<Class>`) ------------------
+
+
+class BatchRecorder:
+    """Appends the labels of every training batch to a text file, one line per step, as the run goes (so the
+    lines survive a crash). Instantiated by Hydra inside `lsc.train.train`, hence a file and not a list."""
+
+    def __new__(cls, path: str):
+        import lightning as L
+
+        class _Recorder(L.Callback):
+            def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+                with open(path, "a") as f:
+                    f.write(" ".join(str(int(v)) for v in batch[1]) + "\n")
+
+        return _Recorder()
+
+
+class CrashAt:
+    """Raises after training step `step` (after the other callbacks' hooks for it: a crash right after a save)."""
+
+    def __new__(cls, step: int):
+        import lightning as L
+
+        class _Crash(L.Callback):
+            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+                if trainer.global_step == step:
+                    raise RuntimeError(f"simulated crash at step {step}")
+
+        return _Crash()
+
+
+def recorded_batches(path: Path) -> list[list[int]]:
+    return [[int(v) for v in ln.split()] for ln in Path(path).read_text().splitlines()]

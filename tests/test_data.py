@@ -76,7 +76,11 @@ def test_synthetic_batches():
     dm = SyntheticDataModule(num_samples=24, num_classes=5, image_size=16, channels=2, batch_size=8)
     assert dm.num_classes == 5
     check_loaders(dm, (2, 16, 16), 8)
-    assert [dm.train_set[i][1] for i in range(24)] == [i % 5 for i in range(24)]
+    # 20% held out for validation; every image keeps its label i % 5 in either split
+    assert (len(dm.train_set), len(dm.val_set)) == (19, 5)
+    for ds in (dm.train_set, dm.val_set):
+        assert [ds[i][1] for i in range(len(ds))] == [int(j) % 5 for j in ds.index]
+    assert sorted(dm.train_set.index.tolist() + dm.val_set.index.tolist()) == list(range(24))
     # deterministic per index: the same image twice, different images at different indices
     torch.testing.assert_close(dm.train_set[3][0], dm.train_set[3][0])
     assert not torch.equal(dm.train_set[3][0], dm.train_set[4][0])
@@ -92,10 +96,12 @@ def test_fashion_mnist_batches_and_pixels():
         imgs = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)
     with gzip.open(FMNIST_ROOT / "t10k-labels-idx1-ubyte.gz") as f:
         labs = np.frombuffer(f.read(), np.uint8, offset=8)
-    assert len(dm.train_set) == 60_000 and len(dm.val_set) == len(labs) == 10_000
-    assert dm.test_set is dm.val_set  # the test split is the validation split
+    # validation: 10% of the training split, held out (seeded); the test split is only the test set
+    assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (54_000, 6_000, len(labs))
+    assert set(dm.train_set.index.tolist()).isdisjoint(dm.val_set.index.tolist())
+    assert dm.val_set.base is dm.train_set.base and dm.test_set.base is not dm.train_set.base
     for i in (0, 9_999):
-        x, y = dm.val_set[i]
+        x, y = dm.test_set[i]
         assert y == labs[i]
         torch.testing.assert_close(x, normalized(imgs[i], (0.286,), (0.353,)))
 
@@ -113,12 +119,14 @@ def test_cifar_reads_pickle_batches(tmp_path, variant):
     assert dm.num_classes == variant
     check_loaders(dm, (3, 32, 32), 4)
     mean, std = CIFAR_STATS[variant]
-    for ds, split in ((dm.train_set, "train"), (dm.val_set, "test")):
+    assert (len(dm.train_set), len(dm.val_set)) == (18, 2)  # 10% of the training batches held out
+    for ds, split in ((dm.train_set, "train"), (dm.val_set, "train"), (dm.test_set, "test")):
         x_raw, y_raw = raw[split]
-        assert len(ds) == len(y_raw)
-        assert [ds[i][1] for i in range(len(ds))] == y_raw.tolist()  # batches concatenated in order
+        idx = ds.index.tolist()  # batches concatenated in order
+        assert [ds[i][1] for i in range(len(ds))] == y_raw[idx].tolist()
         for i in (0, len(ds) - 1):
-            torch.testing.assert_close(ds[i][0], normalized(x_raw[i].reshape(3, 32, 32), mean, std))
+            torch.testing.assert_close(ds[i][0], normalized(x_raw[idx[i]].reshape(3, 32, 32), mean, std))
+    assert len(dm.test_set) == len(raw["test"][1])
 
 
 def test_cifar_missing_root(tmp_path):
@@ -131,12 +139,13 @@ def test_image_folder_reads_tree(tmp_path):
     dm = ImageFolderDataModule(root=str(tmp_path), img_size=32, batch_size=4)
     assert dm.num_classes == 3
     check_loaders(dm, (3, 32, 32), 4)
-    assert len(dm.train_set) == len(dm.val_set) == 12
+    # val/ is the test split; validation is held out from train/ (data.val_fraction, here 1 of 12)
+    assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (11, 1, 12)
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-    for ds in (dm.train_set, dm.val_set):
-        for i in range(0, 12, 5):
+    for ds in (dm.train_set, dm.val_set, dm.test_set):
+        for i in range(0, len(ds), 5):
             x, y = ds[i]
-            assert y == i // 4  # ImageFolder sorts class folders: class_00, class_01, class_02
+            assert y == int(ds.index[i]) // 4  # class folders sorted: class_00, class_01, class_02
             colour = np.array(folder_colour(y), dtype=np.uint8)[:, None, None].repeat(32, 1).repeat(32, 2)
             torch.testing.assert_close(x, normalized(colour, mean, std), atol=1e-5, rtol=0)
 
@@ -224,14 +233,17 @@ def test_classes_applies_to_test_split(tmp_path):
     dm = CIFARDataModule(root=str(tmp_path), classes=4)
     assert dm.num_classes == 4
     dm.setup("fit")
-    for ds, split in ((dm.train_set, "train"), (dm.val_set, "test")):
-        y_raw = raw[split][1]
-        assert [ds[i][1] for i in range(len(ds))] == y_raw[y_raw < 4].tolist()
+    y_raw = raw["test"][1]
+    assert [dm.test_set[i][1] for i in range(len(dm.test_set))] == y_raw[y_raw < 4].tolist()
+    y_raw = raw["train"][1]
+    picked = sorted(dm.train_set.index.tolist() + dm.val_set.index.tolist())
+    assert picked == np.flatnonzero(y_raw < 4).tolist()
 
 
-def test_empty_selection_is_an_error():
-    with pytest.raises(ValueError, match="empty"):
-        DigitsDataModule(limit=0).num_classes  # noqa: B018
+@pytest.mark.parametrize("limit", [0, -5])
+def test_non_positive_limit_is_an_error(limit):
+    with pytest.raises(ValueError, match=r"data\.limit must be a positive integer or null, got"):
+        DigitsDataModule(limit=limit)
 
 
 # ---- sampler and batch size ---------------------------------------------------------------------------------
@@ -250,7 +262,7 @@ def test_epoch_shuffle_sampler():
 
 
 def test_train_loader_order_depends_on_epoch_only():
-    dm = SyntheticDataModule(num_samples=40, num_classes=40, batch_size=40, seed=1)
+    dm = SyntheticDataModule(num_samples=40, num_classes=40, batch_size=40, seed=1, instance_labels=True)
     dm.setup("fit")
     ys = []
     for epoch in (0, 1, 0):

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import itertools
 import re
+import shlex
 
+import pytest
 import torch
-from helpers import ROOT
+from helpers import CONF, HAS_FMNIST, ROOT, compose_cfg, make_cfg, make_image_folder
+from hydra.core.override_parser.overrides_parser import OverridesParser
+
+import lsc.eval
+import lsc.train
+from lsc.runconfig import check_resume, load_checkpoint
 
 
 def test_readme_engine_example_runs():
@@ -20,3 +28,80 @@ def test_readme_engine_example_runs():
     assert s.index(s.vectors(torch.tensor([0, 123456]))).tolist() == [0, 123456]
     assert torch.equal(cc.predict(z, "topk"), cc.predict(z, "cossim"))
     assert torch.equal(cc.predict(z, "topk"), labels)  # small noise around unit centers: all correct here
+
+
+# ---- every `python -m lsc.train|eval ...` line of the README, in its smallest form ------------------------------
+
+IMAGE_ROOT = "/data/imagenet"  # the README's stand-in for a user's image folder
+RUN_DIR = "logs/train/runs/<run>"  # ... and for one of their run dirs
+
+
+def readme_commands() -> list[tuple[str, list[str]]]:
+    """(module, args) of every `python -m lsc.train|lsc.eval ...` line in the README's bash blocks."""
+    text = (ROOT / "README.md").read_text()
+    cmds = []
+    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+        for line in block.splitlines():
+            line = line.split(" #")[0].strip()
+            if line.startswith(("python -m lsc.train", "python -m lsc.eval")):
+                words = shlex.split(line)
+                cmds.append((words[2], words[3:]))
+    return cmds
+
+
+def expand_jobs(args: list[str]) -> list[list[str]]:
+    """The jobs of a (multi)run: CLI sweeps and the sweep config's hydra.sweeper.params, as Hydra's basic sweeper."""
+    parser = OverridesParser.create()
+    args = [a for a in args if a != "-m"]
+    parsed = parser.parse_overrides(args)
+    fixed = [a for a, o in zip(args, parsed, strict=True) if not o.is_sweep_override()]
+    swept = {o.key_or_group: list(o.sweep_string_iterator()) for o in parsed if o.is_sweep_override()}
+    hc = compose_cfg(fixed, return_hydra_config=True).hydra
+    params = {k: str(v) for k, v in (hc.sweeper.get("params") or {}).items()}
+    for o in parser.parse_overrides([f"{k}={v}" for k, v in params.items()]):
+        values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [str(o.value())]
+        swept.setdefault(o.key_or_group, values)  # the command line wins over the sweep file
+    keys = list(swept)
+    return [fixed + [f"{k}={v}" for k, v in zip(keys, c, strict=True)] for c in itertools.product(*swept.values())]
+
+
+GROUPS = {str(p.relative_to(CONF)) for p in CONF.rglob("*") if p.is_dir()}
+
+
+@pytest.fixture(scope="module")
+def user_files(tmp_path_factory):
+    """A small image folder (for data.root) and a digits checkpoint (for ckpt_path)."""
+    tmp = tmp_path_factory.mktemp("readme")
+    make_image_folder(tmp / "images", n_classes=3, per_class=4, size=16)
+    run = tmp / "run"
+    lsc.train.train(make_cfg(run, "data=digits", "trainer.max_epochs=1"))
+    return {IMAGE_ROOT: str(tmp / "images"), RUN_DIR: str(run)}
+
+
+def test_readme_has_the_commands():
+    cmds = readme_commands()
+    assert ("lsc.train", []) in cmds and any(m == "lsc.eval" for m, _ in cmds)
+    assert any("+sweep=ndim_nclasses" in a for _, a in cmds) and any(a[:1] and "ckpt_path" in a[0] for _, a in cmds)
+
+
+@pytest.mark.parametrize(("module", "args"), readme_commands(), ids=lambda a: a if isinstance(a, str) else " ".join(a))
+def test_readme_command_builds(module, args, user_files, tmp_path):
+    """Every job of the command composed and its data, centers and model built (what fails first in a real run: a
+    bad override, n_dim below n_min, an unknown option); resume lines rebuild the stored run; eval lines run."""
+    args = [a.replace(IMAGE_ROOT, user_files[IMAGE_ROOT]).replace(RUN_DIR, user_files[RUN_DIR]) for a in args]
+    if module == "lsc.eval":
+        cfg = make_cfg(tmp_path, *args, tiny=False, config_name="eval")
+        metrics = lsc.eval.evaluate(cfg, cfg.ckpt_path, args, GROUPS)
+        assert 0 <= metrics["test/acc_topk"] <= 1
+        return
+    jobs = expand_jobs(args)
+    for i, job in enumerate(jobs):
+        cfg = make_cfg(tmp_path / str(i), *job, tiny=False)
+        if cfg.get("ckpt_path"):
+            cfg = lsc.train.resume_config(cfg, job, GROUPS)
+            check_resume(load_checkpoint(cfg.ckpt_path), cfg, cfg.ckpt_path)
+        lsc.train.check_run(cfg)
+        if "fashion" in str(cfg.data._target_).lower() and not HAS_FMNIST:
+            continue
+        dm, _, centers = lsc.train.build(cfg)
+        assert dm.num_classes >= 2 and (centers is None or centers.n_classes == dm.num_classes)

@@ -147,7 +147,7 @@ def test_kill_mid_epoch_then_resume(tmp_path):
     metrics = json.loads((second / "metrics.json").read_text())
     assert metrics["epochs"] == 2
     assert metrics["val/acc_topk"] > 0.5
-    final = _load(second / "checkpoints" / "last.ckpt")
+    final = _load(last)  # checkpoints continue in the folder of the checkpoint resumed from
     assert final["global_step"] >= ckpt["global_step"] and final["global_step"] % 5 == 0
 
 

@@ -28,7 +28,7 @@ class LastCheckpoint(L.Callback):
         if trainer.fast_dev_run or trainer.sanity_checking or trainer.global_step == self._last_step:
             return
         self._last_step = trainer.global_step
-        trainer.save_checkpoint(self.path)
+        trainer.save_checkpoint(self.path, weights_only=False)  # full state: optimizer, loops, data position
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if self.every and trainer.global_step % self.every == 0:

@@ -54,6 +54,8 @@ class ClassCenters:
             n_classes = int(n_classes)
         if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 1:
             raise ValueError(f"n_classes must be a positive integer, got {n_classes!r}")
+        if shuffle is not None and not isinstance(shuffle, bool):
+            raise ValueError(f"shuffle must be true, false or null (system default), got {shuffle!r}")
         if isinstance(system, str):
             name = system
             if name == "a_nr":

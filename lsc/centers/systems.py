@@ -362,6 +362,16 @@ class TableSystem(VectorSystem):
         norms = t.double().norm(dim=1)  # float64: the exact rescoring pass uses these
         if (norms == 0).any():
             raise ValueError(f"table row {(norms == 0).nonzero()[0, 0].item()} is the zero vector; it has no direction")
+        uniq, inverse = torch.unique(t, dim=0, return_inverse=True)
+        if uniq.shape[0] < t.shape[0]:
+            first = torch.full((uniq.shape[0],), -1, dtype=torch.int64)
+            for r, u in enumerate(inverse.tolist()):  # the first pair of equal rows, for the message
+                if first[u] >= 0:
+                    raise ValueError(
+                        f"table rows {first[u].item()} and {r} are identical: two classes would share one center; "
+                        "give every class its own row"
+                    )
+                first[u] = r
         self.name, self.n_dim, self.count, self.table = "table", t.shape[1], t.shape[0], t
         self._inv = 1.0 / norms.double()
 
@@ -419,14 +429,27 @@ def load_table(path: str | Path) -> torch.Tensor:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"table centers file {path} does not exist (set centers.table=<path to .pt/.npy>)")
-    if path.suffix == ".npy":
-        import numpy as np
+    if path.is_dir():
+        raise IsADirectoryError(f"centers.table={path} is a folder; point it at a .pt/.npy file")
+    try:
+        if path.suffix == ".npy":
+            import numpy as np
 
-        return torch.from_numpy(np.load(path))
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+            return torch.from_numpy(np.load(path))
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle/zip/format errors: torch's advice (weights_only=False) would be wrong here
+        raise ValueError(
+            f"centers.table={path} is not a centers file (a [count, n_dim] tensor saved with torch.save or "
+            f"numpy.save; loading failed with {type(e).__name__})"
+        ) from None
     if isinstance(obj, dict):
         obj = obj.get("centers", obj.get("vectors"))
-    return torch.as_tensor(obj)
+    try:
+        return torch.as_tensor(obj)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(
+            f"centers.table={path} holds no tensor (save a [count, n_dim] tensor, or a dict with 'centers')"
+        ) from None
 
 
 # ---- construction ---------------------------------------------------------------------------------------

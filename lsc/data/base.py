@@ -3,28 +3,54 @@
 Every DataModule yields (image float tensor [C, H, W], label int64). A subclass only says how to read its raw
 splits (`_load`); the views that turn a dataset into a many-class one live here:
   classes: K          keep the first K classes (the A_n paper's i1kp)
-  limit: N            keep the first N images
+  limit: N            keep the first N training images (validation and test: `val_limit`)
   instance_labels     every image is its own class (the papers' 50k .. 1.28M-class sets)
   copies: k           repeat the set k times under distinct labels (the top-k paper's > 1.28M-class sets)
-With instance labels there is no held-out split: validation is a fixed sample (val_size) of the training set,
-as the papers report training accuracy. Datasets with no test split (digits) hold out val_fraction.
+Splits. Plain labels: validation is a seeded `val_fraction` of the training images, held out (model selection
+never sees the test split); the test split, when the dataset has one, is evaluated once at the end. Instance
+labels have no held-out images: validation is a fixed sample (`val_size`) of the training set, as the papers
+report training accuracy, and there is no test split.
 """
 
 from __future__ import annotations
 
+import logging
+import warnings
+
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.multiprocessing import Value
+from torch.utils.data import Dataset, default_collate
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 from .transforms import make_transform
 
+log = logging.getLogger("lsc.data")
+warnings.filterwarnings("ignore", message=r".*'set_vital' is deprecated.*")  # raised inside torchdata itself
+BAD_IMAGE_POLICIES = ("error", "skip")
+
+
+class BadImageError(ValueError):
+    """An image file that cannot be decoded; the message names the file."""
+
+    def __init__(self, path, cause: Exception):
+        super().__init__(
+            f"cannot read image {path}: {type(cause).__name__}: {cause} (remove or replace the file, or set "
+            "data.on_bad_image=skip to skip unreadable images and count them)"
+        )
+        self.path = str(path)
+
 
 class LabeledView(Dataset):
-    """base[index[i]] with label labels[i] and a transform; index/labels are int64 tensors (or ranges)."""
+    """base[index[i]] with label labels[i] and a transform; index/labels are int64 tensors (or ranges).
 
-    def __init__(self, base, index, labels, transform=None, copies: int = 1, instance: bool = False):
+    skip_bad: an unreadable image yields None (dropped by `collate_skipping_bad`) and is counted in `bad`.
+    """
+
+    def __init__(self, base, index, labels, transform=None, copies=1, instance=False, skip_bad=False, bad=None):
         self.base, self.index, self.labels, self.transform = base, index, labels, transform
         self.copies, self.instance, self.n = copies, instance, len(index)
+        self.skip_bad, self.bad = skip_bad, bad
 
     def __len__(self):
         return self.n * self.copies
@@ -35,10 +61,25 @@ class LabeledView(Dataset):
 
     def __getitem__(self, i):
         j = i % self.n
-        x = self.base.image(int(self.index[j]))
+        try:
+            x = self.base.image(int(self.index[j]))
+        except BadImageError as e:
+            if not self.skip_bad:
+                raise
+            if self.bad is not None:
+                with self.bad.get_lock():
+                    self.bad.value += 1
+            warnings.warn(f"skipped unreadable image {e.path}", stacklevel=1)
+            return None
         if self.transform is not None:
             x = self.transform(x)
         return x, self.label(i)
+
+
+def collate_skipping_bad(batch):
+    """default_collate without the None items of skipped images (None when the whole batch was unreadable)."""
+    batch = [b for b in batch if b is not None]
+    return default_collate(batch) if batch else None
 
 
 class Subset(Dataset):
@@ -54,21 +95,39 @@ class Subset(Dataset):
         return self.ds[int(self.idx[i])]
 
 
-class EpochShuffleSampler(Sampler[int]):
-    """Shuffles with a generator seeded by (seed, epoch): resuming a run replays the same order.
+class EpochShuffleSampler(torch.utils.data.Sampler[int]):
+    """Shuffles with a generator seeded by (seed, epoch): every epoch's order is a function of (seed, epoch).
 
-    Lightning calls `set_epoch` on samplers that have it (and swaps in a DistributedSampler under DDP).
+    Lightning calls `set_epoch` on samplers that have it (and swaps in a DistributedSampler under DDP). The sampler
+    is stateful (epoch, samples yielded) and the train loader is torchdata's StatefulDataLoader, whose state
+    Lightning saves in every checkpoint: a run resumed mid-epoch serves exactly the samples it had not served, in
+    the same order. The order is drawn lazily, at the first sample, so it follows the epoch set last whether
+    Lightning creates the iterator before or after `set_epoch`.
     """
 
     def __init__(self, n: int, seed: int = 0):
         self.n, self.seed, self.epoch = n, seed, 0
+        self.yielded, self._skip = 0, 0
 
     def set_epoch(self, epoch: int):
+        if epoch != self.epoch:
+            self._skip = 0  # a resumed position belongs to the epoch it was saved in
         self.epoch = epoch
 
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "yielded": self.yielded}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self._skip = int(state["epoch"]), int(state["yielded"])
+
     def __iter__(self):
+        start, self._skip = self._skip, 0
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=g).tolist())
+        order = torch.randperm(self.n, generator=g).tolist()
+        self.yielded = start
+        for i in order[start:]:
+            self.yielded += 1
+            yield i
 
     def __len__(self):
         return self.n
@@ -87,8 +146,23 @@ class RawSplit:
         return self.images[i]
 
 
+def _positive_int(name: str, value, allow_none: bool = True):
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"data.{name} must be a positive integer{' or null' if allow_none else ''}, got {value!r}")
+    return value
+
+
 class LSCDataModule(L.LightningDataModule):
-    """Base DataModule. Subclasses set `mean`, `std`, `channels`, `native_size` and implement `_load()`."""
+    """Base DataModule. Subclasses set `mean`, `std`, `channels`, `native_size` and implement `_load()`.
+
+    Args:
+        val_size: instance labels: size of the fixed training sample that validation scores.
+        val_fraction: plain labels: share of the training images held out for validation (seeded).
+        val_limit: score at most this many validation and test images (the first ones; null: all).
+        on_bad_image: `error` (the error names the file) or `skip` (skipped images are counted and warned about).
+    """
 
     mean: tuple[float, ...] = (0.5,)
     std: tuple[float, ...] = (0.5,)
@@ -107,21 +181,39 @@ class LSCDataModule(L.LightningDataModule):
         transforms: str = "none",
         img_size: int | None = None,
         val_size: int = 10_000,
-        val_fraction: float = 0.2,
+        val_fraction: float = 0.1,
+        val_limit: int | None = None,
         train_eval_size: int = 0,
         seed: int = 0,
         pin_memory: bool = False,
+        on_bad_image: str = "error",
     ):
         super().__init__()
-        if copies < 1:
-            raise ValueError(f"data.copies must be >= 1, got {copies}")
+        _positive_int("batch_size", batch_size, allow_none=False)
+        _positive_int("copies", copies, allow_none=False)
+        _positive_int("limit", limit)
+        _positive_int("classes", classes)
+        _positive_int("val_size", val_size, allow_none=False)
+        _positive_int("val_limit", val_limit)
+        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+            raise ValueError(f"data.num_workers must be an integer >= 0, got {num_workers!r}")
+        if isinstance(train_eval_size, bool) or not isinstance(train_eval_size, int) or train_eval_size < 0:
+            raise ValueError(f"data.train_eval_size must be an integer >= 0, got {train_eval_size!r}")
+        if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 < val_fraction < 1:
+            raise ValueError(
+                f"data.val_fraction must lie strictly between 0 and 1 (the share of training images held out for "
+                f"validation), got {val_fraction!r}"
+            )
         if copies > 1 and not instance_labels:
             raise ValueError("data.copies > 1 needs data.instance_labels=true (copies get distinct labels)")
+        if on_bad_image not in BAD_IMAGE_POLICIES:
+            raise ValueError(f"data.on_bad_image must be one of {', '.join(BAD_IMAGE_POLICIES)}, got {on_bad_image!r}")
         self.batch_size, self.num_workers = batch_size, num_workers
         self.instance_labels, self.copies, self.limit, self.classes = instance_labels, copies, limit, classes
         self.transforms, self.img_size, self.seed = transforms, img_size, seed
-        self.val_size, self.val_fraction = val_size, val_fraction
-        self.train_eval_size, self.pin_memory = train_eval_size, pin_memory
+        self.val_size, self.val_fraction, self.val_limit = val_size, float(val_fraction), val_limit
+        self.train_eval_size, self.pin_memory, self.on_bad_image = train_eval_size, pin_memory, on_bad_image
+        self.bad_images = Value("i", 0)  # skipped unreadable images, counted across loader workers
         self._raw = None
         self.train_set = self.val_set = self.test_set = self.train_eval_set = None
 
@@ -143,6 +235,9 @@ class LSCDataModule(L.LightningDataModule):
         if self.classes is not None:
             idx = idx[split.targets[idx] < self.classes]
         if self.limit is not None:
+            if self.limit > len(idx) and not getattr(self, "_warned_limit", False):
+                self._warned_limit = True
+                log.warning(f"data.limit={self.limit:,} exceeds the {len(idx):,} training images; using all of them")
             idx = idx[: self.limit]
         return idx
 
@@ -152,13 +247,19 @@ class LSCDataModule(L.LightningDataModule):
         idx = self._select(train)
         if len(idx) == 0:
             raise ValueError("the data selection is empty (check data.limit / data.classes)")
-        if self.instance_labels:
-            return len(idx) * self.copies
-        return int(train.targets[idx].max()) + 1
+        n = len(idx) * self.copies if self.instance_labels else int(train.targets[idx].max()) + 1
+        if n < 2:
+            raise ValueError(f"the data has {n} class: a classifier needs at least 2 (check data.limit / data.classes)")
+        return n
 
     @property
     def out_size(self) -> int:
         return self.img_size or self.native_size
+
+    def _view(self, split, idx, transform, **kw):
+        return LabeledView(
+            split, idx, split.targets[idx], transform, skip_bad=self.on_bad_image == "skip", bad=self.bad_images, **kw
+        )
 
     def setup(self, stage: str | None = None):
         if self.train_set is not None:
@@ -168,30 +269,36 @@ class LSCDataModule(L.LightningDataModule):
         t_train = make_transform(self.transforms, True, size, self.mean, self.std, self.native_size, self.large_images)
         t_eval = make_transform("none", False, size, self.mean, self.std, self.native_size, self.large_images)
         idx = self._select(train)
-        self.train_set = LabeledView(train, idx, train.targets[idx], t_train, self.copies, self.instance_labels)
-        eval_view = LabeledView(train, idx, train.targets[idx], t_eval, self.copies, self.instance_labels)
         g = torch.Generator().manual_seed(self.seed + 1)
-        n = len(self.train_set)
-        if self.instance_labels or test is None:
+        if self.instance_labels:
             # papers: training accuracy on a fixed sample (instance labels have no held-out images)
-            k = min(self.val_size, n) if self.instance_labels else max(1, int(round(self.val_fraction * n)))
-            sample = torch.randperm(n, generator=g)[:k]
-            if not self.instance_labels:  # plain datasets with no test split: hold out val_fraction
-                keep = torch.ones(n, dtype=torch.bool)
-                keep[sample] = False
-                kept = idx[keep]
-                self.train_set = LabeledView(train, kept, train.targets[kept], t_train)
-                eval_view = LabeledView(train, kept, train.targets[kept], t_eval)
-                self.val_set = LabeledView(train, idx[sample], train.targets[idx[sample]], t_eval)
-            else:
-                self.val_set = Subset(eval_view, sample)
+            self.train_set = self._view(train, idx, t_train, copies=self.copies, instance=True)
+            eval_view = self._view(train, idx, t_eval, copies=self.copies, instance=True)
+            n = len(self.train_set)
+            self.val_set = Subset(eval_view, torch.randperm(n, generator=g)[: min(self.val_size, n)])
             self.test_set = None
         else:
-            tidx = torch.arange(len(test))
-            if self.classes is not None:
-                tidx = tidx[test.targets < self.classes]
-            self.val_set = LabeledView(test, tidx, test.targets[tidx], t_eval)
-            self.test_set = self.val_set
+            n = len(idx)
+            k = max(1, int(round(self.val_fraction * n)))
+            if k >= n:
+                raise ValueError(
+                    f"holding out data.val_fraction={self.val_fraction} of {n} training image(s) for validation "
+                    "leaves none to train on; raise data.limit or lower data.val_fraction"
+                )
+            held = torch.zeros(n, dtype=torch.bool)
+            held[torch.randperm(n, generator=g)[:k]] = True
+            self.train_set = self._view(train, idx[~held], t_train)
+            eval_view = self._view(train, idx[~held], t_eval)
+            self.val_set = self._view(train, idx[held], t_eval)
+            self.test_set = None
+            if test is not None:
+                tidx = torch.arange(len(test))
+                if self.classes is not None:
+                    tidx = tidx[test.targets < self.classes]
+                self.test_set = self._view(test, tidx, t_eval)
+        if self.val_limit is not None:
+            self.val_set = _first(self.val_set, self.val_limit)
+            self.test_set = None if self.test_set is None else _first(self.test_set, self.val_limit)
         if self.train_eval_size:
             m = len(eval_view)
             self.train_eval_set = Subset(eval_view, torch.randperm(m, generator=g)[: min(self.train_eval_size, m)])
@@ -203,14 +310,17 @@ class LSCDataModule(L.LightningDataModule):
         return self.batch_size // world
 
     def _loader(self, ds, train=False):
-        return DataLoader(
+        # StatefulDataLoader: a DataLoader whose position within the epoch is saved in every checkpoint (Lightning
+        # calls its state_dict/load_state_dict), so a run resumed mid-epoch serves exactly the batches it had not.
+        return StatefulDataLoader(
             ds,
             batch_size=self._per_device_batch(),
             sampler=EpochShuffleSampler(len(ds), self.seed) if train else None,
             num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
             drop_last=False,
+            collate_fn=collate_skipping_bad if self.on_bad_image == "skip" else None,
         )
 
     def train_dataloader(self):
@@ -224,3 +334,7 @@ class LSCDataModule(L.LightningDataModule):
 
     def train_eval_dataloader(self):
         return None if self.train_eval_set is None else self._loader(self.train_eval_set)
+
+
+def _first(ds, n: int):
+    return ds if len(ds) <= n else Subset(ds, torch.arange(n))

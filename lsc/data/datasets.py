@@ -6,15 +6,17 @@ Nothing downloads unless `download: true`; a missing root raises FileNotFoundErr
 from __future__ import annotations
 
 import gzip
+import logging
 import pickle
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .base import LSCDataModule, RawSplit
+from .base import BadImageError, LSCDataModule, RawSplit
 
 FMNIST_DEBIAN = "/usr/share/datasets/fashion-mnist"
+log = logging.getLogger("lsc.data")
 
 
 def _missing(what: str, root, hint: str) -> FileNotFoundError:
@@ -25,6 +27,9 @@ class DigitsDataModule(LSCDataModule):
     """scikit-learn's bundled 8x8 digits (1,797 images, 10 classes): no files, no network."""
 
     mean, std, channels, native_size = (0.2,), (0.3,), 1, 8
+
+    def __init__(self, val_fraction: float = 0.2, **kw):  # no test split: a larger hold-out
+        super().__init__(val_fraction=val_fraction, **kw)
 
     def _load(self):
         from sklearn.datasets import load_digits
@@ -131,22 +136,66 @@ class CIFARDataModule(LSCDataModule):
 
 
 class _FolderSplit(RawSplit):
-    """torchvision ImageFolder, read lazily (PIL images)."""
+    """Images of a class-per-folder tree, read lazily (PIL). Labels come from `class_to_idx` (class folder name ->
+    label), indexed once from train/ so that every split labels a class by its name, never by its position."""
 
-    def __init__(self, folder):
-        from torchvision.datasets import ImageFolder
+    def __init__(self, folder: Path, class_to_idx: dict[str, int] | None = None):
+        from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader, find_classes, make_dataset
 
-        self.ds = ImageFolder(str(folder))
-        self.targets = torch.as_tensor(self.ds.targets, dtype=torch.int64)
+        names, own = find_classes(str(folder))  # FileNotFoundError when folder has no class folders
+        if class_to_idx is None:
+            class_to_idx = own
+        else:
+            extra = sorted(set(names) - set(class_to_idx))
+            if extra:
+                more = f" (+{len(extra) - 5} more)" if len(extra) > 5 else ""
+                raise ValueError(
+                    f"{folder} has class folder(s) that the training folder lacks: {', '.join(extra[:5])}{more}; "
+                    "every evaluated class needs training images (labels come from the training folder's classes)"
+                )
+        self.folder, self.class_to_idx, self.loader = Path(folder), class_to_idx, default_loader
+        present = {n: class_to_idx[n] for n in names}
+        self.samples = make_dataset(str(folder), present, extensions=IMG_EXTENSIONS, allow_empty=True)
+        if not self.samples:
+            raise FileNotFoundError(f"no images ({', '.join(IMG_EXTENSIONS)}) under {folder}")
+        self.targets = torch.as_tensor([t for _, t in self.samples], dtype=torch.int64)
 
     def image(self, i):
-        return self.ds.loader(self.ds.samples[i][0])
+        path = self.samples[i][0]
+        try:
+            img = self.loader(path)
+            img.load()
+        except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... for broken files
+            raise BadImageError(path, e) from e
+        return img
+
+    def bad_images(self) -> list[str]:
+        """Paths of the files that fail to decode (full decode of every image)."""
+        bad = []
+        for i in range(len(self.samples)):
+            try:
+                self.image(i)
+            except BadImageError as e:
+                bad.append(e.path)
+        return bad
+
+    def drop(self, paths: set[str]) -> None:
+        keep = [i for i, (p, _) in enumerate(self.samples) if p not in paths]
+        self.samples = [self.samples[i] for i in keep]
+        self.targets = self.targets[keep]
 
 
 class ImageFolderDataModule(LSCDataModule):
-    """Class-per-folder trees (ImageNet-1k, CINIC-10, ...): root/train/<class>/*.jpg and optional root/val|test."""
+    """Class-per-folder trees (ImageNet-1k, CINIC-10, ...): root/train/<class>/*.jpg and optional root/val|test.
+
+    Class labels are indexed once from train/ (sorted folder names) and the other split maps its folders by name;
+    a class folder there that train/ lacks is an error. The val/ (or test/) folder is the test split; validation
+    is held out from train/ (`val_fraction`). check_images: decode every image at start and fail (or, with
+    on_bad_image=skip, drop them) before training: `auto` does it when there are at most 2,000 images.
+    """
 
     mean, std, native_size, large_images = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 224, True
+    CHECK_AUTO_MAX = 2_000
 
     def __init__(
         self,
@@ -155,24 +204,40 @@ class ImageFolderDataModule(LSCDataModule):
         val_dir: str | None = "val",
         large_images: bool = True,
         native_size: int = 224,
+        check_images: bool | str = "auto",
         **kw,
     ):
         super().__init__(**kw)
         self.large_images, self.native_size = large_images, native_size
         if root is None:
             raise ValueError("data=imagefolder needs data.root=<folder with train/<class>/ images>")
-        self.root, self.train_dir, self.val_dir = Path(root), train_dir, val_dir
+        if check_images not in (True, False, "auto"):
+            raise ValueError(f"data.check_images must be true, false or auto, got {check_images!r}")
+        self.root, self.train_dir, self.val_dir, self.check_images = Path(root), train_dir, val_dir, check_images
 
     def _load(self):
-        train = self.root / self.train_dir
-        if not train.is_dir():
+        train_path = self.root / self.train_dir
+        if not train_path.is_dir():
             raise _missing(f"image folder {self.train_dir}/", self.root, "point data.root at the dataset's top folder")
-        val = None
+        train, val = _FolderSplit(train_path), None
         for name in [self.val_dir, "val", "test", "valid"]:
             if name and (self.root / name).is_dir() and not self.instance_labels:
-                val = _FolderSplit(self.root / name)
+                val = _FolderSplit(self.root / name, train.class_to_idx)
                 break
-        return _FolderSplit(train), val
+        splits = [s for s in (train, val) if s is not None]
+        n = sum(len(s) for s in splits)
+        if self.check_images is True or (self.check_images == "auto" and n <= self.CHECK_AUTO_MAX):
+            for s in splits:
+                bad = s.bad_images()
+                if bad and self.on_bad_image == "error":
+                    more = f" (+{len(bad) - 5} more)" if len(bad) > 5 else ""
+                    raise BadImageError(", ".join(bad[:5]) + more, OSError(f"{len(bad)} unreadable image(s)"))
+                if bad:
+                    log.warning(f"data.on_bad_image=skip: dropped {len(bad)} unreadable image(s), e.g. {bad[0]}")
+                    with self.bad_images.get_lock():
+                        self.bad_images.value += len(bad)
+                    s.drop(set(bad))
+        return train, val
 
 
 class SyntheticSplit(RawSplit):
@@ -192,8 +257,16 @@ class SyntheticDataModule(LSCDataModule):
 
     mean, std = (0.5, 0.5, 0.5), (0.29, 0.29, 0.29)
 
-    def __init__(self, num_samples: int = 64, num_classes: int = 10, image_size: int = 32, channels: int = 3, **kw):
-        super().__init__(**kw)
+    def __init__(
+        self,
+        num_samples: int = 64,
+        num_classes: int = 10,
+        image_size: int = 32,
+        channels: int = 3,
+        val_fraction: float = 0.2,
+        **kw,
+    ):
+        super().__init__(val_fraction=val_fraction, **kw)
         self.num_samples, self._n_classes, self.native_size, self.channels = (
             num_samples,
             num_classes,

@@ -17,10 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MaxMetric, MeanMetric, MetricCollection
 
-from lsc.centers import ClassCenters
-
-CENTERS_KEY = "lsc_centers"
-CONFIG_KEY = "lsc_config"
+from lsc.centers import METHODS, ClassCenters
+from lsc.runconfig import CENTERS_KEY, CONFIG_KEY
 
 
 def _metrics():
@@ -52,6 +50,8 @@ class _Base(L.LightningModule):
         checkpoint[CONFIG_KEY] = getattr(self, "run_config", None)
 
     def _step(self, batch, stage: str):
+        if batch is None:  # every image of the batch was unreadable (data.on_bad_image=skip): nothing to learn
+            return None, None, None
         x, y = batch
         out = self(x)  # (B, n_dim) embeddings, or (B, n_classes) logits for CE
         loss = self.compute_loss(out, y)
@@ -65,16 +65,18 @@ class _Base(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         loss, _, _ = self._step(batch, "train")
+        if loss is None:
+            return None  # Lightning skips the optimizer step
         self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=False)
         return loss
 
     def validation_step(self, batch, batch_idx):
         _, out, y = self._step(batch, "val")
-        return {"z": out.detach(), "y": y}
+        return None if out is None else {"z": out.detach(), "y": y}
 
     def test_step(self, batch, batch_idx):
         _, out, y = self._step(batch, "test")
-        return {"z": out.detach(), "y": y}
+        return None if out is None else {"z": out.detach(), "y": y}
 
     def on_train_start(self):
         self.val_acc_best.reset()  # sanity-check batches do not count
@@ -120,6 +122,8 @@ class LSCModule(_Base):
         predictor: str = "topk",
         compile: bool = False,
     ):
+        if predictor not in METHODS:
+            raise ValueError(f"model.predictor={predictor!r} is not a predictor; choose one of {', '.join(METHODS)}")
         super().__init__(backbone, optimizer, scheduler, compile)
         self.save_hyperparameters(ignore=["backbone", "centers", "loss", "optimizer"])
         self.centers, self.loss_fn, self.predictor = centers, loss, predictor

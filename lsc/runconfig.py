@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 CONFIG_KEY = "lsc_config"
 CENTERS_KEY = "lsc_centers"
+ASSIGNMENT_KEY = "lsc_assignment"  # the data-aware class -> vector table (int64 [n_classes]), when there is one
 
 # what a resumed run may change: where data lives and how fast it is read, and how it is evaluated
 RESUME_MAY_CHANGE = {
@@ -28,6 +29,7 @@ RESUME_MAY_CHANGE = {
     "data.check_images",
     "model.compile",
     "model.predictor",
+    "centers.prototype_ckpt",  # the assignment itself comes from the checkpoint
 }
 RESUME_FIXED_GROUPS = ("data", "model", "centers", "loss")  # and the run seed
 

@@ -22,7 +22,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lsc.centers import METHODS, ClassCenters, n_min
-from lsc.runconfig import check_resume, load_checkpoint, stored_run_config
+from lsc.centers.assignment import Assignment, assign_nearest_free, check_assignable
+from lsc.data.prototypes import class_prototypes
+from lsc.runconfig import ASSIGNMENT_KEY, CENTERS_KEY, check_resume, load_checkpoint, stored_run_config
 from lsc.utils import quiet_lightning, register_resolvers, save_json, summary_line, to_float_dict
 
 log = logging.getLogger("lsc.train")
@@ -38,7 +40,10 @@ def resolve_n_dim(system: str, n_classes: int, n_dim, auto_min_dim: int = 0) -> 
     return int(n_dim)
 
 
-def build_centers(cfg: DictConfig, n_classes: int) -> ClassCenters:
+ASSIGN = ("keyed", "data")
+
+
+def build_centers(cfg: DictConfig, n_classes: int, dm=None, ckpt: dict | None = None) -> ClassCenters:
     system = cfg.system
     if system == "table":
         table = cfg.get("table")
@@ -56,30 +61,71 @@ def build_centers(cfg: DictConfig, n_classes: int) -> ClassCenters:
     seed = cfg.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"centers.seed must be an integer, got {seed!r}")
-    return ClassCenters(system, n_classes, n_dim=n_dim, seed=seed, shuffle=cfg.get("shuffle"))
+    assign = cfg.get("assign", "keyed")
+    if assign not in ASSIGN:
+        raise ValueError(f"centers.assign must be one of {', '.join(ASSIGN)}, got {assign!r}")
+    cc = ClassCenters(system, n_classes, n_dim=n_dim, seed=seed, shuffle=cfg.get("shuffle"))
+    if assign == "keyed":
+        return cc
+    if ckpt is not None and ckpt.get(ASSIGNMENT_KEY) is not None:  # resume / eval: the run's own table
+        spec = ckpt.get(CENTERS_KEY) or {}
+        return ClassCenters.from_spec({**cc.spec, "assignment": spec.get("assignment")}, ckpt[ASSIGNMENT_KEY])
+    if dm is None:
+        raise ValueError("centers.assign=data needs the training data (a DataModule)")
+    check_assignable(cc.system)
+    proto = class_prototypes(
+        dm,
+        n_dim,
+        kind=cfg.get("prototype", "pixels"),
+        seed=seed,
+        size=cfg.get("prototype_size", 16),
+        ckpt=cfg.get("prototype_ckpt"),
+    )
+    index, stats = assign_nearest_free(cc.system, proto)
+    log.info(
+        f"assign=data: {n_classes:,} classes onto {cc.system.display} in {stats['seconds']:.1f} s "
+        f"({stats['walks']:,} classes walked past a taken vector, {stats['pops']:,} vectors enumerated)"
+    )
+    return ClassCenters(
+        cc.system, n_classes, seed=seed, shuffle=cc.shuffle, assignment=Assignment(index, cc.system.count)
+    )
 
 
 def is_lsc(cfg: DictConfig) -> bool:
     return str(cfg.model._target_).endswith("LSCModule")
 
 
-def build(cfg: DictConfig):
-    """(datamodule, module, centers or None) from a composed config."""
+def is_partial_fc(cfg: DictConfig) -> bool:
+    return str(cfg.model._target_).endswith("PartialFCModule")
+
+
+def build_backbone(cfg: DictConfig, dm, out_dim: int):
+    bb_kw = {"out_dim": out_dim, "in_chans": dm.channels}
+    if "img_size" in cfg.model.backbone and cfg.model.backbone.img_size is None:
+        bb_kw["img_size"] = dm.out_size
+    return hydra.utils.instantiate(cfg.model.backbone, **bb_kw)
+
+
+def build(cfg: DictConfig, ckpt: dict | None = None):
+    """(datamodule, module, centers or None) from a composed config. `ckpt`: the checkpoint being resumed or
+    evaluated; a data-aware assignment is then read from it instead of being computed again."""
     if is_lsc(cfg) and cfg.model.get("predictor", "topk") not in METHODS:
         raise ValueError(
             f"model.predictor={cfg.model.predictor!r} is not a predictor; choose one of {', '.join(METHODS)}"
         )
     dm = hydra.utils.instantiate(cfg.data)
     n_classes = dm.num_classes
-    centers = build_centers(cfg.centers, n_classes) if is_lsc(cfg) else None
-    out_dim = centers.n_dim if centers is not None else n_classes
-    bb_kw = {"out_dim": out_dim, "in_chans": dm.channels}
-    if "img_size" in cfg.model.backbone and cfg.model.backbone.img_size is None:
-        bb_kw["img_size"] = dm.out_size
-    backbone = hydra.utils.instantiate(cfg.model.backbone, **bb_kw)
+    centers = build_centers(cfg.centers, n_classes, dm=dm, ckpt=ckpt) if is_lsc(cfg) else None
+    if centers is not None:
+        out_dim = centers.n_dim
+    else:  # CE: the last layer is the classifier; Partial FC: an embedding, the class weights live in its head
+        out_dim = int(cfg.model.embed_dim) if is_partial_fc(cfg) else n_classes
+    backbone = build_backbone(cfg, dm, out_dim)
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     model_cfg.pop("backbone")
     extra = {"centers": centers, "loss": hydra.utils.instantiate(cfg.loss)} if centers is not None else {}
+    if is_partial_fc(cfg):
+        extra = {"n_classes": n_classes}
     module = hydra.utils.instantiate(model_cfg, backbone=backbone, _convert_="all", **extra)
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
     return dm, module, centers
@@ -119,9 +165,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     t0 = time.time()
     check_run(cfg)
     quiet_lightning()
-    ckpt_path = cfg.get("ckpt_path")
+    ckpt_path, ckpt = cfg.get("ckpt_path"), None
     if ckpt_path:
-        check_resume(load_checkpoint(ckpt_path), cfg, ckpt_path)
+        ckpt = load_checkpoint(ckpt_path)
+        check_resume(ckpt, cfg, ckpt_path)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.get("float32_matmul_precision"):
         torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
@@ -130,7 +177,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if any("Wandb" in str(c.get("_target_", "")) for c in (cfg.get("logger") or {}).values() if c):
         os.environ.setdefault("WANDB_MODE", "offline")  # never a login prompt
         os.environ.setdefault("WANDB_SILENT", "true")
-    dm, module, centers = build(cfg)
+    dm, module, centers = build(cfg, ckpt=ckpt)
+    del ckpt  # Lightning loads it again (weights, optimizer, loops)
     if centers is not None:
         log.info(f"centers: {centers}")
     n_params = sum(p.numel() for p in module.parameters())

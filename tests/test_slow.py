@@ -167,7 +167,8 @@ def test_resume_matches_uninterrupted(tmp_path):
         f"hydra.run.dir={b2}",
         cwd=tmp_path,
     )
-    ca, cb = _load(a / "checkpoints" / "last.ckpt"), _load(b2 / "checkpoints" / "last.ckpt")
+    # the resumed run's checkpoints continue in the folder it resumed from
+    ca, cb = _load(a / "checkpoints" / "last.ckpt"), _load(b1 / "checkpoints" / "last.ckpt")
     assert (ca["epoch"], ca["global_step"]) == (cb["epoch"], cb["global_step"]) == (3, 4 * 23)
     assert ca["state_dict"].keys() == cb["state_dict"].keys()
     different = [k for k in ca["state_dict"] if not torch.equal(ca["state_dict"][k], cb["state_dict"][k])]

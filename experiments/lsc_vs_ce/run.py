@@ -58,7 +58,7 @@ def main(argv=None):
     if a.limit:
         base.append(f"data.limit={a.limit}")
     if a.smoke:
-        base += ["data.val_size=200"]
+        base += ["data.val_limit=500"]  # score 500 test images, not 10k
     jobs = [
         (f"{label.split()[0]}{label.split()[2] if len(label.split()) > 2 else ''}-s{s}", [*base, *ov, f"seed={s}"])
         for label, ov in cfgs

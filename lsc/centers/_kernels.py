@@ -90,12 +90,15 @@ class _Plan:
         mp, mn = max(o.n_pos for o in orbs), max(o.n_neg for o in orbs)
         self.sizes = np.array([min(n, mp + 2), min(n, mn + 2)], dtype=np.int64)
         p = cc.perm
+        # an explicit assignment (data-aware) is applied after the kernel: the kernel reports every vector index
+        # (identity order, all "labeled") and `fast_labels_numba` maps indices to labels by binary search
+        self.explicit = getattr(p, "explicit", False)
         self.shuffle = hasattr(p, "keys")
         self.keys = np.array(p.keys if self.shuffle else [0] * 6, dtype=np.int64)
         self.pa = p.a if self.shuffle else 1
         self.pb = p.b if self.shuffle else 1
         self.count = sysm.count
-        self.n_classes = cc.n_classes
+        self.n_classes = sysm.count if self.explicit else cc.n_classes
 
 
 def _binom(n, kmax):
@@ -120,7 +123,13 @@ def fast_labels_numba(cc, z: torch.Tensor):
         plan.o_npos, plan.o_nneg, plan.o_offset, plan.o_inv, plan.sizes, plan.shuffle, plan.keys, plan.pa,
         plan.pb, plan.count, plan.n_classes,
     )  # fmt: skip
-    return torch.from_numpy(labels), torch.from_numpy(slow)
+    labels, slow = torch.from_numpy(labels), torch.from_numpy(slow)
+    if plan.explicit:
+        lab = cc.perm.inverse(labels.clamp(min=0))
+        unowned = (lab >= cc.n_classes) & ~slow
+        slow |= unowned
+        labels = torch.where(slow, -1, lab)
+    return labels, slow
 
 
 if HAVE_NUMBA:

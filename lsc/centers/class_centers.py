@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from . import _kernels
+from .assignment import Assignment
 from .label_map import FeistelPermutation, IdentityPermutation
 from .search import scan_argmax
 from .sizes import n_min
@@ -39,6 +40,8 @@ class ClassCenters:
         shuffle: random order (the A_n paper's A_nr); False = identity. None = True, except for `a_n`/`a_np`
             (the paper's ordered systems) and `table` (row c is class c).
         table: tensor or path of explicit centers, for system="table".
+        assignment: an explicit class -> vector table (`Assignment`, e.g. from `assign_nearest_free`: the
+            data-aware assignment) instead of the keyed order; `shuffle` and `seed` then play no part in it.
     """
 
     def __init__(
@@ -49,6 +52,7 @@ class ClassCenters:
         seed: int = 0,
         shuffle: bool | None = None,
         table=None,
+        assignment: Assignment | None = None,
     ):
         if isinstance(n_classes, float) and n_classes.is_integer():
             n_classes = int(n_classes)
@@ -80,13 +84,24 @@ class ClassCenters:
         if shuffle is None:
             shuffle = system.name not in ("a_n", "a_np", "table")
         self.shuffle = bool(shuffle)
-        self.perm = FeistelPermutation(system.count, self.seed) if self.shuffle else IdentityPermutation(system.count)
+        self.assignment = assignment
+        if assignment is not None:
+            if assignment.count != system.count or assignment.n_classes != n_classes:
+                raise ValueError(
+                    f"the assignment maps {assignment.n_classes:,} classes into {assignment.count:,} vectors, but the "
+                    f"centers have {n_classes:,} classes and {system.display} has {system.count:,} vectors"
+                )
+            self.perm = assignment
+        elif self.shuffle:
+            self.perm = FeistelPermutation(system.count, self.seed)
+        else:
+            self.perm = IdentityPermutation(system.count)
 
     def __repr__(self) -> str:
-        return (
-            f"ClassCenters({self.system.display}, n_classes={_fmt(self.n_classes)}, seed={self.seed}, "
-            f"shuffle={self.shuffle})"
+        order = (
+            f"assign=data {self.assignment.digest}" if self.assignment else f"seed={self.seed}, shuffle={self.shuffle}"
         )
+        return f"ClassCenters({self.system.display}, n_classes={_fmt(self.n_classes)}, {order})"
 
     # ---- mapping ----------------------------------------------------------------------------------------
 
@@ -124,16 +139,35 @@ class ClassCenters:
 
     @property
     def spec(self) -> dict:
-        return {
+        """JSON-serializable description; with a data assignment it names the table by its digest (the table
+        itself travels beside it: `checkpoint['lsc_assignment']`, see `from_spec`)."""
+        spec = {
             "system": self.system.spec,
             "n_classes": self.n_classes,
             "seed": self.seed,
             "shuffle": self.shuffle,
         }
+        if self.assignment is not None:
+            spec["assignment"] = self.assignment.digest
+        return spec
 
     @classmethod
-    def from_spec(cls, spec: dict) -> ClassCenters:
-        return cls(system_from_spec(spec["system"]), spec["n_classes"], seed=spec["seed"], shuffle=spec["shuffle"])
+    def from_spec(cls, spec: dict, assignment: torch.Tensor | None = None) -> ClassCenters:
+        """Rebuild from `spec`; a data-assigned spec needs its table (index_of_label), verified by digest."""
+        system = system_from_spec(spec["system"])
+        table = None
+        if spec.get("assignment") is not None:
+            if assignment is None:
+                raise ValueError(
+                    "these centers were assigned from data: pass their table (checkpoint['lsc_assignment'])"
+                )
+            table = Assignment(assignment, system.count)
+            if table.digest != spec["assignment"]:
+                raise ValueError(
+                    f"the assignment table's digest {table.digest} does not match the spec's {spec['assignment']} "
+                    "(a table from another run, or a corrupted file)"
+                )
+        return cls(system, spec["n_classes"], seed=spec["seed"], shuffle=spec["shuffle"], assignment=table)
 
     # ---- prediction -------------------------------------------------------------------------------------
 

@@ -296,12 +296,18 @@ class LSCDataModule(L.LightningDataModule):
                 if self.classes is not None:
                     tidx = tidx[test.targets < self.classes]
                 self.test_set = self._view(test, tidx, t_eval)
+        self._prototype_view = eval_view
         if self.val_limit is not None:
             self.val_set = _first(self.val_set, self.val_limit)
             self.test_set = None if self.test_set is None else _first(self.test_set, self.val_limit)
         if self.train_eval_size:
             m = len(eval_view)
             self.train_eval_set = Subset(eval_view, torch.randperm(m, generator=g)[: min(self.train_eval_size, m)])
+
+    def prototype_set(self):
+        """The training images (every one, no augmentation: the eval transform) with their labels."""
+        self.setup("fit")
+        return self._prototype_view
 
     def _per_device_batch(self) -> int:
         world = self.trainer.world_size if self.trainer is not None else 1

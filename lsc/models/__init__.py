@@ -1,5 +1,16 @@
 from .backbones import Backbone, encoder_backbone, timm_backbone
 from .encoder import Encoder, encoder_small
 from .module import CEModule, LSCModule
+from .partial_fc import PartialFCHead, PartialFCModule
 
-__all__ = ["Backbone", "CEModule", "Encoder", "LSCModule", "encoder_backbone", "encoder_small", "timm_backbone"]
+__all__ = [
+    "Backbone",
+    "CEModule",
+    "Encoder",
+    "LSCModule",
+    "PartialFCHead",
+    "PartialFCModule",
+    "encoder_backbone",
+    "encoder_small",
+    "timm_backbone",
+]

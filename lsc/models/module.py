@@ -18,7 +18,7 @@ from torch import nn
 from torchmetrics import MaxMetric, MeanMetric, MetricCollection
 
 from lsc.centers import METHODS, ClassCenters
-from lsc.runconfig import CENTERS_KEY, CONFIG_KEY
+from lsc.runconfig import ASSIGNMENT_KEY, CENTERS_KEY, CONFIG_KEY
 
 
 def _metrics():
@@ -137,6 +137,8 @@ class LSCModule(_Base):
     def on_save_checkpoint(self, checkpoint):
         super().on_save_checkpoint(checkpoint)
         checkpoint[CENTERS_KEY] = self.centers.spec
+        if self.centers.assignment is not None:  # 8 bytes per class; verified by the spec's digest on load
+            checkpoint[ASSIGNMENT_KEY] = self.centers.assignment.index_of_label
 
     def on_load_checkpoint(self, checkpoint):
         check_centers(checkpoint, self.centers)

@@ -1,0 +1,204 @@
+"""Data-aware class -> vector assignment: every class takes the free system vector nearest to its prototype.
+
+The keyed Feistel order (`label_map`) gives every class a random vector, so classes whose images look alike get
+centers far apart and the network has to pull similar images to distant points. Giving each class instead the
+vector nearest to a prototype of its data (by default a fixed random projection of its mean image:
+`lsc.data.prototypes`) starts every class where the data already is. DL2PA (CVPR 2024) learns such an assignment
+with the Hungarian algorithm (O(K^3)); here it is a greedy matching that scales to 10^8 classes, because the
+vectors of a system can be enumerated in order of cosine to a query in O(n_dim) each (arXiv 2604.00779, Alg. 2).
+
+The rule (`assign_nearest_free`), exact and deterministic:
+  1. order the classes by the cosine between their prototype and its nearest system vector, descending (classes
+     that fit a vector best choose first), exact ties by lower label;
+  2. in that order, each class takes the vector with the largest cosine to its prototype among those no earlier
+     class took; exact ties go to the lowest vector index.
+Step 2 reads the precomputed nearest vector (one batched O(n_dim) pass) and walks the class's vectors best-first
+only when that one is taken. No class x count matrix is ever built; state: the prototypes and a bitmap of taken
+vectors (count bits, as bytes).
+
+`Assignment` is the resulting bijection onto the taken vectors: label -> vector by a table, vector -> label by
+binary search in the sorted vector indices; 16 bytes per class (int64 sorted indices, int32 positions both ways;
+24 past 2^31 classes). It has FeistelPermutation's interface, with `inverse` returning n_classes for a vector no
+class owns, so every predictor works unchanged.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import math
+
+import numpy as np
+import torch
+
+
+class Assignment:
+    """Explicit class -> vector-index table (a bijection onto distinct vectors of a system of `count` vectors)."""
+
+    explicit = True
+
+    def __init__(self, index_of_label: torch.Tensor, count: int):
+        idx = torch.as_tensor(index_of_label).to("cpu", torch.int64).reshape(-1)
+        n = idx.numel()
+        if n < 1:
+            raise ValueError("an assignment needs at least one class")
+        if idx.min() < 0 or idx.max() >= count:
+            raise ValueError(f"assigned vector indices must lie in [0, {count:,})")
+        order = torch.argsort(idx)
+        sorted_idx = idx[order]
+        if n > 1 and (sorted_idx[1:] == sorted_idx[:-1]).any():
+            dup = sorted_idx[1:][sorted_idx[1:] == sorted_idx[:-1]][0].item()
+            raise ValueError(f"two classes are assigned the same vector {dup}: an assignment must be a bijection")
+        small = n < (1 << 31)
+        pos_dtype = torch.int32 if small else torch.int64
+        self.count, self.n_classes = int(count), n
+        self.sorted_idx = sorted_idx.contiguous()  # [C] int64, ascending
+        self.label_at = order.to(pos_dtype).contiguous()  # [C] label of sorted_idx[p]
+        self.pos_of = torch.empty(n, dtype=pos_dtype)
+        self.pos_of[order] = torch.arange(n, dtype=pos_dtype)  # [C] position of label c in sorted_idx
+        self._np_sorted = self.sorted_idx.numpy()
+        self._dev: dict[torch.device, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    @property
+    def index_of_label(self) -> torch.Tensor:
+        return self.sorted_idx[self.pos_of.long()]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.sorted_idx, self.label_at, self.pos_of))
+
+    @property
+    def digest(self) -> str:
+        h = hashlib.sha256(self.index_of_label.numpy().tobytes())
+        h.update(str(self.count).encode())
+        return h.hexdigest()[:16]
+
+    def _on(self, device):
+        device = torch.device(device)
+        if device not in self._dev:
+            self._dev[device] = tuple(t.to(device) for t in (self.sorted_idx, self.label_at, self.pos_of))
+        return self._dev[device]
+
+    def forward(self, labels: torch.Tensor) -> torch.Tensor:
+        """Vector index of each label (labels already checked to lie in [0, n_classes))."""
+        s, _, pos = self._on(labels.device)
+        return s[pos[labels].long()]
+
+    def inverse(self, idx: torch.Tensor) -> torch.Tensor:
+        """Label of each vector index; n_classes where no class owns the vector."""
+        s, lab, _ = self._on(idx.device)
+        p = torch.searchsorted(s, idx).clamp_(max=self.n_classes - 1)
+        return torch.where(s[p] == idx, lab[p].long(), self.n_classes)
+
+    def forward_py(self, label: int) -> int:
+        return int(self._np_sorted[int(self.pos_of[label])])
+
+    def inverse_py(self, idx: int) -> int:
+        p = bisect.bisect_left(self._np_sorted, idx)
+        if p < self.n_classes and self._np_sorted[p] == idx:
+            return int(self.label_at[p])
+        return self.n_classes
+
+
+def check_assignable(system) -> None:
+    if not hasattr(system, "best_first"):
+        raise ValueError(
+            f"centers.assign=data needs a system of permutation orbits (v{{m}}{{k}}, v{{m}}{{k}}p, a_n, a_nr, "
+            f"a_n_interp); {system.display} has no best-first enumeration"
+        )
+
+
+def assign_nearest_free(system, prototypes: torch.Tensor, log_every: int = 0) -> tuple[torch.Tensor, dict]:
+    """The greedy rule of the module docstring. prototypes: [C, n_dim] (float64 recommended).
+
+    Returns (index_of_label [C] int64, stats: walks = classes whose nearest vector was taken, pops = vectors
+    enumerated by those walks, seconds).
+    """
+    import time
+
+    check_assignable(system)
+    t0 = time.perf_counter()
+    p = torch.as_tensor(prototypes).detach().to("cpu", torch.float64)
+    if p.dim() != 2 or p.shape[1] != system.n_dim:
+        raise ValueError(f"prototypes must be [n_classes, {system.n_dim}], got {tuple(p.shape)}")
+    n = p.shape[0]
+    if n > system.count:
+        raise ValueError(f"{n:,} classes do not fit in {system.display}'s {system.count:,} vectors")
+    if not torch.isfinite(p).all() or (p.norm(dim=1) == 0).any():
+        raise ValueError("prototypes must be finite and nonzero (a class with no images? an all-constant image?)")
+    nearest, score = _nearest_with_scores(system, p)  # [C] int64, [C] cos * |p|
+    cos = score / p.norm(dim=1)
+    order = np.lexsort((np.arange(n), -cos.numpy()))  # descending cosine, then lower label
+    # taken vectors: a byte per vector while that is at most 1 GiB, else a set of the (n_classes) taken indices
+    taken = np.zeros(system.count, dtype=np.bool_) if system.count <= (1 << 30) else None
+    taken_set: set[int] = set()
+    out = np.empty(n, dtype=np.int64)
+    near = nearest.numpy()
+    walks = pops = 0
+    for i, c in enumerate(order):
+        v = int(near[c])
+        if taken[v] if taken is not None else v in taken_set:
+            walks += 1
+            v, k = _walk(system, p[c].tolist(), taken, taken_set)
+            pops += k
+        out[c] = v
+        if taken is not None:
+            taken[v] = True
+        else:
+            taken_set.add(v)
+        if log_every and (i + 1) % log_every == 0:
+            print(f"assign: {i + 1:,}/{n:,} classes, {walks:,} walks, {time.perf_counter() - t0:.1f} s", flush=True)
+    state = system.count if taken is not None else 8 * n
+    stats = {"walks": walks, "pops": pops, "seconds": time.perf_counter() - t0, "taken_state_bytes": state}
+    return torch.from_numpy(out), stats
+
+
+def _nearest_with_scores(system, p: torch.Tensor, block: int = 1 << 16):
+    """Exact nearest vector (ties -> lowest index) and its score <p, v> / |v|, batched."""
+    idx = torch.empty(p.shape[0], dtype=torch.int64)
+    score = torch.empty(p.shape[0], dtype=torch.float64)
+    for a in range(0, p.shape[0], block):
+        z = p[a : a + block]
+        i = system.nearest(z)
+        v = system.vectors(i, dtype=torch.float64)
+        idx[a : a + block] = i
+        score[a : a + block] = (z * v).sum(1) * system.inv_norms(i, torch.float64)
+    return idx, score
+
+
+def _walk(system, row: list[float], taken, taken_set) -> tuple[int, int]:
+    """Best free vector of one prototype: best-first over the system, level by level (equal scores form a level;
+    the lowest free index of the first level with a free vector wins)."""
+    it = system.best_first(row)
+    pops = 0
+    level, level_score = [], None
+    for score, i in it:
+        pops += 1
+        if level_score is not None and score < level_score:
+            free = [j for j in level if not (taken[j] if taken is not None else j in taken_set)]
+            if free:
+                return min(free), pops
+            level = []
+        level_score = score
+        level.append(i)
+    free = [j for j in level if not (taken[j] if taken is not None else j in taken_set)]
+    if free:
+        return min(free), pops
+    raise RuntimeError("no free vector left (more classes than vectors?)")  # guarded by the count check
+
+
+def brute_force_assignment(vectors: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+    """The same rule on a materialized system (tests): float64 cosine matrix, classes in the stated order."""
+    v = vectors.double()
+    p = prototypes.double()
+    cos = (p @ v.T) / (p.norm(dim=1, keepdim=True) * v.norm(dim=1)[None])
+    best = cos.max(1).values
+    order = sorted(range(p.shape[0]), key=lambda c: (-best[c].item(), c))
+    free = torch.ones(v.shape[0], dtype=torch.bool)
+    out = torch.empty(p.shape[0], dtype=torch.int64)
+    for c in order:
+        s = torch.where(free, cos[c], -math.inf)
+        top = s.max()
+        out[c] = int((s == top).nonzero()[0, 0])  # lowest index among exact ties
+        free[out[c]] = False
+    return out

@@ -1,0 +1,147 @@
+"""Data-aware class -> vector assignment: the rule against a brute-force implementation of the same rule, the
+bijection, prediction through it (topk == cossim, center of c -> c, unlabeled vectors), the spec/digest, and the
+training app's `centers.assign=data` (checkpoint round trip, resume, eval)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import make_cfg
+
+import lsc.eval
+import lsc.train
+from lsc.centers import ClassCenters, _kernels, make_system
+from lsc.centers.assignment import Assignment, assign_nearest_free, brute_force_assignment
+from lsc.data import SyntheticDataModule
+from lsc.data.prototypes import class_prototypes
+
+SYSTEMS = [("v22", 8), ("v21", 7), ("v11", 9), ("v31", 7), ("a_n", 6), ("a_n_interp", 5), ("v22p", 7), ("v21p", 6)]
+
+
+@pytest.mark.parametrize(("name", "n"), SYSTEMS)
+@pytest.mark.parametrize("fill", [0.3, 1.0])
+def test_rule_matches_brute_force(name, n, fill):
+    s = make_system(name, n)
+    C = max(2, int(fill * s.count))
+    g = torch.Generator().manual_seed(hash((name, n, fill)) % 2**31)
+    p = torch.randn(C, n, generator=g, dtype=torch.float64)
+    got, stats = assign_nearest_free(s, p)
+    want = brute_force_assignment(s.vectors(torch.arange(s.count)), p)
+    assert torch.equal(got, want)
+    assert got.unique().numel() == C  # a bijection onto distinct vectors
+    if fill == 1.0:
+        assert stats["walks"] > 0  # a full system forces walks past taken vectors
+
+
+def test_rule_with_tied_prototypes():
+    """Identical prototypes (instance copies) and prototypes with tied coordinates: ties by label, then index."""
+    s = make_system("v22", 7)
+    base = torch.tensor([[3.0, 3.0, 1.0, 0.0, 0.0, -2.0, -2.0], [1.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0]])
+    p = torch.cat([base, base, base[:1] * 2, torch.randn(20, 7, dtype=torch.float64)]).double()
+    got, _ = assign_nearest_free(s, p)
+    assert torch.equal(got, brute_force_assignment(s.vectors(torch.arange(s.count)), p))
+
+
+def test_assignment_table_both_ways():
+    idx = torch.tensor([17, 3, 250, 99, 0])
+    a = Assignment(idx, count=300)
+    assert torch.equal(a.forward(torch.arange(5)), idx) and torch.equal(a.index_of_label, idx)
+    probe = torch.tensor([0, 1, 3, 17, 99, 100, 250, 299])
+    assert a.inverse(probe).tolist() == [4, 5, 1, 0, 3, 5, 2, 5]  # 5 = n_classes: no class owns the vector
+    assert [a.inverse_py(int(i)) for i in probe] == a.inverse(probe).tolist()
+    assert [a.forward_py(c) for c in range(5)] == idx.tolist()
+    assert a.nbytes == 5 * (8 + 4 + 4)  # 16 bytes per class
+    with pytest.raises(ValueError, match="same vector 3"):
+        Assignment(torch.tensor([3, 5, 3]), count=10)
+    with pytest.raises(ValueError, match=r"must lie in \[0, 10\)"):
+        Assignment(torch.tensor([3, 10]), count=10)
+
+
+@pytest.mark.parametrize(("name", "n", "C"), [("v22", 10, 300), ("v21", 12, 600), ("a_n_interp", 8, 400)])
+def test_prediction_through_a_data_assignment(name, n, C):
+    s = make_system(name, n)
+    g = torch.Generator().manual_seed(5)
+    idx, _ = assign_nearest_free(s, torch.randn(C, n, generator=g, dtype=torch.float64))
+    cc = ClassCenters(s, C, assignment=Assignment(idx, s.count))
+    labels = torch.arange(C)
+    assert torch.equal(cc.index_of(labels), idx)
+    centers = cc(labels)
+    for method in ("topk", "cossim"):
+        assert torch.equal(cc.predict(centers, method), labels)  # predict(center of c) == c
+    z = torch.randn(4000, n, generator=g)  # many land on vectors no class owns
+    top, cos = cc.predict(z, "topk"), cc.predict(z, "cossim")
+    assert torch.equal(top, cos)
+    lt, st = _kernels.fast_labels_torch(cc, z)
+    ln, sn = _kernels.fast_labels_numba(cc, z)
+    assert torch.equal(lt, ln) and torch.equal(st, sn) and st.any() and not st.all()
+    vi, lab = cc.nearest(z)  # unlabeled = no class owns the nearest vector
+    owned = torch.isin(vi, idx)
+    assert torch.equal(lab >= 0, owned)
+    # brute force: the closest labeled center by float64 cosine
+    bank = s.vectors(idx, normalize=True, dtype=torch.float64)
+    ref = (torch.nn.functional.normalize(z.double(), dim=1) @ bank.T).argmax(1)
+    assert torch.equal(top, ref)
+
+
+def test_spec_round_trip_and_digest():
+    s = make_system("v22", 9)
+    idx, _ = assign_nearest_free(s, torch.randn(50, 9, dtype=torch.float64))
+    cc = ClassCenters(s, 50, assignment=Assignment(idx, s.count))
+    back = ClassCenters.from_spec(cc.spec, idx)
+    assert back.spec == cc.spec and torch.equal(back(torch.arange(50)), cc(torch.arange(50)))
+    other = idx.clone()
+    other[[0, 1]] = other[[1, 0]]
+    with pytest.raises(ValueError, match="does not match the spec"):
+        ClassCenters.from_spec(cc.spec, other)
+    with pytest.raises(ValueError, match="pass their table"):
+        ClassCenters.from_spec(cc.spec)
+
+
+def test_systems_without_enumeration_are_refused():
+    with pytest.raises(ValueError, match="needs a system of permutation orbits"):
+        assign_nearest_free(make_system("a_np", 6), torch.randn(5, 6))
+
+
+def test_pixel_prototypes_are_projected_class_means():
+    dm = SyntheticDataModule(num_samples=30, num_classes=3, image_size=4, channels=1, val_fraction=0.2)
+    p = class_prototypes(dm, 5, "pixels", seed=1, size=16)
+    ds = dm.prototype_set()
+    xs = torch.stack([ds[i][0] for i in range(len(ds))]).double().flatten(1)
+    ys = torch.tensor([ds[i][1] for i in range(len(ds))])
+    g = torch.Generator().manual_seed(1_000_003 * 1 + 7)
+    r = torch.randn(16, 5, generator=g, dtype=torch.float64) / 4
+    want = torch.stack([xs[ys == c].mean(0) for c in range(3)]) - xs.mean(0)
+    torch.testing.assert_close(p, want @ r)
+
+
+def test_train_with_data_assignment_round_trip(tmp_path):
+    args = [
+        "data=synthetic",
+        "data.instance_labels=true",
+        "data.num_samples=60",
+        "data.val_size=20",
+        "data.image_size=8",
+        "centers=v22",
+        "centers.n_dim=9",
+        "centers.assign=data",
+        "trainer.max_epochs=1",
+    ]
+    metrics = lsc.train.train(make_cfg(tmp_path / "a", *args))
+    ckpt = torch.load(tmp_path / "a" / "checkpoints" / "last.ckpt", weights_only=True)
+    table = ckpt["lsc_assignment"]
+    assert table.shape == (60,) and table.unique().numel() == 60 and ckpt["lsc_centers"]["assignment"]
+    # the same run again computes the same table (deterministic)
+    _, _, cc = lsc.train.build(make_cfg(tmp_path / "b", *args))
+    assert torch.equal(cc.assignment.index_of_label, table)
+    # eval rebuilds the run from the checkpoint, table included, and reproduces the final validation
+    got = lsc.eval.evaluate(
+        make_cfg(tmp_path / "e", config_name="eval"), str(tmp_path / "a" / "checkpoints" / "last.ckpt")
+    )
+    assert got["test/acc_topk"] == pytest.approx(metrics["val/acc_topk"], abs=1e-6)
+    # a keyed run cannot load it, and a corrupted table is refused
+    _, module, _ = lsc.train.build(make_cfg(tmp_path / "k", *args[:-2], "trainer.max_epochs=1"))
+    with pytest.raises(ValueError, match="other class centers"):
+        module.on_load_checkpoint(ckpt)
+    ckpt["lsc_assignment"] = table.flip(0)
+    with pytest.raises(ValueError, match="does not match the spec"):
+        lsc.train.build(make_cfg(tmp_path / "c", *args), ckpt=ckpt)

@@ -3,11 +3,15 @@
   cos       1 - mean cos(z, C_y)                              (eq. 11; the papers' default)
   dist      mean f_d(|z - C_y|, r_c), f_d(x, r) = exp(ReLU(x - r)) - 1   (eq. 6-7, raw center positions)
   dist_cos  their sum (Table 5, "dist + cos")
+  softmax   cross-entropy of the softmax over EVERY vector of the system (exact, O(n_dim): lsc.centers.partition),
+            logits scale * cos(z, v), CosFace margin on the target; no class parameters
 Centers are gathered per batch from the labels (Algorithm 1), so nothing of size n_classes is ever built.
 Eq. 6 sums over the batch; we average, which only rescales the learning rate.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -40,3 +44,53 @@ class DistCosLoss(nn.Module):
 
     def forward(self, z, y, centers):
         return self.dist(z, y, centers) + self.cos(z, y, centers)
+
+
+class SoftmaxLoss(nn.Module):
+    """Mean -log p(y | z) under the full-system softmax, logits s * cos(z, v) over every system vector (labeled or
+    not: unlabeled vectors are negatives), with an additive cosine margin on the target (CosFace: s (cos_y - m)).
+
+    Args:
+        scale: s; with `learn_scale` a learned parameter starting there (logged as train/scale).
+        margin: m in [0, 1).
+        cos_weight: adds cos_weight * (1 - mean cos(z, C_y)), the cosine loss (0 = pure softmax).
+    The predictor is unchanged: argmax of this softmax = argmax cosine = topk. `last_target_prob` holds the mean
+    p(y | z) of the last batch (the margin-free probability), for logging.
+    """
+
+    def __init__(self, scale: float = 16.0, margin: float = 0.0, learn_scale: bool = False, cos_weight: float = 0.0):
+        super().__init__()
+        if not isinstance(scale, (int, float)) or isinstance(scale, bool) or scale <= 0:
+            raise ValueError(f"loss.scale must be a positive number, got {scale!r}")
+        if not 0 <= margin < 1:
+            raise ValueError(f"loss.margin must lie in [0, 1), got {margin!r}")
+        if cos_weight < 0:
+            raise ValueError(f"loss.cos_weight must be >= 0, got {cos_weight!r}")
+        self.margin, self.cos_weight, self.learn_scale = float(margin), float(cos_weight), bool(learn_scale)
+        self.fixed_scale = float(scale)
+        if learn_scale:  # learned in log space: always positive
+            self.log_scale = nn.Parameter(torch.tensor(float(scale)).log())
+        self.last_target_prob = None
+
+    @property
+    def scale(self) -> torch.Tensor | float:
+        return self.log_scale.exp() if self.learn_scale else self.fixed_scale
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor, centers: ClassCenters) -> torch.Tensor:
+        z = z.float()
+        s = self.scale
+        cos_y = F.cosine_similarity(z, centers(y).to(z.device), dim=1)
+        log_z = centers.log_partition(z, s)
+        p = torch.exp(s * cos_y - log_z)  # p(y | z) without the margin
+        self.last_target_prob = p.detach().mean()
+        target = s * cos_y
+        if self.margin:
+            # the target logit is s (cos_y - m): Z' = Z - e^{s cos_y} (1 - e^{-s m}); -log p' = log Z' - s (cos_y - m)
+            sm = s * self.margin
+            shrink = -torch.expm1(-sm) if isinstance(sm, torch.Tensor) else -math.expm1(-sm)  # 1 - e^{-s m}
+            log_z = log_z + torch.log1p(-(p * shrink).clamp(max=1 - 1e-7))
+            target = target - sm
+        loss = (log_z - target).mean()
+        if self.cos_weight:
+            loss = loss + self.cos_weight * (1 - cos_y.mean())
+        return loss

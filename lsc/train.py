@@ -22,7 +22,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lsc.centers import METHODS, ClassCenters, n_min
-from lsc.centers.assignment import Assignment, assign_nearest_free, check_assignable
+from lsc.centers.assignment import Assignment, assign_global_greedy, assign_nearest_free, check_assignable
 from lsc.data.prototypes import class_prototypes
 from lsc.runconfig import ASSIGNMENT_KEY, CENTERS_KEY, check_resume, load_checkpoint, stored_run_config
 from lsc.utils import quiet_lightning, register_resolvers, save_json, summary_line, to_float_dict
@@ -78,10 +78,17 @@ def build_centers(cfg: DictConfig, n_classes: int, dm=None, ckpt: dict | None = 
         n_dim,
         kind=cfg.get("prototype", "pixels"),
         seed=seed,
-        size=cfg.get("prototype_size", 16),
+        size=cfg.get("prototype_size", 32),
         ckpt=cfg.get("prototype_ckpt"),
     )
-    index, stats = assign_nearest_free(cc.system, proto)
+    rule = cfg.get("assign_rule", "ordered")
+    if rule not in ("ordered", "global"):
+        raise ValueError(f"centers.assign_rule must be ordered or global, got {rule!r}")
+    if rule == "global":
+        index, stats = assign_global_greedy(cc.system, proto)
+        stats = {**stats, "walks": 0, "pops": 0}
+    else:
+        index, stats = assign_nearest_free(cc.system, proto)
     log.info(
         f"assign=data: {n_classes:,} classes onto {cc.system.display} in {stats['seconds']:.1f} s "
         f"({stats['walks']:,} classes walked past a taken vector, {stats['pops']:,} vectors enumerated)"
@@ -129,6 +136,21 @@ def build(cfg: DictConfig, ckpt: dict | None = None):
     module = hydra.utils.instantiate(model_cfg, backbone=backbone, _convert_="all", **extra)
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
     return dm, module, centers
+
+
+def class_state_bytes(module) -> int:
+    """Bytes of everything that grows with n_classes, optimizer state included (AdamW: two moments per weight):
+    LSC keyed 0, LSC data-assigned its table, Partial FC its class weights, CE its last layer."""
+    centers = getattr(module, "centers", None)
+    if centers is not None:
+        return centers.assignment.nbytes if centers.assignment is not None else 0
+    head = getattr(module, "head", None)
+    if head is not None:
+        params = [head.weight]
+    else:  # CE: the backbone's last linear layer is the classifier
+        last = [m for m in module.backbone.modules() if isinstance(m, torch.nn.Linear)][-1:]
+        params = list(last[0].parameters()) if last else []
+    return 3 * sum(p.numel() * p.element_size() for p in params)
 
 
 def instantiate_dict(cfg: DictConfig | None) -> list:
@@ -202,6 +224,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
             wandb.finish()
     extra = {"epochs": trainer.current_epoch, "time_s": round(time.time() - t0, 1)}
+    extra["class_state_bytes"] = class_state_bytes(module)
+    if getattr(centers, "assign_stats", None):
+        extra["assign_s"] = round(centers.assign_stats["seconds"], 2)
     skipped = dm.bad_images.value
     if skipped:
         extra["skipped_images"] = skipped

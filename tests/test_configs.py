@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 from lsc.callbacks import EmbeddingPlot, LastCheckpoint, PredictorAccuracy
 from lsc.centers import ClassCenters
 from lsc.data import LSCDataModule
-from lsc.models import Backbone, CEModule, LSCModule
+from lsc.models import Backbone, CEModule, LSCModule, PartialFCModule
 from lsc.train import build, build_centers, instantiate_dict
 
 
@@ -114,6 +114,10 @@ def test_model_option_instantiates(tmp_path, name):
     if name == "lsc":
         assert isinstance(module, LSCModule) and centers is not None
         assert module(x).shape == (2, centers.n_dim)
+    elif name == "partial_fc":  # an embedding; the class weights live in the head
+        assert isinstance(module, PartialFCModule) and centers is None
+        assert module(x).shape == (2, cfg.model.embed_dim)
+        assert module.head.weight.shape == (dm.num_classes, cfg.model.embed_dim)
     else:
         assert isinstance(module, CEModule) and centers is None
         assert module(x).shape == (2, dm.num_classes)
@@ -156,7 +160,13 @@ def test_loss_option_matches_formula(tmp_path, name):
     assert set(pos.unique().tolist()) <= {-1.0, 0.0, 1.0}  # raw V^21 entries
     cos = 1 - F.cosine_similarity(z, pos, dim=1).mean()  # the unit center is pos / |pos|
     dist = (torch.exp(torch.clamp((z - pos).norm(dim=1) - 1.0, min=0)) - 1).mean()  # radius 1
-    want = {"cos": cos, "dist": dist, "dist_cos": dist + cos}[name]
+    if name == "softmax":  # dense cross-entropy over every vector of V_6^21 (60 vectors), margin on the target
+        every = cc.system.vectors(torch.arange(cc.system.count), normalize=True)
+        logits = F.normalize(z, dim=1) @ every.T
+        logits[torch.arange(7), cc.index_of(y)] -= cfg.loss.margin
+        want = F.cross_entropy(cfg.loss.scale * logits, cc.index_of(y))
+    else:
+        want = {"cos": cos, "dist": dist, "dist_cos": dist + cos}[name]
     torch.testing.assert_close(loss(z, y, cc), want)
 
 

@@ -30,8 +30,8 @@ def spy_build(monkeypatch):
     built = []
     real = lsc.train.build
 
-    def spy(cfg):
-        out = real(cfg)
+    def spy(cfg, ckpt=None):
+        out = real(cfg, ckpt=ckpt)
         built.append(out)
         return out
 

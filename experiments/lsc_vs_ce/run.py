@@ -28,8 +28,16 @@ CONFIGS = [
     ("v22 @ 16", ["centers=v22", "centers.n_dim=16"]),
     ("v11 @ 16", ["centers=v11", "centers.n_dim=16"]),
     ("a_nr @ 16", ["centers=a_nr", "centers.n_dim=16"]),
+    ("v21 @ 4 (n_min) softmax", ["centers=v21", "centers.n_dim=4", "loss=softmax"]),
+    ("v21 @ 16 softmax", ["centers=v21", "centers.n_dim=16", "loss=softmax"]),
     ("CE", ["model=ce"]),
 ]
+
+
+def _slug(label: str) -> str:
+    """v21 @ 16 -> v2116, v21 @ 4 (n_min) softmax -> v214-softmax (the run directory names)."""
+    words = label.replace("(n_min)", "").split()
+    return "".join(words[:1] + words[2:3]) + ("-softmax" if "softmax" in words else "")
 
 
 def main(argv=None):
@@ -44,7 +52,7 @@ def main(argv=None):
     a = p.parse_args(argv)
     cfgs = CONFIGS
     if a.smoke:
-        a.limit, a.epochs, a.seeds, cfgs = 300, 1, [0], [CONFIGS[2], CONFIGS[-1]]
+        a.limit, a.epochs, a.seeds, cfgs = 300, 1, [0], [CONFIGS[2], CONFIGS[-2], CONFIGS[-1]]
     base = [
         "data=fashion_mnist",
         "trainer=cpu",
@@ -59,11 +67,7 @@ def main(argv=None):
         base.append(f"data.limit={a.limit}")
     if a.smoke:
         base += ["data.val_limit=500"]  # score 500 test images, not 10k
-    jobs = [
-        (f"{label.split()[0]}{label.split()[2] if len(label.split()) > 2 else ''}-s{s}", [*base, *ov, f"seed={s}"])
-        for label, ov in cfgs
-        for s in a.seeds
-    ]
+    jobs = [(f"{_slug(label)}-s{s}", [*base, *ov, f"seed={s}"]) for label, ov in cfgs for s in a.seeds]
     t0 = time.time()
     results = run_many(Path(a.out) / ("runs_smoke" if a.smoke else "runs"), jobs, workers=a.workers)
     rows, raw = [], []

@@ -1,5 +1,6 @@
 """arXiv 2510.04090 Tables 9 and 10: parameters, peak training-step memory and the largest batch under a memory
-cap, LSC vs CE (the same backbone with an n_classes-wide last layer), at 1k .. 100M classes.
+cap, LSC vs CE (the same backbone with an n_classes-wide last layer), at 1k .. 100M classes; and Partial FC
+(128-dim embedding, learned class weights, sample_rate 1.0 and 0.1: the peer a user would pick) from 1M classes.
 
     python experiments/memory_vs_classes/run.py                # CPU: conv encoder (9.7M) at 32 px, 16 GiB cap
     python experiments/memory_vs_classes/run.py --device cuda  # GPU: ViT-S/16 at 224 px, 40 GiB cap (the A100's)
@@ -23,6 +24,7 @@ from lsc.bench.points import ADAM_BYTES_PER_PARAM, head_params, run_probe
 from lsc.bench.report import fmt_bytes, machine, md_table, pyplot, save_figure, write_results
 from lsc.centers import n_min
 
+NAMES = {"lsc": "LSC", "ce": "CE", "pfc1.0": "Partial FC r1.0", "pfc0.1": "Partial FC r0.1"}
 PAPER_T10 = {
     "LSC": (943, 386),
     1_000: (943, 386),
@@ -39,6 +41,7 @@ def main(argv=None):
     p.add_argument("--classes", type=float, nargs="+", default=[1e3, 1e5, 1e6, 1e7, 1e8])
     p.add_argument("--cap-gb", type=float, default=None, help="memory cap; default 16 (CPU), 40 (CUDA)")
     p.add_argument("--batches", type=int, nargs=2, default=None, help="two batch sizes for the linear fit")
+    p.add_argument("--pfc-from", type=float, default=1e6, help="Partial FC rows from this many classes")
     p.add_argument("--smoke", action="store_true")
     p.add_argument("--out", default=str(Path(__file__).parent / "results"))
     a = p.parse_args(argv)
@@ -47,12 +50,12 @@ def main(argv=None):
     cap = (a.cap_gb or (40.0 if cuda else 16.0)) * 2**30
     b1, b2 = a.batches or ((32, 128) if cuda else (8, 32))
     if a.smoke:
-        a.classes, b1, b2, backbone = [1e3, 1e5], 2, 4, "encoder_small"
+        a.classes, b1, b2, backbone, a.pfc_from = [1e3, 1e5], 2, 4, "encoder_small", 1e5
         feats = 128
     t0 = time.time()
     rows, raw = [], []
     for nc in map(int, a.classes):
-        for method in ("lsc", "ce"):
+        for method in ("lsc", "ce", "pfc1.0", "pfc0.1") if nc >= a.pfc_from else ("lsc", "ce"):
             n_dim = n_min("v22", nc)
             static = ADAM_BYTES_PER_PARAM * head_params(method, nc, feats, n_dim)
             if static > cap:
@@ -63,12 +66,12 @@ def main(argv=None):
                     "params_head": head_params(method, nc, feats, n_dim),
                 }
                 raw.append(r)
-                rows.append([method.upper(), f"{nc:,}", "—", f"OOM (≥ {fmt_bytes(static)})", "—", "OOM", "—", "—"])
+                rows.append([NAMES[method], f"{nc:,}", "—", f"OOM (≥ {fmt_bytes(static)})", "—", "OOM", "—", "—"])
                 continue
             lo = run_probe(method, nc, b1, a.device, backbone, img, steps=1)
             hi = run_probe(method, nc, b2, a.device, backbone, img, steps=1)
             if lo is None or hi is None:
-                rows.append([method.upper(), f"{nc:,}", "—", "OOM", "—", "OOM", "—", "—"])
+                rows.append([NAMES[method], f"{nc:,}", "—", "OOM", "—", "OOM", "—", "—"])
                 continue
             # forward + backward is linear in the batch; the optimizer step's peak does not depend on it
             fb = "peak_fwd_bwd_bytes" if hi.get("peak_fwd_bwd_bytes") is not None else "peak_bytes"
@@ -94,7 +97,7 @@ def main(argv=None):
             raw.append(r)
             rows.append(
                 [
-                    method.upper(),
+                    NAMES[method],
                     f"{nc:,}",
                     f"{hi['params'] / 1e6:.2f}M",
                     fmt_bytes(hi["params"] * 4),
@@ -136,10 +139,10 @@ def main(argv=None):
 def plot(raw, path):
     plt = pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
-    for m, style in (("lsc", "o-"), ("ce", "s--")):
+    for m, style in (("lsc", "o-"), ("ce", "s--"), ("pfc1.0", "^:"), ("pfc0.1", "v:")):
         pts = [r for r in raw if r["method"] == m and not r.get("oom")]
-        ax1.plot([r["n_classes"] for r in pts], [r["peak_b2"] / 2**20 for r in pts], style, label=m.upper())
-        ax2.plot([r["n_classes"] for r in pts], [max(r["max_batch"], 1) for r in pts], style, label=m.upper())
+        ax1.plot([r["n_classes"] for r in pts], [r["peak_b2"] / 2**20 for r in pts], style, label=NAMES[m])
+        ax2.plot([r["n_classes"] for r in pts], [max(r["max_batch"], 1) for r in pts], style, label=NAMES[m])
     ax1.set(xscale="log", yscale="log", xlabel="n_classes", ylabel="peak MiB (one step)")
     ax2.set(xscale="log", yscale="log", xlabel="n_classes", ylabel="largest batch under cap")
     for ax in (ax1, ax2):

@@ -11,6 +11,12 @@ ADAM_BYTES_PER_PARAM = 16  # fp32 weight + grad + two AdamW moments
 
 
 def head_params(method: str, n_classes: int, features: int, n_dim: int) -> int:
+    """Parameters that depend on the method: CE's last layer, LSC's n_dim-wide one, Partial FC's embedding layer
+    plus its n_classes x 128 class weights."""
+    if method.startswith("pfc"):
+        from lsc.bench.train_step import PFC_EMBED
+
+        return (features + 1) * PFC_EMBED + n_classes * PFC_EMBED
     return (features + 1) * (n_classes if method == "ce" else n_dim)
 
 

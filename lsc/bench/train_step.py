@@ -5,7 +5,9 @@
 Prints one JSON line. Used by experiments/memory_vs_classes and experiments/train_speed_vs_classes, one
 subprocess per point on CPU so that peak RSS (VmHWM) belongs to that point alone.
 LSC: backbone -> n_dim (V^22 at n_min), cosine loss to centers gathered per batch (no n_classes-sized tensor).
-CE: the same backbone whose last layer outputs n_classes logits, cross-entropy. Both: AdamW.
+CE: the same backbone whose last layer outputs n_classes logits, cross-entropy.
+Partial FC (`pfc<sample_rate>`, e.g. pfc1.0, pfc0.1): backbone -> 128-dim embedding, n_classes x 128 learned class
+weights, CosFace over the batch's classes plus a sample of the others. All: AdamW.
 """
 
 from __future__ import annotations
@@ -20,7 +22,10 @@ import torch.nn.functional as F
 
 from lsc.centers import ClassCenters, n_min
 from lsc.losses import CosineLoss
-from lsc.models import encoder_backbone, timm_backbone
+from lsc.models import PartialFCHead, encoder_backbone, timm_backbone
+
+PFC_EMBED = 128  # Partial FC's embedding width in the probes (insightface uses 512; 128 is kinder to it)
+METHODS = ("lsc", "ce", "pfc1.0", "pfc0.1")
 
 
 def rss(field="VmHWM") -> int:
@@ -51,6 +56,8 @@ def build(method: str, n_classes: int, backbone: str, img: int, device):
     if method == "lsc":
         cc = ClassCenters("v22", n_classes, n_dim=n_min("v22", n_classes))
         out = cc.n_dim
+    elif method.startswith("pfc"):
+        cc, out = PartialFCHead(n_classes, PFC_EMBED, sample_rate=float(method[3:])).to(device), PFC_EMBED
     else:
         cc, out = None, n_classes
     if backbone == "vit_s":
@@ -70,8 +77,9 @@ def probe(method, n_classes, batch, backbone="encoder", img=32, steps=3, device=
     else:
         base = rss("VmRSS")
     net, cc = build(method, n_classes, backbone, img, device)
-    n_params = sum(p.numel() for p in net.parameters())
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-4, weight_decay=1e-5)
+    params = list(net.parameters()) + (list(cc.parameters()) if isinstance(cc, torch.nn.Module) else [])
+    n_params = sum(p.numel() for p in params)
+    opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-5)
     loss_fn = CosineLoss()
     x = torch.randn(batch, 3, img, img, device=device)
     y = torch.randint(0, n_classes, (batch,), device=device)
@@ -110,9 +118,11 @@ def probe(method, n_classes, batch, backbone="encoder", img=32, steps=3, device=
 
 
 def _loss(net, loss_fn, cc, x, y, device, dtype):
-    """LSC: cosine loss to the gathered centers; CE: cross-entropy over the n_classes logits."""
+    """LSC: cosine loss to the gathered centers; CE: cross-entropy over the n_classes logits; PFC: its head."""
     with torch.autocast(device.type, torch.bfloat16, enabled=dtype == "bf16"):
         out = net(x)
+        if isinstance(cc, PartialFCHead):
+            return cc(out, y)
         return loss_fn(out, y, cc) if cc is not None else F.cross_entropy(out.float(), y)
 
 
@@ -134,7 +144,7 @@ def _phases(net, opt, loss_fn, cc, x, y, device, dtype, cuda, base):
 
 def main(argv=None):
     p = argparse.ArgumentParser()
-    p.add_argument("--method", choices=["lsc", "ce"], required=True)
+    p.add_argument("--method", choices=METHODS, required=True)
     p.add_argument("--classes", type=float, required=True)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--backbone", default="encoder")

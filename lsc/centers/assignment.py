@@ -118,16 +118,15 @@ def assign_nearest_free(system, prototypes: torch.Tensor, log_every: int = 0) ->
 
     check_assignable(system)
     t0 = time.perf_counter()
-    p = torch.as_tensor(prototypes).detach().to("cpu", torch.float64)
+    p = torch.as_tensor(prototypes).detach().cpu()  # kept in its dtype (1e7 x 82 float32: 3.3 GB); float64 per block
+    if not p.is_floating_point():
+        p = p.double()
     if p.dim() != 2 or p.shape[1] != system.n_dim:
         raise ValueError(f"prototypes must be [n_classes, {system.n_dim}], got {tuple(p.shape)}")
     n = p.shape[0]
     if n > system.count:
         raise ValueError(f"{n:,} classes do not fit in {system.display}'s {system.count:,} vectors")
-    if not torch.isfinite(p).all() or (p.norm(dim=1) == 0).any():
-        raise ValueError("prototypes must be finite and nonzero (a class with no images? an all-constant image?)")
-    nearest, score = _nearest_with_scores(system, p)  # [C] int64, [C] cos * |p|
-    cos = score / p.norm(dim=1)
+    nearest, cos = _nearest_with_scores(system, p)  # [C] int64, [C] float64 cosine
     order = np.lexsort((np.arange(n), -cos.numpy()))  # descending cosine, then lower label
     # taken vectors: a byte per vector while that is at most 1 GiB, else a set of the (n_classes) taken indices
     taken = np.zeros(system.count, dtype=np.bool_) if system.count <= (1 << 30) else None
@@ -139,7 +138,7 @@ def assign_nearest_free(system, prototypes: torch.Tensor, log_every: int = 0) ->
         v = int(near[c])
         if taken[v] if taken is not None else v in taken_set:
             walks += 1
-            v, k = _walk(system, p[c].tolist(), taken, taken_set)
+            v, k = _walk(system, p[c].double().tolist(), taken, taken_set)
             pops += k
         out[c] = v
         if taken is not None:
@@ -154,16 +153,19 @@ def assign_nearest_free(system, prototypes: torch.Tensor, log_every: int = 0) ->
 
 
 def _nearest_with_scores(system, p: torch.Tensor, block: int = 1 << 16):
-    """Exact nearest vector (ties -> lowest index) and its score <p, v> / |v|, batched."""
+    """Exact nearest vector (ties -> lowest index) and its cosine, in float64 blocks."""
     idx = torch.empty(p.shape[0], dtype=torch.int64)
-    score = torch.empty(p.shape[0], dtype=torch.float64)
+    cos = torch.empty(p.shape[0], dtype=torch.float64)
     for a in range(0, p.shape[0], block):
-        z = p[a : a + block]
+        z = p[a : a + block].double()
+        norm = z.norm(dim=1)
+        if not torch.isfinite(z).all() or (norm == 0).any():
+            raise ValueError("prototypes must be finite and nonzero (a class with no images? an all-constant image?)")
         i = system.nearest(z)
         v = system.vectors(i, dtype=torch.float64)
         idx[a : a + block] = i
-        score[a : a + block] = (z * v).sum(1) * system.inv_norms(i, torch.float64)
-    return idx, score
+        cos[a : a + block] = (z * v).sum(1) * system.inv_norms(i, torch.float64) / norm
+    return idx, cos
 
 
 def _walk(system, row: list[float], taken, taken_set) -> tuple[int, int]:
@@ -185,6 +187,69 @@ def _walk(system, row: list[float], taken, taken_set) -> tuple[int, int]:
     if free:
         return min(free), pops
     raise RuntimeError("no free vector left (more classes than vectors?)")  # guarded by the count check
+
+
+GLOBAL_MAX_PAIRS = 1 << 27  # the global rule scores every (class, vector) pair: a C x count float32 matrix
+
+
+def assign_global_greedy(system, prototypes: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """The prototype's rule: all (class, vector) pairs in descending cosine, a pair taken when both are free.
+
+    Needs the C x count cosine matrix, so it is for comparison at small scale (C x count <= 2^27). Run in rounds:
+    every pair that is the best of its class among free vectors and the best of its vector among unassigned
+    classes is one global greedy takes (every pair above it involves neither), so each round takes all of those.
+    Ties: lower vector index for a class, lower label for a vector.
+    """
+    import time
+
+    t0 = time.perf_counter()
+    n, count = prototypes.shape[0], system.count
+    if n * count > GLOBAL_MAX_PAIRS:
+        raise ValueError(
+            f"centers.assign_rule=global scores all {n:,} x {count:,} class-vector pairs (limit {GLOBAL_MAX_PAIRS:,});"
+            " use assign_rule=ordered"
+        )
+    v = system.vectors(torch.arange(count), normalize=True, dtype=torch.float64)
+    p = torch.nn.functional.normalize(torch.as_tensor(prototypes).double(), dim=1)
+    cos = p @ v.T  # [C, count]
+    out = torch.full((n,), -1, dtype=torch.int64)
+    free_c, free_v = torch.ones(n, dtype=torch.bool), torch.ones(count, dtype=torch.bool)
+    rounds = 0
+    while free_c.any():
+        rounds += 1
+        m = cos.masked_fill(~free_v[None, :], -math.inf).masked_fill(~free_c[:, None], -math.inf)
+        best_v = _argmax_first(m, 1)  # [C] best free vector of each class (lowest index on ties)
+        best_c = _argmax_first(m, 0)  # [count] best free class of each vector (lowest label on ties)
+        c = free_c.nonzero()[:, 0]
+        mutual = c[best_c[best_v[c]] == c]
+        out[mutual] = best_v[mutual]
+        free_c[mutual] = False
+        free_v[best_v[mutual]] = False
+    return out, {"rounds": rounds, "seconds": time.perf_counter() - t0}
+
+
+def _argmax_first(m: torch.Tensor, dim: int) -> torch.Tensor:
+    top = m.max(dim, keepdim=True).values
+    hit = (m == top) & torch.isfinite(top)
+    idx = torch.arange(m.shape[dim]).view([-1 if d == dim else 1 for d in range(2)])
+    return torch.where(hit, idx, m.shape[dim]).min(dim).values
+
+
+def brute_force_global(vectors: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+    """Global greedy by sorting every pair (tests): descending cosine, then lower label, then lower index."""
+    cos = (
+        torch.nn.functional.normalize(prototypes.double(), dim=1)
+        @ torch.nn.functional.normalize(vectors.double(), dim=1).T
+    )
+    pairs = sorted(
+        ((-cos[c, j].item(), c, j) for c in range(cos.shape[0]) for j in range(cos.shape[1])),
+    )
+    out, used = {}, set()
+    for _, c, j in pairs:
+        if c not in out and j not in used:
+            out[c] = j
+            used.add(j)
+    return torch.tensor([out[c] for c in range(cos.shape[0])])
 
 
 def brute_force_assignment(vectors: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:

@@ -11,10 +11,12 @@ n_classes or count is allocated. Predictors (all exact, ties -> lowest label):
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from . import _kernels
 from .assignment import Assignment
 from .label_map import FeistelPermutation, IdentityPermutation
+from .partition import log_partition
 from .search import scan_argmax
 from .sizes import n_min
 from .systems import VectorSystem, check_embeddings, make_system, system_from_spec
@@ -168,6 +170,22 @@ class ClassCenters:
                     "(a table from another run, or a corrupted file)"
                 )
         return cls(system, spec["n_classes"], seed=spec["seed"], shuffle=spec["shuffle"], assignment=table)
+
+    # ---- full-system softmax -----------------------------------------------------------------------------
+
+    def log_partition(self, z: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
+        """log sum over every vector of the system of exp(scale * cos(z, v)) [B], exact, O(n_dim) per row.
+
+        Unlabeled vectors (no class owns them) are part of the sum: the full-system softmax treats them as
+        negatives. See `lsc.centers.partition`."""
+        return log_partition(self.system, z, scale)
+
+    def log_prob(self, z: torch.Tensor, labels, scale: float | torch.Tensor) -> torch.Tensor:
+        """log p(label | z) [B] under the softmax over the whole system: scale * cos(z, C_y) - log Z(z)."""
+        z = check_embeddings(z, self.n_dim)
+        z = z if z.dtype == torch.float64 else z.float()
+        c = self(labels).to(z.device, z.dtype)
+        return scale * F.cosine_similarity(z, c, dim=1) - self.log_partition(z, scale)
 
     # ---- prediction -------------------------------------------------------------------------------------
 

@@ -26,7 +26,7 @@ def class_prototypes(
     n_dim: int,
     kind: str = "pixels",
     seed: int = 0,
-    size: int = 16,
+    size: int = 32,
     ckpt: str | None = None,
     batch_size: int = 512,
     device: str | torch.device = "cpu",

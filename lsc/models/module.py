@@ -9,6 +9,7 @@ layer outputs n_classes logits. Both log `{stage}/loss` and `{stage}/acc` (the c
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 
 import lightning as L
@@ -18,6 +19,7 @@ from torch import nn
 from torchmetrics import MaxMetric, MeanMetric, MetricCollection
 
 from lsc.centers import METHODS, ClassCenters
+from lsc.centers.assignment import Assignment
 from lsc.runconfig import ASSIGNMENT_KEY, CENTERS_KEY, CONFIG_KEY
 
 
@@ -81,6 +83,16 @@ class _Base(L.LightningModule):
     def on_train_start(self):
         self.val_acc_best.reset()  # sanity-check batches do not count
 
+    def on_train_epoch_start(self):
+        self._epoch_t0 = time.perf_counter()
+
+    def on_train_epoch_end(self):
+        # wall time of the epoch (its training steps and validation): what the many-class study compares. An
+        # epoch resumed mid-way has no start time and logs none.
+        t0 = self.__dict__.pop("_epoch_t0", None)
+        if t0 is not None:
+            self.log("train/epoch_s", time.perf_counter() - t0, on_epoch=True, sync_dist=False)
+
     def on_validation_epoch_end(self):
         if self.trainer.sanity_checking:
             return
@@ -128,8 +140,29 @@ class LSCModule(_Base):
         self.save_hyperparameters(ignore=["backbone", "centers", "loss", "optimizer"])
         self.centers, self.loss_fn, self.predictor = centers, loss, predictor
 
+    def setup(self, stage: str) -> None:
+        # a data-aware table is computed by every rank from the same data and seed; rank 0's is the one all use
+        # (float reductions may differ across machines: a single flipped near-tie would silently disagree)
+        if self.centers.assignment is None or self._trainer is None or self.trainer.world_size < 2:
+            return
+        table = self.trainer.strategy.broadcast(self.centers.assignment.index_of_label, src=0)
+        if not torch.equal(table, self.centers.assignment.index_of_label):
+            c = self.centers
+            self.centers = ClassCenters(
+                c.system, c.n_classes, seed=c.seed, shuffle=c.shuffle, assignment=Assignment(table, c.system.count)
+            )
+
     def compute_loss(self, z, y):
         return self.loss_fn(z, y, self.centers)
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        p = getattr(self.loss_fn, "last_target_prob", None)
+        if p is not None:  # the full-system softmax's mean p(y | z), and its scale when learned
+            self.log("train/target_prob", p, on_step=False, on_epoch=True)
+            if getattr(self.loss_fn, "learn_scale", False):
+                self.log("train/scale", self.loss_fn.scale.detach(), on_step=False, on_epoch=True)
+        return loss
 
     def predict_labels(self, z):
         return self.centers.predict(z.float(), self.predictor).to(z.device)

@@ -265,10 +265,8 @@ class PartialFCModule(_Base):
     def on_save_checkpoint(self, checkpoint):
         super().on_save_checkpoint(checkpoint)
         if self.head.distributed:  # every rank's shard, in class order
-            full = _gather_padded(self.head.weight.detach())
-            sizes = [
-                b - a for a, b in (shard_range(self.head.n_classes, r, self.head.world) for r in range(self.head.world))
-            ]
+            full, world = _gather_padded(self.head.weight.detach()), self.head.world
+            sizes = [b - a for a, b in (shard_range(self.head.n_classes, r, world) for r in range(world))]
             m = max(sizes)
             full = torch.cat([full[r * m : r * m + sizes[r]] for r in range(world)])
             checkpoint["state_dict"]["head.weight"] = full.cpu()

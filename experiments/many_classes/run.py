@@ -1,0 +1,341 @@
+"""Many classes, learned fast: data-aware assignment vs the keyed order, against Partial FC and CE.
+
+    python experiments/many_classes/run.py                 # 2,000 + 5,000 instance classes, every row, 3 seeds
+    python experiments/many_classes/run.py --part full     # the whole 60,000-image training set as classes
+    python experiments/many_classes/run.py --part ordinary # Fashion-MNIST's 10 classes: does assignment matter?
+    python experiments/many_classes/run.py --smoke         # seconds (CI)
+
+Fashion-MNIST training images with instance labels (every image its own class), the small conv encoder with a
+flattened 7x7 head, AdamW lr 1e-3, batch 64, the same epochs for every row. Rows:
+  LSC, cosine loss: v21, v22, a_nr at n_min and 2 x n_min, each with the keyed (random) class -> vector order
+    and with `centers.assign=data` (each class takes the free vector nearest a random projection of its image);
+  Partial FC (CosFace, s 32, m 0.2) at sample_rate 1.0 and 0.1, embedding width = V^22's n_min and 128;
+  CE with the same backbone.
+Training accuracy per epoch is the running accuracy of the epoch's steps (what the papers plot); the final one is
+measured once, in eval mode, on a fixed 1,000-image training sample. Class-state memory: everything that grows
+with n_classes, AdamW moments included. Runs are cached in their directories, so an interrupted study resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+from lsc.bench.report import fmt_bytes, machine, md_table, pyplot, save_figure, write_results
+from lsc.bench.runs import run_many
+from lsc.centers import n_min
+
+HERE = Path(__file__).parent
+STOP_AT_95 = [  # --part full: stop a row once its running training accuracy reaches 95%
+    "+callbacks.stop._target_=lightning.pytorch.callbacks.EarlyStopping",
+    "+callbacks.stop.monitor=train/acc",
+    "+callbacks.stop.mode=max",
+    "+callbacks.stop.stopping_threshold=0.95",
+    "+callbacks.stop.patience=1000",
+    "+callbacks.stop.check_on_train_epoch_end=true",
+]
+
+
+SOFTMAX_DEFAULT = (16.0, 0.2)  # until --part sweep has chosen (scale, margin)
+
+
+def softmax_choice(out: Path) -> tuple[float, float]:
+    """(scale, margin) with the best final accuracy in the committed sweep (many_classes_sweep.json)."""
+    f = out / "many_classes_sweep.json"
+    if not f.exists():
+        return SOFTMAX_DEFAULT
+    rows = json.loads(f.read_text())
+    top = max(rows, key=lambda r: statistics.mean(r["final_acc"]))
+    return top["scale"], top["margin"]
+
+
+def lsc_rows(n_classes: int, softmax: tuple[float, float] = SOFTMAX_DEFAULT) -> list[tuple[str, list[str]]]:
+    rows = []
+    for system in ("v21", "v22", "a_nr"):
+        m = n_min("a_n" if system == "a_nr" else system, n_classes)
+        for width in (m, 2 * m):
+            for assign in ("keyed", "data"):
+                label = f"{system}@{width} {assign}"
+                rows.append((label, [f"centers={system}", f"centers.n_dim={width}", f"centers.assign={assign}"]))
+    s, mg = softmax
+    sm = ["loss=softmax", f"loss.scale={s:g}", f"loss.margin={mg:g}"]
+    for system in ("v21", "v22", "a_nr"):  # the full-system softmax, at n_min: keyed and data-assigned
+        m = n_min("a_n" if system == "a_nr" else system, n_classes)
+        for assign in ("keyed", "data"):
+            label = f"{system}@{m} {assign} softmax"
+            rows.append((label, [f"centers={system}", f"centers.n_dim={m}", f"centers.assign={assign}", *sm]))
+    # the prototype's rule (all class-vector pairs, descending cosine) against the scalable ordered walk
+    m = n_min("v22", n_classes)
+    rows.append((f"v22@{m} data-global", ["centers=v22", f"centers.n_dim={m}", "centers.assign=data",
+                                          "centers.assign_rule=global"]))  # fmt: skip
+    return rows
+
+
+def pfc_rows(n_classes: int) -> list[tuple[str, list[str]]]:
+    rows = []
+    for width in (n_min("v22", n_classes), 128):
+        for rate in ("1.0", "0.1"):
+            rows.append(
+                (f"PFC d{width} r{rate}", ["model=partial_fc", f"model.embed_dim={width}", f"model.sample_rate={rate}"])
+            )
+    return rows
+
+
+CE_ROW = ("CE", ["model=ce"])
+
+
+def first_epoch(curve, level):
+    for e in curve:
+        if e.get("train/acc", 0) >= level:
+            return e["epoch"] + 1
+    return None
+
+
+def epoch_seconds(r: dict) -> float:
+    times = [e["train/epoch_s"] for e in r["epochs"] if "train/epoch_s" in e]
+    return statistics.median(times) if times else float("nan")
+
+
+def summarize(by: dict, n_epochs: int) -> tuple[list[list], list[dict], dict]:
+    rows, raw, curves = [], [], {}
+    for (size, label), rs in by.items():
+        finals = [r["metrics"].get("val/acc", float("nan")) for r in rs]
+        e50 = [first_epoch(r["epochs"], 0.5) for r in rs]
+        e90 = [first_epoch(r["epochs"], 0.9) for r in rs]
+        done = [len(r["epochs"]) or n_epochs for r in rs]
+        # median training time of an epoch (validation and start-up excluded), from the run's CSV log
+        per_epoch = [
+            statistics.median([e["train/epoch_s"] for e in r["epochs"] if "train/epoch_s" in e] or [0]) for r in rs
+        ]
+        state = rs[0]["metrics"].get("class_state_bytes")
+        curves[(size, label)] = [[e.get("train/acc", float("nan")) for e in r["epochs"]] for r in rs]
+
+        def med(xs, rs=rs):
+            xs = [x for x in xs if x is not None]
+            if not xs:
+                return "—"
+            return f"{statistics.median(xs):g}" + ("" if len(xs) == len(rs) else f" ({len(xs)}/{len(rs)})")
+
+        sd = statistics.stdev(finals) if len(rs) > 1 else 0.0
+        rows.append(
+            [f"{size:,}", label, f"{100 * statistics.mean(finals):.1f} ± {100 * sd:.1f}", med(e50), med(e90),
+             f"{statistics.mean(per_epoch):.1f}", fmt_bytes(state)]
+        )  # fmt: skip
+        raw.append(
+            {
+                "size": size,
+                "config": label,
+                "final_acc": finals,
+                "epochs_to_50": e50,
+                "epochs_to_90": e90,
+                "epochs_run": done,
+                "s_per_epoch": per_epoch,
+                "class_state_bytes": state,
+                "assign_s": [r["metrics"].get("assign_s") for r in rs],
+                "curves": curves[(size, label)],
+                "dirs": [r["dir"] for r in rs],
+            }
+        )
+    return rows, raw, curves
+
+
+HEADER = [
+    "classes",
+    "config",
+    "final train acc % (eval, mean ± sd)",
+    "epochs to 50% (median)",
+    "epochs to 90% (median)",
+    "s / epoch",
+    "class state",
+]
+
+
+def plot(curves, path, title):
+    plt = pyplot()
+    sizes = sorted({s for s, _ in curves})
+    fig, axes = plt.subplots(1, len(sizes), figsize=(7 * len(sizes), 4.5), squeeze=False)
+    for ax, size in zip(axes[0], sizes, strict=True):
+        for (s, label), cs in curves.items():
+            if s != size or not cs or not cs[0]:
+                continue
+            n = min(len(c) for c in cs)
+            mean = [sum(c[i] for c in cs) / len(cs) for i in range(n)]
+            style = ":" if "keyed" in label else ("--" if ("PFC" in label or label == "CE") else "-")
+            ax.plot(range(1, n + 1), mean, style, label=label)
+        ax.set(title=f"{size:,} instance classes ({title})", xlabel="epoch", ylabel="training accuracy (running)")
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, ncol=2)
+    save_figure(fig, path)
+
+
+def base_overrides(epochs: int, val_every: int) -> list[str]:
+    return [
+        "data=fashion_mnist",
+        "data.instance_labels=true",
+        "data.val_size=1000",
+        "data.batch_size=64",
+        "model/backbone=encoder_small_flat",
+        "model.optimizer.lr=1e-3",
+        "test=false",
+        "callbacks.predictor_accuracy.unlabeled_share=false",
+        "centers.auto_min_dim=0",
+        f"trainer.max_epochs={epochs}",
+        f"trainer.check_val_every_n_epoch={val_every}",  # accuracy per epoch comes from the training steps
+        "trainer=cpu",
+    ]
+
+
+def best(raw: list[dict], size: int, prefix: str) -> dict:
+    """The row of `size` whose name starts with prefix with the best mean final accuracy (then fewest epochs)."""
+    rows = [r for r in raw if r["size"] == size and r["config"].startswith(prefix)]
+    return max(rows, key=lambda r: (statistics.mean(r["final_acc"]), -statistics.mean(r["s_per_epoch"])))
+
+
+def part_sweep(a, out: Path):
+    """The softmax's scale and margin: 5,000 classes, V^22 at n_min, data-assigned, one seed (the prototype saw
+    scale 16 > 32 and a margin helping)."""
+    size, seeds, epochs = (200, [0], 2) if a.smoke else (5000, [0], a.epochs)
+    m = n_min("v22", size)
+    jobs, keys = [], []
+    for scale in (8, 16, 32):
+        for margin in (0.0, 0.2):
+            label = f"v22@{m} data softmax s{scale} m{margin:g}"
+            ov = ["centers=v22", f"centers.n_dim={m}", "centers.assign=data", "loss=softmax", f"loss.scale={scale}",
+                  f"loss.margin={margin}"]  # fmt: skip
+            jobs.append((f"sweep-{size}-s{scale}-m{margin:g}-s0", [*base_overrides(epochs, epochs), *ov,
+                                                                  f"data.limit={size}", "seed=0"]))  # fmt: skip
+            keys.append((size, label))
+    return jobs, keys, epochs
+
+
+def part_small(a, out: Path):
+    sizes, seeds, epochs = ([200], [0], 2) if a.smoke else (a.sizes, a.seeds, a.epochs)
+    jobs, keys = [], []
+    for size in sizes:
+        cfgs = lsc_rows(size, softmax_choice(out)) + pfc_rows(size) + [CE_ROW]
+        if a.smoke:
+            cfgs = [cfgs[2], cfgs[3], cfgs[13], cfgs[-2], CE_ROW]
+        for label, ov in cfgs:
+            for s in seeds:
+                name = f"{size}-{label.replace(' ', '_')}-s{s}"
+                jobs.append((name, [*base_overrides(epochs, epochs), *ov, f"data.limit={size}", f"seed={s}"]))
+                keys.append((size, label))
+    return jobs, keys, epochs
+
+
+def part_full(a, out: Path):
+    """60,000 classes: the best LSC and Partial FC recipes of the 5,000-class study (the same system, width rule and
+    assignment, at the new n_min), the keyed twin of the LSC one, and CE."""
+    epochs = 2 if a.smoke else a.full_epochs
+    size = 300 if a.smoke else 60000
+    sm = softmax_choice(out)
+    small_rows, full_rows = lsc_rows(5000, sm) + pfc_rows(5000), lsc_rows(size, sm) + pfc_rows(size)
+    at = {label: i for i, (label, _) in enumerate(small_rows)}
+    if a.smoke:
+        picks = ["v21@46 data", "PFC d14 r1.0"]
+    else:
+        f = out / "many_classes.json"
+        if not f.exists():
+            raise SystemExit("run the 2,000/5,000-class study first: --part full takes its best rows")
+        small = json.loads(f.read_text())
+        picks = [best(small, 5000, "v")["config"], best(small, 5000, "PFC")["config"]]
+        if picks[0].endswith("data"):
+            picks.append(picks[0].replace("data", "keyed"))  # the same recipe with the random order: the gap
+    jobs, keys = [], []
+    for label, ov in [*(full_rows[at[p]] for p in picks), CE_ROW]:
+        n = min(epochs, a.ce_full_epochs) if label == "CE" else epochs
+        base = base_overrides(n, n if a.smoke else 5)
+        jobs.append((f"{size}-{label.replace(' ', '_')}-s0", [*base, *ov, *STOP_AT_95, f"data.limit={size}", "seed=0"]))
+        keys.append((size, label))
+    return jobs, keys, epochs
+
+
+def part_ordinary(a, out: Path):
+    """10 Fashion-MNIST classes (class-mean prototypes): test accuracy, keyed vs data, the lsc_vs_ce budget."""
+    limit, epochs, seeds = (300, 1, [0]) if a.smoke else (10000, 4, a.seeds)
+    base = [
+        "data=fashion_mnist",
+        "trainer=cpu",
+        "model/backbone=encoder_small",
+        "data.batch_size=128",
+        "model.optimizer.lr=1e-3",
+        "model.scheduler.cosine=true",
+        f"trainer.max_epochs={epochs}",
+        f"trainer.check_val_every_n_epoch={epochs}",
+        f"data.limit={limit}",
+    ] + (["data.val_limit=500"] if a.smoke else [])
+    jobs, keys = [], []
+    for system, width in (("v21", 16), ("v22", 16), ("v21", 4)):
+        for assign in ("keyed", "data"):
+            label = f"{system}@{width} {assign}"
+            for s in seeds:
+                ov = [f"centers={system}", f"centers.n_dim={width}", f"centers.assign={assign}", f"seed={s}"]
+                jobs.append((f"ord-{label.replace(' ', '_')}-s{s}", [*base, *ov]))
+                keys.append((10, label))
+    return jobs, keys, epochs
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--part", choices=["sweep", "small", "full", "ordinary"], default="small")
+    p.add_argument("--sizes", type=int, nargs="+", default=[2000, 5000])
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--full-epochs", type=int, default=40)
+    p.add_argument("--ce-full-epochs", type=int, default=5, help="CE at 60k classes: ~5 min per epoch on 2 cores")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--smoke", action="store_true")
+    p.add_argument("--out", default=str(HERE / "results"))
+    a = p.parse_args(argv)
+    out, t0 = Path(a.out), time.time()
+    parts = {"sweep": part_sweep, "small": part_small, "full": part_full, "ordinary": part_ordinary}
+    jobs, keys, epochs = parts[a.part](a, out)
+    results = run_many(out / ("runs_smoke" if a.smoke else "runs"), jobs, workers=a.workers)
+    by: dict = {}
+    for key, r in zip(keys, results, strict=True):
+        by.setdefault(key, []).append(r)
+    name = {"sweep": "many_classes_sweep", "small": "many_classes", "full": "many_classes_60k",
+            "ordinary": "many_classes_10"}[a.part]  # fmt: skip
+    name += "_smoke" if a.smoke else ""
+    if a.part == "ordinary":
+        rows, raw = [], []
+        for (_, label), rs in by.items():
+            acc = [r["metrics"].get("test/acc_topk") for r in rs]
+            cos = [r["metrics"].get("test/acc_cossim") for r in rs]
+            sd = statistics.stdev(acc) if len(acc) > 1 else 0.0
+            rows.append([label, f"{100 * statistics.mean(acc):.2f} ± {100 * sd:.2f}", "yes" if acc == cos else "NO"])
+            raw.append({"config": label, "test_acc": acc, "dirs": [r["dir"] for r in rs]})
+        text = (
+            f"### Fashion-MNIST, 10 classes: keyed vs data-aware assignment ({machine()}; encoder_small, first 10,000 "
+            f"training images, {epochs} epochs, seeds {[0] if a.smoke else a.seeds}; {time.time() - t0:.0f} s)\n\n"
+            + md_table(["config", "test acc % (mean ± sd)", "topk == cossim"], rows)
+        )
+        print(text)
+        write_results(out, name, text, raw)
+        return
+    rows, raw, curves = summarize(by, epochs)
+    if a.part == "sweep":
+        for r in raw:
+            words = r["config"].split()
+            r["scale"], r["margin"] = float(words[-2][1:]), float(words[-1][1:])
+    what = "until 95% or" if a.part == "full" else "for"
+    text = (
+        f"### Training accuracy, Fashion-MNIST instance labels ({machine()}; encoder_small_flat, AdamW 1e-3, batch 64, "
+        f"{what} {epochs} epochs, seeds {[0] if a.smoke or a.part == 'full' else a.seeds}; "
+        f"{time.time() - t0:.0f} s wall incl. cached runs)\n\n"
+        + md_table(HEADER, rows)
+        + "\n\nEpochs counted on the running training accuracy; '—' = not reached; (k/n) = reached by k seeds. "
+        "Class state: what grows with n_classes (LSC keyed: nothing; data-assigned: its 16-byte-per-class table; "
+        "Partial FC: weights + AdamW moments; CE: the last layer + AdamW moments)."
+    )
+    print(text)
+    write_results(out, name, text, raw)
+    plot(curves, out / f"{name}.png", "dotted: keyed order, solid: data-aware, dashed: learned weights")
+
+
+if __name__ == "__main__":
+    main()

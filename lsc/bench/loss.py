@@ -1,0 +1,167 @@
+"""Loss cost at 1k .. 100M classes: the full-system softmax vs the cosine loss vs a dense cross-entropy.
+
+    python -m lsc.bench.loss                 # CPU, batch 256, v22 at n_min, one thread (what a training worker has)
+    python -m lsc.bench.loss --device cuda   # GPU rows
+    python -m lsc.bench.loss --smoke
+
+Forward + backward of each loss on the same embeddings [256, n_dim] and labels, interleaved round-robin and
+repeated (the minimum over repetitions is reported: this machine's timings are noisy; the ratios come from one
+run, side by side). dense CE = logits s * cos against every labeled center materialized as a matrix (where that
+fits the memory budget), i.e. what a softmax costs without the closed form. `encoder step` = one AdamW training
+step of the small encoder (LSC, cosine loss) at the same batch on 32 px images: the budget the loss lives in.
+Peak memory: the loss's own allocations (CUDA: max_memory_allocated; CPU: not measured per call, the softmax's
+work arrays are 8 (n_dim + 1)(S + G + 1) bytes per row, independent of n_classes). Markdown + JSON under
+experiments/bench_loss/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from lsc.bench.report import fmt_bytes, machine, md_table
+from lsc.centers import ClassCenters, n_min
+from lsc.losses import CosineLoss, SoftmaxLoss
+from lsc.models import encoder_backbone
+
+OUT = Path(__file__).resolve().parents[2] / "experiments" / "bench_loss" / "results"
+
+
+class DenseCE(torch.nn.Module):
+    """Cross-entropy of s * cos against a materialized [n_classes, n_dim] center matrix."""
+
+    def __init__(self, centers: ClassCenters, scale: float, device):
+        super().__init__()
+        self.bank = centers.bank(device=device)
+        self.scale = scale
+
+    def forward(self, z, y, centers):
+        return F.cross_entropy(self.scale * F.normalize(z.float(), dim=1) @ self.bank.T, y)
+
+
+def timeit(fns: dict, reps: int, sync) -> dict[str, float]:
+    times = {k: [] for k in fns}
+    for _ in range(reps):
+        for k, f in fns.items():
+            sync()
+            t0 = time.perf_counter()
+            f()
+            sync()
+            times[k].append(time.perf_counter() - t0)
+    return {k: min(v[2:] if len(v) > 3 else v) for k, v in times.items()}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--classes", type=float, nargs="+", default=[1e3, 1e5, 1e6, 1e7, 1e8])
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--reps", type=int, default=60)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--scale", type=float, default=16.0)
+    p.add_argument("--dense-gb", type=float, default=4.0, help="dense CE only where its matrices fit in this")
+    p.add_argument("--smoke", action="store_true")
+    p.add_argument("--out", default=str(OUT))
+    a = p.parse_args(argv)
+    if a.smoke:
+        a.classes, a.reps = [1e3, 1e5], 5
+    torch.set_num_threads(a.threads)
+    dev = torch.device(a.device)
+    cuda = dev.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    torch.manual_seed(0)
+    # the budget: one training step of the small encoder at this batch
+    net = encoder_backbone(16, size="small").to(dev)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    cc16, x = ClassCenters("v22", 1000, n_dim=16), torch.randn(a.batch, 3, 32, 32, device=dev)
+    y16 = torch.randint(0, 1000, (a.batch,), device=dev)
+
+    def step():
+        loss = CosineLoss()(net(x), y16, cc16)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    step_s = timeit({"step": step}, max(5, a.reps // 6), sync)["step"]
+    rows, raw, t0 = [], [], time.time()
+    for nc in map(int, a.classes):
+        cc = ClassCenters("v22", nc, n_dim=n_min("v22", nc))
+        z = torch.randn(a.batch, cc.n_dim, device=dev, requires_grad=True)
+        y = torch.randint(0, nc, (a.batch,), device=dev)
+        losses = {"cosine": CosineLoss(), "softmax": SoftmaxLoss(a.scale, 0.2)}
+        dense_bytes = nc * cc.n_dim * 4 + 3 * a.batch * nc * 4  # bank + logits, their softmax and gradient
+        if dense_bytes <= a.dense_gb * 2**30:
+            losses["dense CE"] = DenseCE(cc, a.scale, dev)
+
+        def run(f, z=z, y=y, cc=cc):
+            return lambda: f(z, y, cc).backward()
+
+        fns = {k: run(f) for k, f in losses.items()}
+        for f in fns.values():  # warm-up: numba compiles, caches fill
+            f()
+        dense = fns.pop("dense CE", None)
+        t = timeit(fns, a.reps, sync)
+        if dense is not None:  # seconds per call at 1M classes: a few repetitions, not interleaved
+            t["dense CE"] = timeit({"dense CE": dense}, 3, sync)["dense CE"]
+        peak = None
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            fns["softmax"]()
+            sync()
+            peak = torch.cuda.max_memory_allocated() - base
+        r = {
+            "n_classes": nc,
+            "n_dim": cc.n_dim,
+            "cosine_ms": 1e3 * t["cosine"],
+            "softmax_ms": 1e3 * t["softmax"],
+            "dense_ce_ms": 1e3 * t["dense CE"] if "dense CE" in t else None,
+            "softmax_over_cosine": t["softmax"] / t["cosine"],
+            "softmax_share_of_step": t["softmax"] / step_s,
+            "softmax_peak_bytes": peak,
+            "dense_ce_bytes": dense_bytes,
+        }
+        raw.append(r)
+        rows.append(
+            [f"{nc:,}", cc.n_dim, f"{r['cosine_ms']:.3f}", f"{r['softmax_ms']:.3f}",
+             "—" if r["dense_ce_ms"] is None else f"{r['dense_ce_ms']:.1f}", f"{r['softmax_over_cosine']:.2f}",
+             f"{100 * r['softmax_share_of_step']:.1f}%", fmt_bytes(peak) if peak is not None else "—",
+             fmt_bytes(dense_bytes)]
+        )  # fmt: skip
+        print("  ", rows[-1], flush=True)
+    head = f"batch {a.batch}, v22 at n_min, scale {a.scale:g}, margin 0.2, {a.threads} thread(s)"
+    text = (
+        f"### Loss forward + backward, ms ({machine(a.device)}; {head}; encoder step {1e3 * step_s:.1f} ms; "
+        f"{time.time() - t0:.0f} s)\n\n"
+        + md_table(
+            [
+                "n_classes",
+                "n_dim",
+                "cosine",
+                "softmax (full system)",
+                "dense CE",
+                "softmax / cosine",
+                "softmax / encoder step",
+                "softmax peak mem",
+                "dense CE memory",
+            ],
+            rows,
+        )  # fmt: skip
+        + "\n\ndense CE '—': its [n_classes, n_dim] matrix and [batch, n_classes] logits do not fit the budget."
+    )
+    print(text)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    name = "bench_loss" + ("_smoke" if a.smoke else "") + ("_cuda" if cuda else "")
+    (out / f"{name}.md").write_text(text + "\n")
+    meta = {"machine": machine(a.device), "batch": a.batch, "encoder_step_s": step_s, "rows": raw}
+    (out / f"{name}.json").write_text(json.dumps(meta, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -31,6 +31,7 @@ RESUME_MAY_CHANGE = {
     "model.predictor",
     "centers.prototype_ckpt",  # the assignment itself comes from the checkpoint
 }
+# init_from is not a resume: a run that starts from another's weights may change everything
 RESUME_FIXED_GROUPS = ("data", "model", "centers", "loss")  # and the run seed
 
 

@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from lsc.centers import METHODS, ClassCenters, n_min
 from lsc.centers.assignment import Assignment, assign_global_greedy, assign_nearest_free, check_assignable
 from lsc.data.prototypes import class_prototypes
+from lsc.models.module import init_weights_from
 from lsc.runconfig import ASSIGNMENT_KEY, CENTERS_KEY, check_resume, load_checkpoint, stored_run_config
 from lsc.utils import quiet_lightning, register_resolvers, save_json, summary_line, to_float_dict
 
@@ -43,7 +44,11 @@ def resolve_n_dim(system: str, n_classes: int, n_dim, auto_min_dim: int = 0) -> 
 ASSIGN = ("keyed", "data")
 
 
-def build_centers(cfg: DictConfig, n_classes: int, dm=None, ckpt: dict | None = None) -> ClassCenters:
+def build_centers(
+    cfg: DictConfig, n_classes: int, dm=None, ckpt: dict | None = None, init: dict | None = None
+) -> ClassCenters:
+    """Centers from the centers config. ckpt (resume, eval): a data-aware table is the checkpoint's own. init
+    (init_from, a grown label space): the old classes keep the checkpoint's table, new classes take free vectors."""
     system = cfg.system
     if system == "table":
         table = cfg.get("table")
@@ -70,6 +75,11 @@ def build_centers(cfg: DictConfig, n_classes: int, dm=None, ckpt: dict | None = 
     if ckpt is not None and ckpt.get(ASSIGNMENT_KEY) is not None:  # resume / eval: the run's own table
         spec = ckpt.get(CENTERS_KEY) or {}
         return ClassCenters.from_spec({**cc.spec, "assignment": spec.get("assignment")}, ckpt[ASSIGNMENT_KEY])
+    old = init.get(ASSIGNMENT_KEY) if init is not None else None
+    if old is not None and old.numel() > n_classes:
+        raise ValueError(f"init_from has {old.numel():,} classes, more than this run's {n_classes:,}")
+    if old is not None and old.numel() == n_classes:
+        return ClassCenters.from_spec({**cc.spec, "assignment": init[CENTERS_KEY].get("assignment")}, old)
     if dm is None:
         raise ValueError("centers.assign=data needs the training data (a DataModule)")
     check_assignable(cc.system)
@@ -81,6 +91,11 @@ def build_centers(cfg: DictConfig, n_classes: int, dm=None, ckpt: dict | None = 
         size=cfg.get("prototype_size", 32),
         ckpt=cfg.get("prototype_ckpt"),
     )
+    if old is not None:  # grow: old classes keep their vectors, the new ones take free vectors nearest their data
+        base = ClassCenters.from_spec({**cc.spec, "assignment": init[CENTERS_KEY].get("assignment")}, old)
+        grown = base.grow(n_classes - old.numel(), proto[old.numel() :])
+        log.info(f"assign=data: grew {old.numel():,} -> {n_classes:,} classes (old centers kept)")
+        return grown
     rule = cfg.get("assign_rule", "ordered")
     if rule not in ("ordered", "global"):
         raise ValueError(f"centers.assign_rule must be ordered or global, got {rule!r}")
@@ -113,16 +128,17 @@ def build_backbone(cfg: DictConfig, dm, out_dim: int):
     return hydra.utils.instantiate(cfg.model.backbone, **bb_kw)
 
 
-def build(cfg: DictConfig, ckpt: dict | None = None):
+def build(cfg: DictConfig, ckpt: dict | None = None, init: dict | None = None):
     """(datamodule, module, centers or None) from a composed config. `ckpt`: the checkpoint being resumed or
-    evaluated; a data-aware assignment is then read from it instead of being computed again."""
+    evaluated; a data-aware assignment is then read from it instead of being computed again. `init`: the
+    init_from checkpoint (weights only; its data-aware table is extended, never recomputed)."""
     if is_lsc(cfg) and cfg.model.get("predictor", "topk") not in METHODS:
         raise ValueError(
             f"model.predictor={cfg.model.predictor!r} is not a predictor; choose one of {', '.join(METHODS)}"
         )
     dm = hydra.utils.instantiate(cfg.data)
     n_classes = dm.num_classes
-    centers = build_centers(cfg.centers, n_classes, dm=dm, ckpt=ckpt) if is_lsc(cfg) else None
+    centers = build_centers(cfg.centers, n_classes, dm=dm, ckpt=ckpt, init=init) if is_lsc(cfg) else None
     if centers is not None:
         out_dim = centers.n_dim
     else:  # CE: the last layer is the classifier; Partial FC: an embedding, the class weights live in its head
@@ -187,10 +203,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     t0 = time.time()
     check_run(cfg)
     quiet_lightning()
-    ckpt_path, ckpt = cfg.get("ckpt_path"), None
+    ckpt_path, ckpt, init_path, init = cfg.get("ckpt_path"), None, cfg.get("init_from"), None
+    if ckpt_path and init_path:
+        raise ValueError("give ckpt_path (resume a run) or init_from (start a new run from its weights), not both")
     if ckpt_path:
         ckpt = load_checkpoint(ckpt_path)
         check_resume(ckpt, cfg, ckpt_path)
+    if init_path:
+        init = load_checkpoint(init_path, "init_from")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.get("float32_matmul_precision"):
         torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
@@ -199,8 +219,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if any("Wandb" in str(c.get("_target_", "")) for c in (cfg.get("logger") or {}).values() if c):
         os.environ.setdefault("WANDB_MODE", "offline")  # never a login prompt
         os.environ.setdefault("WANDB_SILENT", "true")
-    dm, module, centers = build(cfg, ckpt=ckpt)
+    dm, module, centers = build(cfg, ckpt=ckpt, init=init)
     del ckpt  # Lightning loads it again (weights, optimizer, loops)
+    if init is not None:
+        grown = init_weights_from(module, init, init_path)
+        log.info(f"init_from={init_path}: weights loaded ({grown['old_classes']} -> {dm.num_classes:,} classes)")
+        del init
     if centers is not None:
         log.info(f"centers: {centers}")
     n_params = sum(p.numel() for p in module.parameters())

@@ -10,7 +10,10 @@ Per query pipeline, as in the paper:
   t_c  cosine argmax against the materialized n_classes x n_dim center matrix, dense per batch (the paper's
        baseline; its [batch, n_classes] score matrix is what runs out of memory): '–' where it does not fit
   t_n  lsc topk (Algorithm 1 + the exact fallback) on the same embeddings, including the mapping to labels
-K_s = t_c / t_n and K_t = (t_d + t_f + t_c) / (t_d + t_f + t_n) (eqs. 4-5). Times are measured on a few batches
+  t_c faiss flat  FAISS's exact IndexFlatIP over the same matrix and queries (GPU index with --device cuda), where
+       the matrix fits (FAISS tiles its scores, so no [batch, n_classes] matrix); "not installed" without faiss
+K_s = t_c / t_n and K_t = (t_d + t_f + t_c) / (t_d + t_f + t_n) (eqs. 4-5); K_s vs fastest exact uses the faster of
+t_c and t_c faiss flat. Times are measured on a few batches
 and reported for 1M queries, like the paper's tables. Label search runs on embeddings at known class centers
 plus noise (a trained model's outputs), so accuracy and agreement are meaningful; the forward pass is timed
 separately on real images.
@@ -25,10 +28,12 @@ import math
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
+from lsc.bench import faiss_search
 from lsc.bench.report import fmt_bytes, machine, md_table, pyplot, save_figure, write_results
 from lsc.centers import ClassCenters, n_min
 from lsc.models import encoder_backbone, timm_backbone
@@ -124,6 +129,26 @@ def activation_bytes(net, crop, device, batch=64):
     return 2 * max(sizes) / batch  # in eval mode only ~two activations are alive at a time
 
 
+def faiss_flat(cc, queries, ref, device, fits):
+    """FAISS IndexFlatIP (exact) on the same batches: (seconds, agreement with topk) or a reason it did not run."""
+    if not faiss_search.available():
+        return "not installed", None
+    gpu = device.type == "cuda"
+    if gpu and faiss_search.faiss.get_num_gpus() == 0:
+        return "no GPU faiss", None  # a CPU index would not be the GPU pipeline's baseline
+    if not fits:
+        return None, None
+    faiss_search.setup(torch.get_num_threads())
+    n = cc.n_classes
+    chunks = (cc.bank(torch.arange(a, min(a + (1 << 21), n))).numpy() for a in range(0, n, 1 << 21))
+    index, _ = faiss_search.build_flat(chunks, cc.n_dim, gpu=gpu)
+    qs = [q.float().cpu().numpy() for q in queries]
+    faiss_search.search_labels(index, qs[0][:2])
+    t0 = time.perf_counter()
+    pred = np.concatenate([faiss_search.search_labels(index, q) for q in qs])
+    return time.perf_counter() - t0, float((pred == ref.cpu().numpy()[: len(pred)]).mean())
+
+
 def run_point(nc, batch, net, size, crop, args, device, loader_cache):
     n_dim = n_min("v22", nc)
     cc = ClassCenters("v22", nc, n_dim=n_dim)
@@ -154,15 +179,18 @@ def run_point(nc, batch, net, size, crop, args, device, loader_cache):
     row["t_n"] = tn / len(labels) * PER
     row["acc_topk"] = (pn.cpu() == labels).float().mean().item()
     bank_bytes = nc * n_dim * 4
+    nb = max(1, min(args.batches, math.ceil(args.cossim_queries / batch)))
+    flat_need = bank_bytes + args.model_bytes + batch * args.act_bytes
+    tf, row["agreement_faiss"] = faiss_flat(cc, qb[:nb], pn, device, flat_need <= args.mem_cap_gb * 2**30)
+    row["t_c_faiss"] = tf / (nb * batch) * PER if isinstance(tf, float) else tf
     need = bank_bytes + batch * nc * 4 + args.model_bytes + batch * args.act_bytes
     row["cossim_bytes"] = need
     if need > args.mem_cap_gb * 2**30:
         row.update(t_c=None, K_s=None, K_t=None, acc_cossim=None, agreement=None)
-        return row
+        return exact_speedup(row)
     bank = torch.empty(nc, n_dim, device=device)
     for a in range(0, nc, 1 << 21):
         bank[a : a + (1 << 21)] = cc.bank(torch.arange(a, min(a + (1 << 21), nc), device=device))
-    nb = max(1, min(args.batches, math.ceil(args.cossim_queries / batch)))
     dense_cossim(qb[0][:2], bank)
     tc, pc = timeit(lambda: torch.cat([dense_cossim(q, bank) for q in qb[:nb]]), device)
     bank = None  # free the center matrix before the next point
@@ -172,6 +200,13 @@ def run_point(nc, batch, net, size, crop, args, device, loader_cache):
     row["agreement"] = (pc.cpu() == pn.cpu()[: nb * batch]).float().mean().item()
     row["K_s"] = row["t_c"] / row["t_n"]
     row["K_t"] = (row["t_d"] + row["t_f"] + row["t_c"]) / (row["t_d"] + row["t_f"] + row["t_n"])
+    return exact_speedup(row)
+
+
+def exact_speedup(row):
+    """K_s against the fastest exact baseline measured: dense cossim or FAISS flat."""
+    ts = [t for t in (row.get("t_c"), row.get("t_c_faiss")) if isinstance(t, float)]
+    row["K_s_exact"] = min(ts) / row["t_n"] if ts else None
     return row
 
 
@@ -203,8 +238,10 @@ def table(rows, paper, mode):
                 fmt(r["t_d"]),
                 fmt(r["t_f"]),
                 fmt(r.get("t_c")),
+                r["t_c_faiss"] if isinstance(r.get("t_c_faiss"), str) else fmt(r.get("t_c_faiss")),
                 fmt(r["t_n"]),
                 fmt(r.get("K_s")),
+                fmt(r.get("K_s_exact")),
                 fmt(r.get("K_t")),
                 fmt(100 * r["acc_topk"], 4),
                 "–" if r.get("agreement") is None else f"{100 * r['agreement']:.2f}%",
@@ -219,8 +256,10 @@ def table(rows, paper, mode):
         "t_d",
         "t_f",
         "t_c",
+        "t_c faiss flat",
         "t_n",
         "K_s",
+        "K_s vs fastest exact",
         "K_t",
         "acc topk %",
         "agreement",

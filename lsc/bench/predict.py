@@ -1,14 +1,22 @@
-"""Label-prediction benchmark: cossim vs topk vs a plain copy, n_classes 1e3 .. 1e8 (arXiv 2604.00779, Tables 2-3).
+"""Label-prediction benchmark: cossim vs topk vs FAISS vs a plain copy, n_classes 1e3 .. 1e8 (arXiv 2604.00779, T. 2-3).
 
     python -m lsc.bench.predict                         # CPU, v22 at n_min, 1M queries
     python -m lsc.bench.predict --device cuda --queries 4194304
     python -m lsc.bench.predict --classes 1e3 1e6 --system v21 --json out.json
+    python -m lsc.bench.predict --device cuda --faiss-gpu   # FAISS Flat and IVF on the GPU too
 
 Queries are unit class centers plus Gaussian noise (known labels). Times are for all queries, in batches:
   tc      cossim against the materialized n_classes x n_dim center matrix (the paper's baseline); '—' where the
           matrix exceeds --mem-budget-gb. When a full run would exceed --time-budget-s, cossim is timed on a
           prefix of the queries and scaled (the `cossim queries` column says how many).
   tn      topk (Algorithm 1 + exact fallback), including the mapping to labels.
+  FAISS   (when faiss is importable, else "not installed") IndexFlatIP (exact), IVF-Flat (nlist ~ 4 sqrt(n_classes),
+          k-means on <= 64 centers per list) and HNSW (M=32) over the same unit centers (id = label), each only where
+          its index fits --mem-budget-gb ('—' with the memory it would need otherwise), on torch's thread count.
+          nprobe / efSearch: the smallest of 1, 2, 4, ... / 16, 32, ... reaching recall@1 >= 0.99 on the first
+          16,384 queries; recall@1 is against the exact labels (topk's, which agree with cossim's). Searches are
+          timed on a prefix of the queries under --time-budget-s and scaled, like cossim. `Ks vs fastest exact`
+          = min(tc, tc faiss flat) / tn.
   t_copy  z.clone() of all query embeddings at once: a plain (allocating) copy, the DRAM-bandwidth floor of
           producing them; t_memcpy: the same copy into a preallocated, already-touched buffer (no page faults).
 Peak memory is the peak RSS growth (CPU; /proc/self/clear_refs) or torch.cuda.max_memory_allocated (CUDA)
@@ -26,8 +34,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lsc.bench import faiss_search
 from lsc.bench.report import machine as report_machine
 from lsc.centers import ClassCenters, n_min
+
+NOT_INSTALLED = "not installed"
+FAISS_KINDS = ("flat", "ivf", "hnsw")
 
 
 def _sync(device):
@@ -104,6 +116,72 @@ def timed(fn, device, repeat=1):
     return best, out
 
 
+def budget_queries(per_q: float, step: int, args) -> int:
+    """Queries a method may run within --time-budget-s at per_q seconds each: all, or a multiple of `step`."""
+    n_q = min(args.queries, max(step, int(args.time_budget_s / max(per_q, 1e-12))))
+    return (n_q // step) * step if n_q < args.queries else n_q
+
+
+def bench_faiss(cc: ClassCenters, z: torch.Tensor, ref: torch.Tensor, args) -> dict | str:
+    """FAISS indexes over the unit centers, searched with the benchmark's queries z; recall against labels ref."""
+    if not faiss_search.available():
+        return NOT_INSTALLED
+    faiss_search.setup(torch.get_num_threads())
+    xq, ref = z.float().cpu().numpy(), ref.cpu().numpy()  # faiss takes float32 host arrays
+    out = {}
+    for kind in args.faiss_indexes:
+        need = faiss_search.estimate_bytes(kind, cc.n_classes, cc.n_dim, faiss_search.n_lists(cc.n_classes))
+        if need > args.mem_budget_gb * 2**30:
+            out[kind] = {"skipped": f"needs {need / 2**30:.1f} GiB > budget {args.mem_budget_gb:g} GiB", "need": need}
+            continue
+        index, rec = _build_index(kind, cc, args.faiss_gpu and kind != "hnsw")  # faiss has no GPU HNSW
+        rec["bytes"] = faiss_search.index_bytes(index)
+        step = min(256, len(xq))
+        if kind == "flat":  # probe the rate, as for cossim (too few queries for faiss's BLAS path: errs long)
+            per_q = _search(index, xq[:step], args.batch_size)[0] / step
+        else:
+            n_tune = min(len(xq), faiss_search.TUNE_QUERIES)
+            tune = faiss_search.choose_nprobe if kind == "ivf" else faiss_search.choose_ef
+            rec["param"], rec["tune_recall"], t = tune(index, xq[:n_tune], ref[:n_tune], batch_size=args.batch_size)
+            per_q = t / n_tune
+        n_q = min(len(xq), max(budget_queries(per_q, step, args), faiss_search.blas_queries(cc.n_dim)))
+        t, pred = _search(index, xq[:n_q], args.batch_size)
+        index = None  # free it before the next one is built
+        rec.update(t=t * args.queries / n_q, timed_queries=n_q, recall=faiss_search.recall_at_1(pred, ref[:n_q]))
+        rec["qps"] = args.queries / rec["t"]
+        out[kind] = rec
+    return out
+
+
+def _build_index(kind: str, cc: ClassCenters, gpu: bool):
+    n, d = cc.n_classes, cc.n_dim
+
+    def centers():  # chunks, so that no second full copy of the matrix exists beside the index
+        for a in range(0, n, 1 << 20):
+            yield cc.bank(torch.arange(a, min(a + (1 << 20), n))).numpy()
+
+    rec = {"gpu": gpu}
+    if kind == "flat":
+        index, rec["build_s"] = faiss_search.build_flat(centers(), d, gpu=gpu)
+    elif kind == "ivf":
+        nlist = faiss_search.n_lists(n)
+        n_train = min(n, faiss_search.TRAIN_PER_LIST * nlist)
+        train = cc.bank(torch.randperm(n, generator=torch.Generator().manual_seed(0))[:n_train]).numpy()
+        index, rec["build_s"] = faiss_search.build_ivf(centers(), d, nlist, train, gpu=gpu)
+        rec.update(nlist=nlist, train_points=n_train)
+    else:
+        index, rec["build_s"] = faiss_search.build_hnsw(centers(), d)
+        rec["m"] = faiss_search.HNSW_M
+    return index, rec
+
+
+def _search(index, xq, batch_size):
+    """(seconds, labels); faiss returns host arrays, so the wall clock needs no device sync."""
+    t0 = time.perf_counter()
+    labels = faiss_search.search_labels(index, xq, batch_size)
+    return time.perf_counter() - t0, labels
+
+
 def bench_one(n_classes, args, device) -> dict:
     n_dim = n_min(args.system, n_classes) if args.n_dim is None else args.n_dim
     cc = ClassCenters(args.system, n_classes, n_dim=n_dim, seed=0)
@@ -114,11 +192,6 @@ def bench_one(n_classes, args, device) -> dict:
     labels = labels.to(device)
     bs = args.batch_size
     batches = [z[a : a + bs] for a in range(0, args.queries, bs)]
-
-    def run(method, qs=None, **kw):
-        outs = [cc.predict(b, method, **kw) for b in (qs if qs is not None else batches)]
-        return torch.cat(outs)
-
     # warm-up (numba compile, CUDA context, caches)
     cc.predict(batches[0][:64], "topk")
     t_copy, _ = timed(lambda: z.clone(), device, args.repeat)
@@ -126,7 +199,7 @@ def bench_one(n_classes, args, device) -> dict:
     t_memcpy, _ = timed(lambda: buf.copy_(z), device, args.repeat)
     buf = None
     with PeakMemory(device) as mem_n:
-        t_n, pred_n = timed(lambda: run("topk"), device, args.repeat)
+        t_n, pred_n = timed(lambda: torch.cat([cc.predict(b, "topk") for b in batches]), device, args.repeat)
     row = {
         "system": cc.system.display,
         "n_classes": n_classes,
@@ -145,25 +218,37 @@ def bench_one(n_classes, args, device) -> dict:
         "agreement": None,
         "peak_mem_cossim": None,
         "cossim_queries": 0,
+        "bank_bytes": n_classes * n_dim * 4,
     }
-    bank_bytes = n_classes * n_dim * 4
+    bench_cossim(cc, z, labels, pred_n, row, args, device)
+    row["faiss"] = bench_faiss(cc, z, pred_n, args)
+    flat = row["faiss"].get("flat", {}) if isinstance(row["faiss"], dict) else {}
+    exact = {"cossim": row["tc"], "faiss flat": flat.get("t")}
+    exact = {k: v for k, v in exact.items() if v is not None}
+    row["tc_faiss_flat"] = flat.get("t")
+    row["fastest_exact"] = min(exact, key=exact.get) if exact else None
+    row["ks_fastest_exact"] = exact[row["fastest_exact"]] / t_n if exact else None
+    return row
+
+
+def bench_cossim(cc, z, labels, pred_n, row, args, device) -> None:
+    """cossim against the materialized center matrix, under the memory and time budgets; fills `row`."""
+    n_classes, n_dim, bs, bank_bytes = cc.n_classes, cc.n_dim, args.batch_size, row["bank_bytes"]
     if bank_bytes > args.mem_budget_gb * 2**30:
         row["cossim_skipped"] = f"center matrix {bank_bytes / 2**30:.1f} GiB > budget {args.mem_budget_gb} GiB"
-        return row
+        return
     t0 = time.perf_counter()
     bank = torch.empty(n_classes, n_dim, device=device)
     for a in range(0, n_classes, 1 << 20):
         bank[a : a + (1 << 20)] = cc.bank(torch.arange(a, min(a + (1 << 20), n_classes), device=device))
     row["bank_build_s"] = time.perf_counter() - t0
     # probe the rate, then time as many queries as the time budget allows
-    probe = batches[0][: min(bs, 256)]
+    probe = z[: min(bs, 256)]
     tp, _ = timed(lambda: cc.predict(probe, "cossim", bank=bank), device)
-    per_q = tp / probe.shape[0]
-    n_q = min(args.queries, max(probe.shape[0], int(args.time_budget_s / max(per_q, 1e-12))))
-    n_q = (n_q // probe.shape[0]) * probe.shape[0] if n_q < args.queries else n_q
+    n_q = budget_queries(tp / probe.shape[0], probe.shape[0], args)
     qs = [z[a : min(a + bs, n_q)] for a in range(0, n_q, bs)]
     with PeakMemory(device) as mem_c:
-        t_c, pred_c = timed(lambda: run("cossim", qs, bank=bank), device)
+        t_c, pred_c = timed(lambda: torch.cat([cc.predict(q, "cossim", bank=bank) for q in qs]), device)
     row.update(
         tc=t_c * args.queries / n_q,
         cossim_queries=n_q,
@@ -171,7 +256,6 @@ def bench_one(n_classes, args, device) -> dict:
         agreement=(pred_c == pred_n[:n_q]).float().mean().item(),
         peak_mem_cossim=mem_c.peak + bank_bytes,  # the center matrix is part of cossim's memory
     )
-    return row
 
 
 def _fmt_t(x):
@@ -187,13 +271,37 @@ def _fmt_b(x):
         x /= 1024
 
 
+def _fmt_qps(x):
+    return "—" if x is None else (f"{x / 1e6:.2f}M" if x >= 1e6 else f"{x / 1e3:.1f}k" if x >= 1e3 else f"{x:.1f}")
+
+
+def _pct(v):
+    return "—" if v is None else f"{100 * v:.2f}%"
+
+
+def _faiss(r, kind):
+    """The row's record for one FAISS index: a dict, NOT_INSTALLED, or None (not requested)."""
+    return r["faiss"] if r.get("faiss") == NOT_INSTALLED else (r.get("faiss") or {}).get(kind)
+
+
+def _fmt_flat(r):
+    f = _faiss(r, "flat")
+    if f is None or isinstance(f, str):
+        return f or "—"
+    if "skipped" in f:
+        return f"— (needs {_fmt_b(f['need'])})"
+    return _fmt_t(f["t"]) + ("" if f["timed_queries"] == r["queries"] else f" ({f['timed_queries']:,} q timed)")
+
+
 def markdown(rows, header) -> str:
     cols = [
         "n_classes",
         "n_dim",
         "tc",
+        "tc faiss flat",
         "tn",
         "Ks = tc/tn",
+        "Ks vs fastest exact",
         "tn/t_copy",
         "tn/t_memcpy",
         "topk q/s",
@@ -208,7 +316,7 @@ def markdown(rows, header) -> str:
     out = [header, "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         ks = "—" if r["tc"] is None else f"{r['tc'] / r['tn']:.1f}"
-        pct = lambda v: "—" if v is None else f"{100 * v:.2f}%"  # noqa: E731
+        ks_exact = "—" if r.get("ks_fastest_exact") is None else f"{r['ks_fastest_exact']:.1f} ({r['fastest_exact']})"
         out.append(
             "| "
             + " | ".join(
@@ -216,14 +324,16 @@ def markdown(rows, header) -> str:
                     f"{r['n_classes']:,}",
                     str(r["n_dim"]),
                     _fmt_t(r["tc"]),
+                    _fmt_flat(r),
                     _fmt_t(r["tn"]),
                     ks,
+                    ks_exact,
                     f"{r['tn'] / r['t_copy']:.2f}",
                     f"{r['tn'] / r['t_memcpy']:.1f}",
-                    f"{r['queries_per_s_topk'] / 1e6:.2f}M",
-                    pct(r["acc_cossim"]),
-                    pct(r["acc_topk"]),
-                    pct(r["agreement"]),
+                    _fmt_qps(r["queries_per_s_topk"]),
+                    _pct(r["acc_cossim"]),
+                    _pct(r["acc_topk"]),
+                    _pct(r["agreement"]),
                     f"{r['cossim_queries']:,}",
                     _fmt_b(r["peak_mem_cossim"]),
                     _fmt_b(r["peak_mem_topk"]),
@@ -232,6 +342,54 @@ def markdown(rows, header) -> str:
             )
             + " |"
         )
+    return "\n".join(out) + "\n\n" + search_markdown(rows)
+
+
+SEARCH_COLS = ["n_classes", "method", "setting", "q/s", "recall@1 vs exact", "build", "index memory", "timed queries"]
+
+
+def search_markdown(rows) -> str:
+    """One line per method: our predictors and the FAISS indexes, with build cost and memory."""
+    out = [
+        "Label search vs FAISS: recall@1 against the exact nearest center (topk's labels); build = materializing "
+        "the centers (cossim) or train + add (FAISS); timed queries: a prefix, its time scaled to all queries.",
+        "",
+        "| " + " | ".join(SEARCH_COLS) + " |",
+        "|" + "---|" * len(SEARCH_COLS),
+    ]
+    names = {"flat": "faiss Flat", "ivf": "faiss IVF-Flat", "hnsw": "faiss HNSW"}
+    for r in rows:
+        nq, n = r["queries"], f"{r['n_classes']:,}"
+        lines = [
+            [n, "topk (ours)", "exact", _fmt_qps(nq / r["tn"]), "reference", "0 s", _fmt_b(r["map_bytes"]), f"{nq:,}"]
+        ]
+        if r["tc"] is None:
+            lines.append([n, "cossim (ours)", "exact", "—", "—", "—", f"— (needs {_fmt_b(r['bank_bytes'])})", "—"])
+        else:
+            q = f"{r['cossim_queries']:,}"
+            c = [_fmt_qps(nq / r["tc"]), _pct(r["agreement"]), _fmt_t(r["bank_build_s"]), _fmt_b(r["bank_bytes"]), q]
+            lines.append([n, "cossim (ours)", "exact"] + c)
+        for kind in FAISS_KINDS:
+            f = _faiss(r, kind)
+            if f is None:
+                continue
+            if f == NOT_INSTALLED:
+                lines.append([n, names[kind]] + [NOT_INSTALLED] * 6)
+                continue
+            name = names[kind] + (" (GPU)" if f.get("gpu") else "")
+            if "skipped" in f:
+                lines.append([n, name, "—", "—", "—", "—", f"— (needs {_fmt_b(f['need'])})", "—"])
+                continue
+            setting = {
+                "flat": "exact",
+                "ivf": f"nlist={f.get('nlist')}, nprobe={f.get('param')}",
+                "hnsw": f"M={f.get('m')}, efSearch={f.get('param')}",
+            }[kind]
+            q = f"{f['timed_queries']:,}"
+            lines.append(
+                [n, name, setting, _fmt_qps(f["qps"]), _pct(f["recall"]), _fmt_t(f["build_s"]), _fmt_b(f["bytes"]), q]
+            )
+        out += ["| " + " | ".join(line) + " |" for line in lines]
     return "\n".join(out)
 
 
@@ -239,7 +397,7 @@ def machine() -> str:
     return f"{report_machine('cpu')}, {torch.get_num_threads()} threads"
 
 
-def main(argv=None):
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--classes", type=float, nargs="+", default=[1e3, 1e5, 1e6, 1e7, 1e8])
     p.add_argument("--system", default="v22")
@@ -249,11 +407,20 @@ def main(argv=None):
     p.add_argument("--queries", type=int, default=1 << 20)
     p.add_argument("--batch-size", type=int, default=1 << 16)
     p.add_argument("--noise", type=float, default=0.1, help="per-coordinate Gaussian noise added to the centers")
-    p.add_argument("--mem-budget-gb", type=float, default=6.0, help="largest center matrix cossim may use")
-    p.add_argument("--time-budget-s", type=float, default=20.0, help="cossim time per row before subsampling")
+    p.add_argument("--mem-budget-gb", type=float, default=6.0, help="largest center matrix / FAISS index")
+    p.add_argument("--time-budget-s", type=float, default=20.0, help="cossim/FAISS time per row before subsampling")
+    p.add_argument("--faiss-indexes", nargs="*", default=list(FAISS_KINDS), choices=FAISS_KINDS)
+    p.add_argument("--faiss-gpu", action="store_true", help="FAISS Flat and IVF as GPU indexes (needs faiss-gpu)")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--json", default=None, help="write the rows here (default: bench_predict_<device>.json)")
     args = p.parse_args(argv)
+    if args.faiss_gpu and not (faiss_search.available() and faiss_search.faiss.get_num_gpus() > 0):
+        p.error("--faiss-gpu needs a faiss build with GPU support (faiss-gpu) that sees a GPU; this one sees none")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
     device = torch.device(args.device)
     rows = []
     for nc in args.classes:
@@ -264,6 +431,8 @@ def main(argv=None):
         where = torch.cuda.get_device_name(device)
     else:
         where = machine()
+    if faiss_search.available():
+        where += f", faiss {faiss_search.faiss.__version__}" + (" (GPU)" if args.faiss_gpu else "")
     header = (
         f"### Label prediction, {args.system} at n_min, {args.queries:,} queries "
         f"(batch {args.batch_size:,}, {args.dtype}, noise {args.noise}), {where}"

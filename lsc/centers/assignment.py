@@ -108,9 +108,13 @@ def check_assignable(system) -> None:
         )
 
 
-def assign_nearest_free(system, prototypes: torch.Tensor, log_every: int = 0) -> tuple[torch.Tensor, dict]:
+def assign_nearest_free(
+    system, prototypes: torch.Tensor, log_every: int = 0, taken_already: torch.Tensor | None = None
+) -> tuple[torch.Tensor, dict]:
     """The greedy rule of the module docstring. prototypes: [C, n_dim] (float64 recommended).
 
+    taken_already: vector indices owned by existing classes (growing a label space: `ClassCenters.grow`); the
+    new classes take free vectors only.
     Returns (index_of_label [C] int64, stats: walks = classes whose nearest vector was taken, pops = vectors
     enumerated by those walks, seconds).
     """
@@ -124,13 +128,18 @@ def assign_nearest_free(system, prototypes: torch.Tensor, log_every: int = 0) ->
     if p.dim() != 2 or p.shape[1] != system.n_dim:
         raise ValueError(f"prototypes must be [n_classes, {system.n_dim}], got {tuple(p.shape)}")
     n = p.shape[0]
-    if n > system.count:
-        raise ValueError(f"{n:,} classes do not fit in {system.display}'s {system.count:,} vectors")
+    old = torch.as_tensor(taken_already if taken_already is not None else [], dtype=torch.int64)
+    if n + old.numel() > system.count:
+        raise ValueError(f"{n + old.numel():,} classes do not fit in {system.display}'s {system.count:,} vectors")
     nearest, cos = _nearest_with_scores(system, p)  # [C] int64, [C] float64 cosine
     order = np.lexsort((np.arange(n), -cos.numpy()))  # descending cosine, then lower label
     # taken vectors: a byte per vector while that is at most 1 GiB, else a set of the (n_classes) taken indices
     taken = np.zeros(system.count, dtype=np.bool_) if system.count <= (1 << 30) else None
     taken_set: set[int] = set()
+    if taken is not None:
+        taken[old.numpy()] = True
+    else:
+        taken_set.update(old.tolist())
     out = np.empty(n, dtype=np.int64)
     near = nearest.numpy()
     walks = pops = 0

@@ -139,6 +139,48 @@ class ClassCenters:
         """Raw (unnormalized) center vectors: the targets of the distance loss (arXiv 2510.04090, eq. 6)."""
         return self.system.vectors(self.index_of(labels))
 
+    def grow(self, n_new: int, prototypes: torch.Tensor | None = None) -> ClassCenters:
+        """The same centers with `n_new` more classes (labels n_classes .. n_classes + n_new - 1); every old class
+        keeps its vector bit for bit. Keyed orders need nothing (the bijection does not depend on n_classes);
+        a data-aware table needs the new classes' prototypes [n_new, n_dim]: they take free vectors only."""
+        if isinstance(n_new, bool) or not isinstance(n_new, int) or n_new < 1:
+            raise ValueError(f"n_new must be a positive integer (how many classes to add), got {n_new!r}")
+        total = self.n_classes + n_new
+        if total > self.system.count:
+            raise ValueError(
+                f"growing to {total:,} classes exceeds {self.system.display}'s {self.system.count:,} vectors; "
+                "a larger label space needs a larger n_dim (a new run)"
+            )
+        if self.assignment is None:
+            return ClassCenters(self.system, total, seed=self.seed, shuffle=self.shuffle)
+        if prototypes is None:
+            raise ValueError(f"data-assigned centers grow from the new classes' prototypes ([{n_new}, {self.n_dim}])")
+        from .assignment import assign_nearest_free
+
+        p = torch.as_tensor(prototypes)
+        if p.shape != (n_new, self.n_dim):
+            raise ValueError(f"prototypes must be [{n_new}, {self.n_dim}], got {tuple(p.shape)}")
+        old = self.assignment.index_of_label
+        new, _ = assign_nearest_free(self.system, p, taken_already=old)
+        table = Assignment(torch.cat([old, new]), self.system.count)
+        return ClassCenters(self.system, total, seed=self.seed, shuffle=self.shuffle, assignment=table)
+
+    def grows_from(self, spec: dict, assignment: torch.Tensor | None = None) -> bool:
+        """True when these centers are `spec`'s with more classes (or the same): every old class's vector kept."""
+        mine = self.spec
+        if spec.get("n_classes", 0) > self.n_classes:
+            return False
+        if any(spec.get(k) != mine.get(k) for k in ("system", "seed", "shuffle")):
+            return False
+        if (spec.get("assignment") is None) != (self.assignment is None):
+            return False
+        if self.assignment is None:
+            return True
+        if assignment is None:
+            return False
+        old = torch.as_tensor(assignment)
+        return torch.equal(self.assignment.index_of_label[: old.numel()], old)
+
     @property
     def spec(self) -> dict:
         """JSON-serializable description; with a data assignment it names the table by its digest (the table
@@ -204,6 +246,72 @@ class ClassCenters:
         if method == "euclidean":
             return self._euclidean(z, chunk_size)
         raise ValueError(f"unknown predictor {method!r}; choose one of {', '.join(METHODS)}")
+
+    def top_labels(self, z: torch.Tensor, k: int = 5, chunk_size: int = 65536) -> tuple[torch.Tensor, torch.Tensor]:
+        """The k closest labeled centers of each row: (labels [B, k] int64, cosines [B, k] float64), by decreasing
+        cosine, exact ties by lowest label. Large label spaces walk the system best-first (arXiv 2604.00779,
+        Algorithm 2), skipping unlabeled vectors, so nothing n_classes-sized is built; few or sparse labels scan."""
+        z = check_embeddings(z, self.n_dim)
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        if k > self.n_classes:
+            raise ValueError(f"k={k} exceeds the {self.n_classes:,} classes; use k <= n_classes")
+        few = self.n_classes <= SCAN_FALLBACK_CLASSES or 8 * self.n_classes < self.system.count
+        if not getattr(self.system, "fast", False) or few:
+            return self._top_scan(z, k, chunk_size)
+        labels = torch.empty(z.shape[0], k, dtype=torch.int64)
+        cos = torch.empty(z.shape[0], k, dtype=torch.float64)
+        norms = z.double().norm(dim=1).tolist()
+        left = []
+        for r, row in enumerate(z.detach().double().cpu().tolist()):
+            got = self._top_search(row, k)
+            if got is None:
+                left.append(r)
+                continue
+            labels[r] = torch.tensor([g[1] for g in got])
+            cos[r] = torch.tensor([g[0] / norms[r] for g in got], dtype=torch.float64)
+        if left:
+            labels[left], cos[left] = self._top_scan(z[left].cpu(), k, chunk_size)
+        return labels.to(z.device), cos.to(z.device)
+
+    def _top_search(self, z_row: list[float], k: int):
+        """[(score, label)] of the k best labeled vectors, or None past the search budget."""
+        out, level, level_score = [], [], None
+        for pops, (score, idx) in enumerate(self.system.best_first(z_row)):
+            if level_score is not None and score < level_score:
+                out += sorted(level, key=lambda t: t[1])  # a level of exact ties: lowest label first
+                level = []
+                if len(out) >= k:
+                    return out[:k]
+            if pops >= SEARCH_BUDGET * k:
+                return None
+            level_score = score
+            lab = self.perm.inverse_py(idx)
+            if lab < self.n_classes:
+                level.append((score, lab))
+        out += sorted(level, key=lambda t: t[1])
+        return out[:k]
+
+    def _top_scan(self, z: torch.Tensor, k: int, chunk_size: int):
+        """Exact top-k by float64 cosine over every labeled center, chunk by chunk (ties: lowest label)."""
+        zh = torch.nn.functional.normalize(z.double(), dim=1)
+        best_s = torch.empty(z.shape[0], 0, dtype=torch.float64, device=z.device)
+        best_l = torch.empty(z.shape[0], 0, dtype=torch.int64, device=z.device)
+        fetch = self._fetch(z.device)
+        for a in range(0, self.n_classes, chunk_size):
+            b = min(a + chunk_size, self.n_classes)
+            v, inv, _ = fetch(a, b, torch.float64)
+            inv = (
+                self.system.inv_norms(self.perm.forward(torch.arange(a, b, device=z.device)), torch.float64)
+                if inv is None
+                else inv
+            )
+            s = (zh @ v.T) * inv
+            lab = torch.arange(a, b, device=z.device).expand(z.shape[0], -1)
+            s, lab = torch.cat([best_s, s], 1), torch.cat([best_l, lab], 1)
+            order = torch.sort(-s, dim=1, stable=True).indices[:, :k]  # stable: earlier (lower) labels win ties
+            best_s, best_l = s.gather(1, order), lab.gather(1, order)
+        return best_l, best_s
 
     def bank(self, labels: torch.Tensor | None = None, device="cpu", dtype=torch.float32) -> torch.Tensor:
         """Materialize unit centers of all (or the given) labels: the n_classes x n_dim matrix cossim needs."""

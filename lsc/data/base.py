@@ -3,6 +3,8 @@
 Every DataModule yields (image float tensor [C, H, W], label int64). A subclass only says how to read its raw
 splits (`_load`); the views that turn a dataset into a many-class one live here:
   classes: K          keep the first K classes (the A_n paper's i1kp)
+  keep_classes: [..]  keep these classes only (labels unchanged: growing a label space), plus
+  replay_per_class: N the first N training images of every other class (a replay buffer)
   limit: N            keep the first N training images (validation and test: `val_limit`)
   instance_labels     every image is its own class (the papers' 50k .. 1.28M-class sets)
   copies: k           repeat the set k times under distinct labels (the top-k paper's > 1.28M-class sets)
@@ -187,6 +189,8 @@ class LSCDataModule(L.LightningDataModule):
         seed: int = 0,
         pin_memory: bool = False,
         on_bad_image: str = "error",
+        keep_classes: list[int] | None = None,
+        replay_per_class: int = 0,
     ):
         super().__init__()
         _positive_int("batch_size", batch_size, allow_none=False)
@@ -206,6 +210,14 @@ class LSCDataModule(L.LightningDataModule):
             )
         if copies > 1 and not instance_labels:
             raise ValueError("data.copies > 1 needs data.instance_labels=true (copies get distinct labels)")
+        if keep_classes is not None and (
+            not len(keep_classes) or any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in keep_classes)
+        ):
+            raise ValueError(f"data.keep_classes must be a non-empty list of class labels >= 0, got {keep_classes!r}")
+        if isinstance(replay_per_class, bool) or not isinstance(replay_per_class, int) or replay_per_class < 0:
+            raise ValueError(f"data.replay_per_class must be an integer >= 0, got {replay_per_class!r}")
+        if replay_per_class and keep_classes is None:
+            raise ValueError("data.replay_per_class needs data.keep_classes (replay the classes it leaves out)")
         if on_bad_image not in BAD_IMAGE_POLICIES:
             raise ValueError(f"data.on_bad_image must be one of {', '.join(BAD_IMAGE_POLICIES)}, got {on_bad_image!r}")
         self.batch_size, self.num_workers = batch_size, num_workers
@@ -213,6 +225,8 @@ class LSCDataModule(L.LightningDataModule):
         self.transforms, self.img_size, self.seed = transforms, img_size, seed
         self.val_size, self.val_fraction, self.val_limit = val_size, float(val_fraction), val_limit
         self.train_eval_size, self.pin_memory, self.on_bad_image = train_eval_size, pin_memory, on_bad_image
+        self.keep_classes = None if keep_classes is None else [int(c) for c in keep_classes]
+        self.replay_per_class = replay_per_class
         self.bad_images = Value("i", 0)  # skipped unreadable images, counted across loader workers
         self._raw = None
         self.train_set = self.val_set = self.test_set = self.train_eval_set = None
@@ -234,6 +248,13 @@ class LSCDataModule(L.LightningDataModule):
         idx = torch.arange(len(split))
         if self.classes is not None:
             idx = idx[split.targets[idx] < self.classes]
+        if self.keep_classes is not None:
+            t = split.targets[idx]
+            keep = torch.isin(t, torch.tensor(self.keep_classes))
+            if self.replay_per_class:  # the first N images of every class not kept
+                for c in t[~keep].unique().tolist():
+                    keep[(t == c).nonzero()[: self.replay_per_class, 0]] = True
+            idx = idx[keep]
         if self.limit is not None:
             if self.limit > len(idx) and not getattr(self, "_warned_limit", False):
                 self._warned_limit = True

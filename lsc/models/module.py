@@ -47,6 +47,10 @@ class _Base(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(x)
 
+    def class_rows(self) -> list[str]:
+        """Parameters with one row per class (they grow with the label space); none for LSC."""
+        return []
+
     def on_save_checkpoint(self, checkpoint):
         # the resolved run config (plain dict): `python -m lsc.eval ckpt_path=...` rebuilds the run from it
         checkpoint[CONFIG_KEY] = getattr(self, "run_config", None)
@@ -188,6 +192,10 @@ class CEModule(_Base):
     def compute_loss(self, logits, y):
         return F.cross_entropy(logits.float(), y)
 
+    def class_rows(self) -> list[str]:
+        last = [n for n, m in self.named_modules() if isinstance(m, nn.Linear)][-1]
+        return [f"{last}.weight", f"{last}.bias"]
+
     def predict_labels(self, logits):
         return logits.argmax(1)
 
@@ -203,3 +211,43 @@ def check_centers(checkpoint: dict, centers: ClassCenters) -> None:
             f"checkpoint was trained with other class centers: {diff} (checkpoint, config). Use the run's own "
             "centers config, or ClassCenters.from_spec(checkpoint['lsc_centers'])"
         )
+
+
+def init_weights_from(module: _Base, ckpt: dict, path) -> dict:
+    """Initialize `module` with a checkpoint's weights (no optimizer or loop state): fine-tuning, or a label space
+    grown since that run. Rows of per-class parameters (CE's last layer, Partial FC's class weights) are copied
+    for the old classes and the new rows keep their fresh init; LSC centers must be the checkpoint's with at most
+    more classes (every old class keeps its center). Returns {"old_classes", "new_classes"}."""
+    centers = getattr(module, "centers", None)
+    if centers is not None:
+        spec = ckpt.get(CENTERS_KEY)
+        if spec is None:
+            raise ValueError(f"init_from={path} is not an LSC checkpoint (no class-center spec)")
+        if not centers.grows_from(spec, ckpt.get(ASSIGNMENT_KEY)):
+            raise ValueError(
+                f"init_from={path} was trained with other class centers ({spec}); a run initialized from it must use "
+                "the same centers config (system, n_dim, seed, shuffle, assignment), with the same or more classes"
+            )
+    own, theirs = module.state_dict(), ckpt["state_dict"]
+    rows, old_n = set(module.class_rows()), None
+    missing = sorted(set(own) - set(theirs))
+    if missing:
+        raise ValueError(f"init_from={path} lacks {len(missing)} weight(s) of this model, e.g. {missing[0]}")
+    out = {}
+    for k, v in own.items():
+        w = theirs[k]
+        if w.shape == v.shape:
+            out[k] = w
+        elif k in rows and w.shape[1:] == v.shape[1:] and w.shape[0] <= v.shape[0]:
+            out[k] = v.clone()
+            out[k][: w.shape[0]] = w  # the old classes' rows; new classes keep their fresh init
+            old_n = w.shape[0]
+        else:
+            raise ValueError(
+                f"init_from={path}: {k} has shape {tuple(w.shape)} there and {tuple(v.shape)} here; use the same "
+                "backbone and centers (a larger class count is fine)"
+            )
+    module.load_state_dict(out)
+    n = centers.n_classes if centers is not None else None
+    old = spec["n_classes"] if centers is not None else old_n
+    return {"old_classes": old, "new_classes": (n - old) if (n is not None and old is not None) else None}

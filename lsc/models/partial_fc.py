@@ -259,6 +259,9 @@ class PartialFCModule(_Base):
     def compute_loss(self, z, y):
         return self.head(z, y)
 
+    def class_rows(self) -> list[str]:
+        return ["head.weight"]
+
     def predict_labels(self, z):
         return self.head.predict(z)
 

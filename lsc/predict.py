@@ -1,0 +1,226 @@
+"""Predict labels for new images with a trained LSC checkpoint: `python -m lsc.predict ckpt_path=... input=...`.
+
+    python -m lsc.predict ckpt_path=<run>/checkpoints/last.ckpt input=photos/ out=preds.csv k=5
+    python -m lsc.predict ckpt_path=... input=list.txt            # one image path per line
+    python -m lsc.predict ckpt_path=... input=data                # the run's own data config (its test split)
+
+Per image, in input order, one CSV row (written as it is produced, so an interrupted run keeps its rows; also
+Parquet at the end when pyarrow is installed): `path`, `label` (top-1), `cos` (its cosine), `nearest_unlabeled`
+(the nearest vector of the whole system belongs to no class: the top-k paper's new-class signal),
+`open_set_score` (1 - cos: higher = further from every known class), `label_2..label_k`, `cos_2..cos_k`, and with
+a checkpoint trained with `loss=softmax` `prob_1..prob_k` (exact probabilities under the full-system softmax),
+then `target` (data input only) and `error` (an unreadable image: its row says why, the run goes on).
+The k closest labeled centers come from a best-first walk over the system, so k > 1 works at 100M classes.
+
+Python: `Predictor.from_checkpoint(path).predict(images, k=5)` with images as paths, PIL images or tensors.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import warnings
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from torchvision.datasets.folder import IMG_EXTENSIONS
+from torchvision.transforms import v2
+
+from lsc.centers import ClassCenters
+from lsc.data.transforms import make_transform
+from lsc.runconfig import ASSIGNMENT_KEY, CENTERS_KEY, CONFIG_KEY, load_checkpoint
+from lsc.utils import quiet_lightning, register_resolvers
+
+log = logging.getLogger("lsc.predict")
+register_resolvers()
+
+
+class Predictor:
+    """A trained LSC model for inference: backbone, class centers and the run's eval transform."""
+
+    def __init__(self, backbone, centers: ClassCenters, transform, size: int, channels: int, scale=None, device="cpu"):
+        self.backbone, self.centers, self.transform = backbone.eval().to(device), centers, transform
+        self.size, self.channels, self.scale, self.device = size, channels, scale, torch.device(device)
+
+    @classmethod
+    def from_checkpoint(cls, path, device: str = "cpu") -> Predictor:
+        from lsc.train import build_backbone
+
+        ckpt = load_checkpoint(path)
+        spec, stored = ckpt.get(CENTERS_KEY), ckpt.get(CONFIG_KEY)
+        if spec is None or not stored:
+            raise ValueError(
+                f"ckpt_path={path} is not an LSC checkpoint (no class centers or run config): lsc.predict needs a "
+                "model trained with model=lsc (evaluate CE / Partial FC checkpoints with lsc.eval)"
+            )
+        cfg = OmegaConf.create(stored)
+        dm = hydra.utils.instantiate(cfg.data)  # reads no files: the channels, size and normalization
+        centers = ClassCenters.from_spec(spec, ckpt.get(ASSIGNMENT_KEY))
+        backbone = build_backbone(cfg, dm, centers.n_dim)
+        sd = ckpt["state_dict"]
+        backbone.load_state_dict({k[len("backbone.") :]: v for k, v in sd.items() if k.startswith("backbone.")})
+        scale = None
+        if str(cfg.get("loss", {}).get("_target_", "")).endswith("SoftmaxLoss"):
+            scale = float(sd["loss_fn.log_scale"].exp()) if "loss_fn.log_scale" in sd else float(cfg.loss.scale)
+        size = dm.out_size
+        t = make_transform("none", False, size, dm.mean, dm.std, dm.native_size, dm.large_images)
+        return cls(backbone, centers, t, size, dm.channels, scale, device)
+
+    def _tensor(self, image) -> torch.Tensor:
+        from PIL import Image
+
+        if isinstance(image, (str, Path)):
+            with Image.open(image) as im:
+                im.load()
+                image = im.convert("L" if self.channels == 1 else "RGB")
+        if isinstance(image, Image.Image) and image.size != (self.size, self.size) and not self.transform_resizes:
+            image = v2.CenterCrop(self.size)(v2.Resize(self.size)(image))  # any image size in, the model's out
+        return self.transform(image)
+
+    @property
+    def transform_resizes(self) -> bool:
+        return any(isinstance(t, (v2.Resize, v2.CenterCrop)) for t in self.transform.transforms)
+
+    @torch.no_grad()
+    def embed(self, images) -> torch.Tensor:
+        """Embeddings [B, n_dim] of a batch of images (paths, PIL images, or tensors already transformed)."""
+        x = torch.stack([im if isinstance(im, torch.Tensor) else self._tensor(im) for im in images])
+        return self.backbone(x.to(self.device)).float()
+
+    @torch.no_grad()
+    def predict(self, images, k: int = 5) -> dict[str, torch.Tensor]:
+        """labels [B, k], cos [B, k], nearest_unlabeled [B], open_set_score [B], and prob [B, k] (softmax runs)."""
+        return self.predict_embeddings(self.embed(images), k)
+
+    def predict_embeddings(self, z: torch.Tensor, k: int = 5) -> dict[str, torch.Tensor]:
+        labels, cos = self.centers.top_labels(z, k)
+        _, nearest = self.centers.nearest(z)
+        out = {"labels": labels, "cos": cos, "nearest_unlabeled": nearest < 0, "open_set_score": 1 - cos[:, 0]}
+        if self.scale is not None:
+            log_z = self.centers.log_partition(z.double(), self.scale)
+            out["prob"] = torch.exp(self.scale * cos - log_z[:, None])
+        return out
+
+
+# ---- the CLI ---------------------------------------------------------------------------------------------------
+
+
+def list_inputs(spec: str) -> list[str]:
+    """An image folder (recursively, sorted), or a text file with one image path per line."""
+    p = Path(spec)
+    if p.is_dir():
+        files = sorted(str(f) for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMG_EXTENSIONS)
+        if not files:
+            raise FileNotFoundError(f"input={p} holds no images ({', '.join(IMG_EXTENSIONS)})")
+        return files
+    if p.is_file() and p.suffix.lower() in (".txt", ".lst", ".csv"):
+        files = [ln.strip() for ln in p.read_text().splitlines() if ln.strip()]
+        if not files:
+            raise ValueError(f"input={p} lists no image paths (one per line)")
+        return files
+    if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS:
+        return [str(p)]
+    raise FileNotFoundError(f"input={p} is neither an image folder, an image, nor a file listing image paths")
+
+
+def columns(k: int, probs: bool, target: bool) -> list[str]:
+    cols = ["path", "label", "cos", "nearest_unlabeled", "open_set_score"]
+    cols += [f"label_{j}" for j in range(2, k + 1)] + [f"cos_{j}" for j in range(2, k + 1)]
+    cols += [f"prob_{j}" for j in range(1, k + 1)] if probs else []
+    return cols + (["target"] if target else []) + ["error"]
+
+
+def predict_to_csv(pred: Predictor, items, out: Path, k: int, batch_size: int, targets=None, progress=True) -> int:
+    """items: paths (or (name, tensor) pairs for data input). Rows are written and flushed batch by batch."""
+    from tqdm import tqdm
+
+    if k > pred.centers.n_classes:
+        raise ValueError(f"k={k} exceeds the checkpoint's {pred.centers.n_classes:,} classes")
+    cols = columns(k, pred.scale is not None, targets is not None)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    n = 0
+    with open(out, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(cols)
+        for a in tqdm(range(0, len(items), batch_size), disable=not progress, desc="predict", unit="batch"):
+            names, xs, errors = [], [], {}
+            for j, item in enumerate(items[a : a + batch_size]):
+                name, x = item if isinstance(item, tuple) else (item, item)
+                names.append(name)
+                try:
+                    xs.append(x if isinstance(x, torch.Tensor) else pred._tensor(x))
+                except Exception as e:  # an unreadable file: a row says so, the rest goes on
+                    warnings.warn(f"skipped unreadable image {name}: {e}", stacklevel=1)
+                    errors[j] = f"{type(e).__name__}: {e}"
+            ok = [j for j in range(len(names)) if j not in errors]
+            res = pred.predict_embeddings(pred.embed([xs[i] for i in range(len(ok))]), k) if ok else None
+            pos = {j: i for i, j in enumerate(ok)}
+            for j, name in enumerate(names):
+                row = [name]
+                if j in errors:
+                    row += [""] * (len(cols) - 2 - (targets is not None))
+                else:
+                    i = pos[j]
+                    labels, cos = res["labels"][i].tolist(), res["cos"][i].tolist()
+                    row += [labels[0], f"{cos[0]:.6f}", str(bool(res["nearest_unlabeled"][i])).lower()]
+                    row += [f"{float(res['open_set_score'][i]):.6f}", *labels[1:], *(f"{c:.6f}" for c in cos[1:])]
+                    if pred.scale is not None:
+                        row += [f"{p:.6g}" for p in res["prob"][i].tolist()]
+                if targets is not None:
+                    row.append(int(targets[a + j]))
+                row.append(errors.get(j, ""))
+                w.writerow(row)
+                n += 1
+            f.flush()
+    _parquet(out)
+    return n
+
+
+def _parquet(csv_path: Path) -> None:
+    try:
+        import pyarrow.csv as pacsv
+        import pyarrow.parquet as pq
+    except ImportError:
+        return
+    pq.write_table(pacsv.read_csv(csv_path), csv_path.with_suffix(".parquet"))
+
+
+def data_items(stored: dict, split: str):
+    """(name, tensor) items and targets of the run's own data config, test split (or validation)."""
+    dm = hydra.utils.instantiate(OmegaConf.create(stored).data)
+    dm.setup("test")
+    ds = {"test": dm.test_set if dm.test_set is not None else dm.val_set, "val": dm.val_set}.get(split)
+    if ds is None:
+        raise ValueError(f"split must be test or val, got {split!r}")
+    items, targets = [], []
+    for i in range(len(ds)):
+        x, y = ds[i]
+        items.append((f"{split}:{i}", x))
+        targets.append(y)
+    return items, targets
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
+def main(cfg: DictConfig) -> None:
+    quiet_lightning()
+    if not cfg.get("ckpt_path"):
+        raise ValueError("lsc.predict needs ckpt_path=<an LSC checkpoint> and input=<image folder | list | data>")
+    if not cfg.get("input"):
+        raise ValueError("lsc.predict needs input=<image folder, an image, a file of image paths, or data>")
+    pred = Predictor.from_checkpoint(cfg.ckpt_path, device=cfg.device)
+    out = Path(cfg.out)
+    if not out.is_absolute():
+        out = Path(HydraConfig.get().runtime.cwd) / out
+    if cfg.input == "data":
+        items, targets = data_items(load_checkpoint(cfg.ckpt_path)[CONFIG_KEY], cfg.split)
+    else:
+        items, targets = list_inputs(cfg.input), None
+    n = predict_to_csv(pred, items, out, cfg.k, cfg.batch_size, targets)
+    print(f"lsc: predicted {n:,} images -> {out}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -2,7 +2,7 @@
 PYTHON ?= python
 PYTEST = OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 WANDB_MODE=offline $(PYTHON) -m pytest
 
-EXPERIMENTS = nmin_table predict_speed memory_vs_classes train_speed_vs_classes lsc_vs_ce systems_convergence many_classes
+EXPERIMENTS = nmin_table predict_speed memory_vs_classes train_speed_vs_classes lsc_vs_ce systems_convergence many_classes open_world
 
 .PHONY: help install data test test-fast test-all test-gpu test-realdata lint fmt bench bench-gpu train clean \
 	experiments experiments-smoke gpu-checks $(EXPERIMENTS)

@@ -11,8 +11,8 @@ import pytest
 from helpers import HAS_FMNIST, ROOT, subprocess_env
 
 EXPERIMENTS = ["nmin_table", "predict_speed", "memory_vs_classes", "train_speed_vs_classes", "lsc_vs_ce",
-               "systems_convergence", "many_classes"]  # fmt: skip
-NEEDS_FMNIST = {"lsc_vs_ce", "systems_convergence", "many_classes"}
+               "systems_convergence", "many_classes", "open_world"]  # fmt: skip
+NEEDS_FMNIST = {"lsc_vs_ce", "systems_convergence", "many_classes", "open_world"}
 
 
 @pytest.mark.slow

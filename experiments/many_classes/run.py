@@ -326,7 +326,7 @@ def main(argv=None):
     what = "until 95% or" if a.part == "full" else "for"
     text = (
         f"### Training accuracy, Fashion-MNIST instance labels ({machine()}; encoder_small_flat, AdamW 1e-3, batch 64, "
-        f"{what} {epochs} epochs, seeds {[0] if a.smoke or a.part == 'full' else a.seeds}; "
+        f"{what} {epochs} epochs, seeds {[0] if a.smoke or a.part in ('full', 'sweep') else a.seeds}; "
         f"{time.time() - t0:.0f} s wall incl. cached runs)\n\n"
         + md_table(HEADER, rows)
         + "\n\nEpochs counted on the running training accuracy; '—' = not reached; (k/n) = reached by k seeds. "

@@ -12,9 +12,9 @@ Per query pipeline, as in the paper:
   t_n  lsc topk (Algorithm 1 + the exact fallback) on the same embeddings, including the mapping to labels
   t_c faiss flat  FAISS's exact IndexFlatIP over the same matrix and queries (GPU index with --device cuda), where
        the matrix fits (FAISS tiles its scores, so no [batch, n_classes] matrix); "not installed" without faiss
-K_s = t_c / t_n and K_t = (t_d + t_f + t_c) / (t_d + t_f + t_n) (eqs. 4-5); K_s vs fastest exact uses the faster of
-t_c and t_c faiss flat. Times are measured on a few batches
-and reported for 1M queries, like the paper's tables. Label search runs on embeddings at known class centers
+K_s = t_c / t_n and K_t = (t_d + t_f + t_c) / (t_d + t_f + t_n) (eqs. 4-5); `K_s vs fastest exact` divides the
+faster of t_c and t_c faiss flat by t_n. Times are measured on a few batches and reported for 1M queries, like the
+paper's tables. Label search runs on embeddings at known class centers
 plus noise (a trained model's outputs), so accuracy and agreement are meaningful; the forward pass is timed
 separately on real images.
 Modes: `fixed` (batch 256, Table 3) and `largest` (the largest batch whose dense-cossim pipeline fits under

@@ -33,20 +33,29 @@ HERE = Path(__file__).parent
 
 def configs(n_classes: int, ce_lr: str | None = None):
     a, v21, v22 = n_min("a_n", n_classes), n_min("v21", n_classes), n_min("v22", n_classes)
+    softmax = [  # the full-system softmax (loss=softmax: scale 16, no margin), same systems, seeds and budget
+        (f"v21@{v21} softmax", ["centers=v21", f"centers.n_dim={v21}", "loss=softmax"]),
+        (f"v22@{v22} softmax", ["centers=v22", f"centers.n_dim={v22}", "loss=softmax"]),
+    ]
     if ce_lr is not None:  # the larger set: the n_min systems vs CE at its best lr
         return [
             (f"v21@{v21} cos", ["centers=v21", f"centers.n_dim={v21}"]),
             (f"v22@{v22} cos", ["centers=v22", f"centers.n_dim={v22}"]),
             (f"CE lr {ce_lr}", ["model=ce", f"model.optimizer.lr={ce_lr}"]),
+            *softmax,
         ]
-    return [
-        ("a_n@384 cos", ["centers=a_n", "centers.n_dim=384"]),
-        (f"a_nr@{a} cos", ["centers=a_nr", f"centers.n_dim={a}"]),
-        (f"v21@{v21} cos", ["centers=v21", f"centers.n_dim={v21}"]),
-        (f"v22@{v22} cos", ["centers=v22", f"centers.n_dim={v22}"]),
-        (f"v21@{2 * v21} cos", ["centers=v21", f"centers.n_dim={2 * v21}"]),
-        (f"v22@{v22} euclid", ["centers=v22", f"centers.n_dim={v22}", "loss=dist"]),
-    ] + [(f"CE lr {lr}", ["model=ce", f"model.optimizer.lr={lr}"]) for lr in ("1e-3", "3e-3", "1e-2")]
+    return (
+        [
+            ("a_n@384 cos", ["centers=a_n", "centers.n_dim=384"]),
+            (f"a_nr@{a} cos", ["centers=a_nr", f"centers.n_dim={a}"]),
+            (f"v21@{v21} cos", ["centers=v21", f"centers.n_dim={v21}"]),
+            (f"v22@{v22} cos", ["centers=v22", f"centers.n_dim={v22}"]),
+            (f"v21@{2 * v21} cos", ["centers=v21", f"centers.n_dim={2 * v21}"]),
+            (f"v22@{v22} euclid", ["centers=v22", f"centers.n_dim={v22}", "loss=dist"]),
+        ]
+        + [(f"CE lr {lr}", ["model=ce", f"model.optimizer.lr={lr}"]) for lr in ("1e-3", "3e-3", "1e-2")]
+        + softmax
+    )
 
 
 def best_ce_lr(out: Path) -> str:
@@ -98,7 +107,7 @@ def main(argv=None):
     for size in a.sizes:
         cfgs = configs(size) if size == 2000 or a.smoke else configs(size, best_ce_lr(Path(a.out)))
         if a.smoke:
-            cfgs = cfgs[3:5] + cfgs[-3:-2]
+            cfgs = cfgs[3:5] + cfgs[6:7] + cfgs[-1:]  # v22, v21 @ 2 n_min, CE, v22 softmax
         for i, (label, ov) in enumerate(cfgs):
             for s in a.seeds:
                 jobs.append(

@@ -33,19 +33,15 @@ def available() -> bool:
 
 
 def setup(n_threads: int) -> None:
-    """Run faiss's OpenMP on as many threads as torch (neither side gets more cores), and pay its one-time BLAS
-    start-up (~0.2 s on a 2-core EPYC) here rather than in the first timed search."""
+    """Time FAISS at its best: as many OpenMP threads as torch (neither side gets more cores); the BLAS path for
+    every batch (faiss 1.15 uses a per-query loop while nq * d < distance_compute_blas_threshold = 128,000, which
+    measured 4-8x slower per query here at 1k-100k classes and any batch from 16 to 4,096); its one-time BLAS
+    start-up (~0.2 s) paid here, not in the first timed search."""
     faiss.omp_set_num_threads(n_threads)
+    faiss.cvar.distance_compute_blas_threshold = 20  # faiss's former default, then counted in queries
     index = faiss.IndexFlatIP(16)
     index.add(np.zeros((64, 16), np.float32))
-    index.search(np.zeros((blas_queries(16), 16), np.float32), 1)
-
-
-def blas_queries(d: int) -> int:
-    """Fewest queries per flat search call (also IVF's quantizer) that take faiss's BLAS path: it needs
-    nq * d >= faiss.cvar.distance_compute_blas_threshold (128,000 in 1.15); smaller calls run a per-query loop
-    that measured 4-6x slower per query, so a timed prefix shorter than this would misstate a full run."""
-    return math.ceil(faiss.cvar.distance_compute_blas_threshold / d)
+    index.search(np.zeros((256, 16), np.float32), 1)
 
 
 def _gpu_resources():

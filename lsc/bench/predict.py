@@ -15,8 +15,8 @@ Queries are unit class centers plus Gaussian noise (known labels). Times are for
           its index fits --mem-budget-gb ('—' with the memory it would need otherwise), on torch's thread count.
           nprobe / efSearch: the smallest of 1, 2, 4, ... / 16, 32, ... reaching recall@1 >= 0.99 on the first
           16,384 queries; recall@1 is against the exact labels (topk's, which agree with cossim's). Searches are
-          timed on a prefix of the queries under --time-budget-s and scaled, like cossim. `Ks vs fastest exact`
-          = min(tc, tc faiss flat) / tn.
+          timed on a prefix of the queries under --time-budget-s and scaled, like cossim, with faiss's BLAS path
+          for every batch (faiss_search.setup). `Ks vs fastest exact` = min(tc, tc faiss flat) / tn.
   t_copy  z.clone() of all query embeddings at once: a plain (allocating) copy, the DRAM-bandwidth floor of
           producing them; t_memcpy: the same copy into a preallocated, already-touched buffer (no page faults).
 Peak memory is the peak RSS growth (CPU; /proc/self/clear_refs) or torch.cuda.max_memory_allocated (CUDA)
@@ -137,14 +137,14 @@ def bench_faiss(cc: ClassCenters, z: torch.Tensor, ref: torch.Tensor, args) -> d
         index, rec = _build_index(kind, cc, args.faiss_gpu and kind != "hnsw")  # faiss has no GPU HNSW
         rec["bytes"] = faiss_search.index_bytes(index)
         step = min(256, len(xq))
-        if kind == "flat":  # probe the rate, as for cossim (too few queries for faiss's BLAS path: errs long)
+        if kind == "flat":  # probe the rate, as for cossim
             per_q = _search(index, xq[:step], args.batch_size)[0] / step
         else:
             n_tune = min(len(xq), faiss_search.TUNE_QUERIES)
             tune = faiss_search.choose_nprobe if kind == "ivf" else faiss_search.choose_ef
             rec["param"], rec["tune_recall"], t = tune(index, xq[:n_tune], ref[:n_tune], batch_size=args.batch_size)
             per_q = t / n_tune
-        n_q = min(len(xq), max(budget_queries(per_q, step, args), faiss_search.blas_queries(cc.n_dim)))
+        n_q = budget_queries(per_q, step, args)
         t, pred = _search(index, xq[:n_q], args.batch_size)
         index = None  # free it before the next one is built
         rec.update(t=t * args.queries / n_q, timed_queries=n_q, recall=faiss_search.recall_at_1(pred, ref[:n_q]))
@@ -414,8 +414,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--json", default=None, help="write the rows here (default: bench_predict_<device>.json)")
     args = p.parse_args(argv)
-    if args.faiss_gpu and not (faiss_search.available() and faiss_search.faiss.get_num_gpus() > 0):
-        p.error("--faiss-gpu needs a faiss build with GPU support (faiss-gpu) that sees a GPU; this one sees none")
+    if args.faiss_gpu and not faiss_search.available():
+        p.error("--faiss-gpu: faiss is not installed (it needs a GPU build of faiss)")
+    if args.faiss_gpu and faiss_search.faiss.get_num_gpus() == 0:
+        p.error("--faiss-gpu needs a faiss build with GPU support that sees a GPU; faiss.get_num_gpus() is 0")
     return args
 
 

@@ -36,15 +36,16 @@ def brute_top(cc: ClassCenters, z: torch.Tensor, k: int):
     [("v22", 100_000, 27), ("v22", 60_000, 27), ("v21", 70_000, 80), ("a_n_interp", 500, 10), ("v22", 300, 10),
      ("a_np", 40, 10)],
 )  # fmt: skip
-def test_top_labels_match_brute_force(system, n_classes, n_dim):
+@pytest.mark.parametrize("k", [1, 7])
+def test_top_labels_match_brute_force(system, n_classes, n_dim, k):
     cc = ClassCenters(system, n_classes, n_dim=n_dim)
     g = torch.Generator().manual_seed(1)
     y = torch.randint(0, n_classes, (40,), generator=g)
     z = torch.cat([cc(y) + 0.05 * torch.randn(40, n_dim, generator=g), torch.randn(20, n_dim, generator=g)])
     z[-1] = 0
     z[-1, :2] = 1.0  # exact ties among many centers
-    labels, cos = cc.top_labels(z, 7)
-    want_l, want_c = brute_top(cc, z, 7)
+    labels, cos = cc.top_labels(z, k)
+    want_l, want_c = brute_top(cc, z, k)
     assert torch.equal(labels, want_l)
     torch.testing.assert_close(cos, want_c, rtol=0, atol=1e-12)
     assert torch.equal(labels[:, 0], cc.predict(z, "cossim"))  # top-1 is the predictor's label

@@ -37,13 +37,13 @@ RUN_DIR = "logs/train/runs/<run>"  # ... and for one of their run dirs
 
 
 def readme_commands() -> list[tuple[str, list[str]]]:
-    """(module, args) of every `python -m lsc.train|lsc.eval ...` line in the README's bash blocks."""
+    """(module, args) of every `python -m lsc.train|eval|predict ...` line in the README's bash blocks."""
     text = (ROOT / "README.md").read_text()
     cmds = []
     for block in re.findall(r"```bash\n(.*?)```", text, re.S):
         for line in block.splitlines():
             line = line.split(" #")[0].strip()
-            if line.startswith(("python -m lsc.train", "python -m lsc.eval")):
+            if line.startswith(("python -m lsc.train", "python -m lsc.eval", "python -m lsc.predict")):
                 words = shlex.split(line)
                 cmds.append((words[2], words[3:]))
     return cmds
@@ -89,6 +89,19 @@ def test_readme_command_builds(module, args, user_files, tmp_path):
     """Every job of the command composed and its data, centers and model built (what fails first in a real run: a
     bad override, n_dim below n_min, an unknown option); resume lines rebuild the stored run; eval lines run."""
     args = [a.replace(IMAGE_ROOT, user_files[IMAGE_ROOT]).replace(RUN_DIR, user_files[RUN_DIR]) for a in args]
+    if module == "lsc.predict":
+        from lsc.predict import Predictor, data_items, list_inputs, predict_to_csv
+        from lsc.runconfig import CONFIG_KEY
+
+        kw = dict(a.split("=", 1) for a in args)
+        pred = Predictor.from_checkpoint(kw["ckpt_path"])
+        ckpt = load_checkpoint(kw["ckpt_path"])
+        items, targets = (
+            data_items(ckpt[CONFIG_KEY], "test") if kw["input"] == "data" else (list_inputs(kw["input"]), None)
+        )
+        n = predict_to_csv(pred, items[:50], tmp_path / "p.csv", int(kw.get("k", 5)), 32, targets, progress=False)
+        assert n == 50
+        return
     if module == "lsc.eval":
         cfg = make_cfg(tmp_path, *args, tiny=False, config_name="eval")
         metrics = lsc.eval.evaluate(cfg, cfg.ckpt_path, args, GROUPS)

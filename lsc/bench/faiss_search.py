@@ -2,8 +2,8 @@
 
 The approximate-search library users already have (Johnson et al., arXiv 1702.08734; HNSW: Malkov & Yashunin,
 arXiv 1603.09320). Every index uses the inner-product metric on unit centers (= cosine) and keeps row ids, so a
-search result is a label. faiss is optional (the `faiss` extra): `available()` is False without it, and nothing
-here touches faiss before one of these functions is called.
+search result is a label. faiss is optional (the `faiss` extra): importing this module never fails, and
+`available()` says whether the functions below can run.
 """
 
 from __future__ import annotations

@@ -228,7 +228,43 @@ def bench_one(n_classes, args, device) -> dict:
     row["tc_faiss_flat"] = flat.get("t")
     row["fastest_exact"] = min(exact, key=exact.get) if exact else None
     row["ks_fastest_exact"] = exact[row["fastest_exact"]] / t_n if exact else None
+    row["top_labels"] = bench_top_labels(cc, z, pred_n, args) if n_classes in args.top_k_classes else []
     return row
+
+
+def bench_top_labels(cc, z, pred_n, args) -> list[dict]:
+    """The k closest labeled centers (what lsc.predict writes): a best-first walk per query, in Python."""
+    out = []
+    q = z[: args.top_k_queries].cpu().float()
+    for k in args.top_k:
+        cc.top_labels(q[:8], k)  # warm-up
+        t0 = time.perf_counter()
+        labels, _ = cc.top_labels(q, k)
+        t = time.perf_counter() - t0
+        agree = (labels[:, 0] == pred_n[: q.shape[0]].cpu()).float().mean().item()
+        out.append({"k": k, "queries": q.shape[0], "s": t, "qps": q.shape[0] / t, "top1_agreement": agree})
+    return out
+
+
+def top_labels_markdown(rows) -> str:
+    lines = [
+        "k closest labeled centers per query (`ClassCenters.top_labels`, what `lsc.predict` writes): best-first "
+        "walk over the system in Python, one query at a time; top-1 agreement with the topk predictor.",
+        "",
+        "| n_classes | k | q/s | queries timed | top-1 == topk |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        for t in r.get("top_labels") or []:
+            cells = [
+                f"{r['n_classes']:,}",
+                str(t["k"]),
+                _fmt_qps(t["qps"]),
+                f"{t['queries']:,}",
+                _pct(t["top1_agreement"]),
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) if len(lines) > 4 else ""
 
 
 def bench_cossim(cc, z, labels, pred_n, row, args, device) -> None:
@@ -342,7 +378,8 @@ def markdown(rows, header) -> str:
             )
             + " |"
         )
-    return "\n".join(out) + "\n\n" + search_markdown(rows)
+    tops = top_labels_markdown(rows)
+    return "\n".join(out) + "\n\n" + search_markdown(rows) + ("\n\n" + tops if tops else "")
 
 
 SEARCH_COLS = ["n_classes", "method", "setting", "q/s", "recall@1 vs exact", "build", "index memory", "timed queries"]
@@ -411,9 +448,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--time-budget-s", type=float, default=20.0, help="cossim/FAISS time per row before subsampling")
     p.add_argument("--faiss-indexes", nargs="*", default=list(FAISS_KINDS), choices=FAISS_KINDS)
     p.add_argument("--faiss-gpu", action="store_true", help="FAISS Flat and IVF as GPU indexes (needs faiss-gpu)")
+    p.add_argument("--top-k", type=int, nargs="*", default=[1, 5, 20], help="k closest labeled centers: these k")
+    p.add_argument("--top-k-classes", type=float, nargs="*", default=[1e6], help="... at these class counts")
+    p.add_argument("--top-k-queries", type=int, default=2048)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--json", default=None, help="write the rows here (default: bench_predict_<device>.json)")
     args = p.parse_args(argv)
+    args.top_k_classes = sorted({int(c) for c in args.top_k_classes})
     if args.faiss_gpu and not faiss_search.available():
         p.error("--faiss-gpu: faiss is not installed (it needs a GPU build of faiss)")
     if args.faiss_gpu and faiss_search.faiss.get_num_gpus() == 0:

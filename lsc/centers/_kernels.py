@@ -1,6 +1,7 @@
-"""The topk predictor's fast path: nearest vector, its index, pi^-1, labeled? -- two implementations.
+"""The topk predictor's fast path: nearest vector, its index, pi^-1, labeled? -- three implementations.
 
-* `fast_labels_torch`: batched tensor ops on any device (CUDA included).
+* `fast_labels_torch`: batched tensor ops on any device (CUDA included); the reference.
+* `_triton.fast_labels_triton`: the same outputs from one fused Triton kernel; the default on CUDA.
 * `fast_labels_numba`: one fused loop per row for CPU tensors. Eager torch launches ~100 passes over [B, n_dim]
   and [B] tensors for this; the fused loop reads each embedding once, which is what makes the predictor run at
   memory-copy speed on a CPU. Used automatically when numba is installed; tests check both give the same.
@@ -32,11 +33,32 @@ PARALLEL_ROWS = 1 << 15
 TILE = 32  # rows per SIMD threshold pass in the fused kernel
 
 
+def use_triton(device: torch.device | str) -> bool:
+    """The fused Triton kernels (`_triton`) serve CUDA tensors when triton imports; LSC_NO_TRITON=1 turns them off.
+    Imported lazily: CPU-only processes never import triton for this."""
+    if torch.device(device).type != "cuda" or os.environ.get("LSC_NO_TRITON", "0") == "1":
+        return False
+    from . import _triton
+
+    return _triton.HAVE_TRITON
+
+
 def fast_labels(cc, z: torch.Tensor, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """backend: `auto` = triton on CUDA (when importable), numba on CPU (when installed), else torch; or one of
+    "torch", "numba", "triton" (CPU tensors under "triton" need the Triton interpreter, see `_triton`)."""
     if backend == "auto":
-        backend = "numba" if (HAVE_NUMBA and z.device.type == "cpu") else "torch"
+        if use_triton(z.device):
+            backend = "triton"
+        else:
+            backend = "numba" if (HAVE_NUMBA and z.device.type == "cpu") else "torch"
+    if backend == "triton":
+        from ._triton import fast_labels_triton
+
+        return fast_labels_triton(cc, z)
     if backend == "numba":
         return fast_labels_numba(cc, z)
+    if backend != "torch":
+        raise ValueError(f"unknown fast_labels backend {backend!r}; choose auto, torch, numba or triton")
     return fast_labels_torch(cc, z)
 
 

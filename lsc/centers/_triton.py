@@ -116,8 +116,10 @@ if HAVE_TRITON:
         cols = tl.arange(0, NPAD)
         cmask = cols < n
         x = tl.load(z_ptr + rows.to(tl.int64)[:, None] * stride + cols[None, :], rmask[:, None] & cmask[None, :], 0)
-        if UPCAST:
+        if UPCAST == 1:
             x = x.to(tl.float32)
+        elif UPCAST == 2:  # bfloat16 -> float32 is a 16-bit shift (the interpreter's cast mangles subnormals)
+            x = (x.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)
         # selection: ST largest (value desc, index asc) then SB smallest (value asc, index desc), one total order;
         # columns 0..ST-1 of sel_* hold the top list, ST..ST+SB-1 the bottom list
         xt = tl.where(cmask[None, :], x, float("-inf"))
@@ -459,7 +461,9 @@ def fast_labels_triton(cc, z: torch.Tensor, block_rows: int | None = None) -> tu
         p = _plan(cc, dev)
         npad = _pow2(n)
         if block_rows is None:  # a [rows, npad] tile per program; the interpreter prefers few, large programs
-            block_rows = max(1, min(64, 4096 // npad)) if dev.type != "cpu" else max(1, min(1024, (1 << 15) // npad))
+            block_rows = max(1, min(64, 4096 // npad)) if dev.type != "cpu" else max(1, min(4096, (1 << 18) // npad))
+        if block_rows != _pow2(block_rows):
+            raise ValueError(f"block_rows must be a power of two, got {block_rows}")
         _check_device(dev)
         with _on(dev):
             _topk_kernel[(triton.cdiv(B, block_rows),)](
@@ -467,7 +471,7 @@ def fast_labels_triton(cc, z: torch.Tensor, block_rows: int | None = None) -> tu
                 p.drop_b, p.n_drop, p.inv_norm, p.offset, p.slot_src, p.slot_grp, p.slot_place, p.keys, p.pa, p.pb,
                 p.count, p.n_classes, labels, slow8,
                 BLOCK_B=block_rows, NPAD=npad, ST=p.st, SB=p.sb, SELPAD=p.selpad, DPAD=p.dpad, LPAD=p.lpad,
-                SPAD=p.spad, UPCAST=z.dtype in (torch.float16, torch.bfloat16), SHUFFLE=p.shuffle, ROUNDS=p.rounds,
+                SPAD=p.spad, UPCAST={torch.float16: 1, torch.bfloat16: 2}.get(z.dtype, 0), SHUFFLE=p.shuffle, ROUNDS=p.rounds,
                 enable_fp_fusion=False,  # the float64 scores must round like the torch path's (ties are exact)
                 num_warps=4,
             )  # fmt: skip
@@ -562,5 +566,3 @@ def orbit_log_z_triton(z: torch.Tensor, scale, orbit) -> torch.Tensor:
 
 def logz_covers(system) -> bool:
     return HAVE_TRITON and all(len(o.values) <= LOGZ_MAX_GROUPS for o in system.orbits)
-
-

@@ -256,6 +256,12 @@ class ClassCenters:
             raise ValueError(f"k must be a positive integer, got {k!r}")
         if k > self.n_classes:
             raise ValueError(f"k={k} exceeds the {self.n_classes:,} classes; use k <= n_classes")
+        if k == 1:  # the topk predictor is exact (lowest label on ties): the fused kernel, then one cosine
+            lab = self.predict(z, "topk")
+            c = torch.nn.functional.cosine_similarity(
+                z.double(), self.system.vectors(self.index_of(lab), dtype=torch.float64).to(z.device), dim=1
+            )
+            return lab[:, None], c[:, None]
         few = self.n_classes <= SCAN_FALLBACK_CLASSES or 8 * self.n_classes < self.system.count
         if not getattr(self.system, "fast", False) or few:
             return self._top_scan(z, k, chunk_size)

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _partition_numba as _pn
+from ._kernels import use_triton
 from .systems import OrbitSystem, PositiveRootSystem, TableSystem, check_embeddings
 
 
@@ -84,12 +85,18 @@ def log_partition(system, z: torch.Tensor, scale: float | torch.Tensor, backend:
     """log Z [B] of the softmax over every vector of `system`, logits scale * cos(z, v). Differentiable.
 
     z [B, n_dim] on any device; float32 in and out (float64 stays float64). backend (orbit systems): `numba`
-    (CPU: normalization, DP and adjoint fused, float64 inside: `_partition_numba`), `torch` (the log-space tree:
-    any device, the reference), `auto` = numba on CPU when installed and float64 holds the scale.
+    (CPU: normalization, DP and adjoint fused, float64 inside: `_partition_numba`), `triton` (CUDA: the same DP
+    fused in float32 log space, `_triton`; CPU tensors need the Triton interpreter), `torch` (the log-space tree:
+    any device, the reference), `auto` = triton for float32 on CUDA when importable (orbits of <= 2 value
+    groups), numba on CPU when installed and float64 holds the scale, else torch.
     """
     z = check_embeddings(z, system.n_dim)
     z = z if z.dtype == torch.float64 else z.float()
     if isinstance(system, OrbitSystem):
+        if backend == "auto" and z.dtype == torch.float32 and len(z) and use_triton(z.device):
+            from . import _triton  # CUDA: the fused float32 log-space kernel, forward and backward
+
+            backend = "triton" if _triton.logz_covers(system) else backend
         if backend == "auto":  # the fused CPU kernel (normalization, DP, adjoint) when float64 holds the scale
             fits = all(
                 _pn.fits(float(scale) * o.inv_norm, o.values, o.mults) and len(o.values) <= _pn.MAX_GROUPS
@@ -98,6 +105,10 @@ def log_partition(system, z: torch.Tensor, scale: float | torch.Tensor, backend:
             backend = "numba" if z.device.type == "cpu" and _pn.HAVE_NUMBA and fits and len(z) else "torch"
         if backend == "numba":
             parts = [_pn.OrbitLogZ.apply(z, scale, o.inv_norm, tuple(o.values), tuple(o.mults)) for o in system.orbits]
+        elif backend == "triton":
+            from ._triton import orbit_log_z_triton
+
+            parts = [orbit_log_z_triton(z, scale, o) for o in system.orbits]
         else:
             zh = F.normalize(z, dim=1)
             parts = [orbit_log_z(scale * o.inv_norm * zh, o.values, o.mults) for o in system.orbits]

@@ -1,0 +1,421 @@
+"""The Triton kernels (`lsc.centers._triton`) against the torch and numba paths and brute force.
+
+CPU: the Triton interpreter. triton 3.8 reads TRITON_INTERPRET inside `@triton.jit`, and triton.language's own
+@jit helpers (tl.sum, tl.max, tl.zeros) are decorated when triton is first imported, so a process that imported
+triton without it (lightning does, in any full test session) can only compile. The interpreter cases therefore
+run in one spawned worker process started with TRITON_INTERPRET=1 (fixture `interp`): each test sends it one
+case function and gets its assertion back. The gpu-marked tests run the compiled kernels in this process.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing as mp
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+pytest.importorskip("triton")
+
+from lsc.centers import ClassCenters, make_system  # noqa: E402
+from lsc.centers import _kernels as kernels  # noqa: E402
+from lsc.centers.assignment import Assignment  # noqa: E402
+from lsc.centers.partition import log_partition  # noqa: E402
+
+# (system, n_dim, n_classes): every family, unlabeled vectors everywhere, plus edge shapes (no zeros, one side)
+TOPK = [
+    ("v11", 12, 100),
+    ("v21", 8, 120),
+    ("v22", 8, 300),
+    ("v31", 6, 50),
+    ("a_n", 10, 80),
+    ("a_n_interp", 6, 200),
+    ("v22p", 7, 250),
+    ("v22", 4, 5),  # n_dim = nonzeros: top and bottom lists meet
+    ("v10", 6, 4),  # positive values only
+    ("a_n_interp", 1, 1),
+]
+HALF = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+# ---- the interpreter worker -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def interp():
+    """run(fn, *args): fn(*args) in a worker process whose triton runs kernels in the interpreter."""
+    old = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"  # inherited by the spawned worker from its start
+    try:
+        pool = mp.get_context("spawn").Pool(1, initializer=torch.set_num_threads, initargs=(1,))
+    finally:
+        if old is None:
+            del os.environ["TRITON_INTERPRET"]
+        else:
+            os.environ["TRITON_INTERPRET"] = old
+    yield lambda fn, *args: pool.apply_async(fn, args).get(timeout=300)
+    pool.close()
+    pool.join()
+
+
+# ---- references and queries (run in the worker, or here for the GPU tests) ----------------------------------
+
+
+def make_cc(name, n_dim, n_classes, shuffle=True, assign=False, seed=3) -> ClassCenters:
+    if assign:  # an explicit (data-aware style) assignment: a random subset of the vectors, random labels
+        count = make_system(name, n_dim).count
+        g = torch.Generator().manual_seed(seed)
+        table = Assignment(torch.randperm(count, generator=g)[:n_classes], count)
+        return ClassCenters(name, n_classes, n_dim=n_dim, assignment=table)
+    return ClassCenters(name, n_classes, n_dim=n_dim, seed=seed, shuffle=shuffle)
+
+
+def queries(cc: ClassCenters, kind: str, rows: int, seed: int = 0) -> torch.Tensor:
+    """gauss; int (entries -2..2: exact ties everywhere); adv (centers, centers + 1e-6 noise, one-hots, constant
+    rows, boundary coordinates equal or one ulp apart, magnitudes 1e30 and 1e-30, subnormals, signed zeros)."""
+    n = cc.n_dim
+    g = torch.Generator().manual_seed(seed)
+    if kind == "gauss":
+        return torch.randn(rows, n, generator=g)
+    if kind == "int":
+        return torch.randint(-2, 3, (rows, n), generator=g).float()
+    k = max(1, rows // 12)
+    v = cc.system.vectors(torch.randint(0, cc.system.count, (k,), generator=g))
+    eye = torch.eye(n)[torch.randint(0, n, (k,), generator=g)]
+    near = torch.randn(4 * k, n, generator=g)
+    order = near.argsort(1, descending=True)
+    for r in range(4 * k):  # copy the t-th largest onto the (t+1)-th, or move it one ulp: boundary ties and near-ties
+        t = r % max(1, n - 1)
+        a, b = order[r, t], order[r, min(t + 1, n - 1)]
+        near[r, b] = near[r, a] if r % 2 else torch.nextafter(near[r, a], torch.tensor(-math.inf))
+    signed0 = torch.zeros(k, n)
+    signed0[:, ::2] = -0.0
+    signed0[:, 0] = 1.0
+    parts = [
+        v,
+        v + 1e-6 * torch.randn(k, n, generator=g),
+        eye,
+        -eye,
+        torch.ones(k, n),
+        near,
+        torch.randn(k, n, generator=g) * 1e30,
+        torch.randn(k, n, generator=g) * 1e-30,
+        torch.randn(k, n, generator=g) * 1e-40,  # float32 subnormals
+        signed0,
+    ]
+    z = torch.cat(parts)
+    return z[torch.randperm(len(z), generator=g)][:rows]  # 13 k >= rows
+
+
+def brute_fast_labels(cc: ClassCenters, z: torch.Tensor):
+    """What the fast path returns, from every vector: the label of the unique nearest vector, else (-1, slow).
+    Exact integer keys sign(s) s^2 / |v|^2 for integer queries (so exact ties are ties), float64 cosines else."""
+    full = cc.system.vectors(torch.arange(cc.system.count), dtype=torch.float64)
+    if torch.equal(z, z.round()):
+        s = z.double() @ full.T
+        key = torch.sign(s) * s * s / (full * full).sum(1)
+    else:
+        key = z.double() @ (full / full.norm(dim=1, keepdim=True)).T
+    best = key.max(1, keepdim=True).values
+    tied = (key == best).sum(1) > 1
+    table = torch.full((cc.system.count,), -1, dtype=torch.int64)
+    table[cc.index_of(torch.arange(cc.n_classes))] = torch.arange(cc.n_classes)
+    lab = table[key.argmax(1)]
+    slow = tied | (lab < 0)
+    return torch.where(slow, -1, lab), slow
+
+
+def _diff(a, b) -> str:
+    bad = (a != b).nonzero()[:, 0]
+    return f"{bad.numel()} rows differ, first {bad[:5].tolist()}: {a[bad[:5]].tolist()} vs {b[bad[:5]].tolist()}"
+
+
+def check_topk(cc, z, block_rows=None, brute=False) -> dict:
+    """fast_labels_triton == fast_labels_torch (on the same values, half types widened), row for row; the numba
+    kernel agrees on every row both decide and leaves no more rows slow; optionally equal to brute force."""
+    from lsc.centers._triton import fast_labels_triton
+
+    lt, st = fast_labels_triton(cc, z, block_rows=block_rows)
+    zr = z.float() if z.dtype in HALF.values() else z
+    lr, sr = kernels.fast_labels_torch(cc, zr)
+    assert lt.device == z.device and lt.dtype == torch.int64 and st.dtype == torch.bool
+    lt, st, lr, sr = lt.cpu(), st.cpu(), lr.cpu(), sr.cpu()
+    assert torch.equal(st, sr), "slow flags: " + _diff(st, sr)
+    assert torch.equal(lt, lr), "labels: " + _diff(lt, lr)
+    if kernels.HAVE_NUMBA and zr.dtype == torch.float32:
+        ln, sn = kernels.fast_labels_numba(cc, zr.cpu())
+        assert not (sn & ~st).any() and torch.equal(ln[~st], lt[~st])
+    if brute:
+        lb, sb = brute_fast_labels(cc, zr.cpu())
+        assert torch.equal(st, sb) and torch.equal(lt, lb), "vs brute force: " + _diff(lt, lb)
+    return {"slow": int(st.sum()), "rows": len(z)}
+
+
+# ---- interpreter cases (module-level functions: the worker imports this module to run them) ---------------
+
+
+def case_topk(name, n_dim, n_classes, kind, rows, dtype="float32", shuffle=True, assign=False, block_rows=None):
+    from lsc.centers._triton import interpreting
+
+    assert interpreting()
+    cc = make_cc(name, n_dim, n_classes, shuffle=shuffle, assign=assign)
+    z = queries(cc, kind, rows, seed=n_dim + rows)
+    z = z.to(HALF.get(dtype, getattr(torch, dtype)))
+    brute = kind != "adv" and dtype in ("float32", "float64") and cc.system.count <= 5000  # half types: ties
+    return check_topk(cc, z, block_rows, brute=brute)
+
+
+def case_fallback():
+    """Past MAX_DIM the kernel is not launched: the torch path's answer comes back."""
+    from lsc.centers import _triton
+
+    cc = make_cc("v22", 8, 300)
+    z = queries(cc, "gauss", 50)
+    old, _triton.MAX_DIM = _triton.MAX_DIM, 4
+    try:
+        assert not _triton.triton_topk_covers(cc)
+        got = _triton.fast_labels_triton(cc, z)
+    finally:
+        _triton.MAX_DIM = old
+    want = kernels.fast_labels_torch(cc, z)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+def brute_log_z(system, z: torch.Tensor, scale) -> torch.Tensor:
+    v = system.vectors(torch.arange(system.count), normalize=True, dtype=torch.float64)
+    return torch.logsumexp(scale * F.normalize(z.double(), dim=1) @ v.T, 1)
+
+
+def logz_queries(n: int, rows: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(rows, n, generator=g)
+    z[0] = 0.0
+    z[0, 0] = 1.0  # one-hot
+    if rows > 2:
+        z[1] = torch.tensor([1.0, 1.0, -1.0, -1.0] * n)[:n]  # ties
+        z[2, : n // 2] = z[2, 0]  # a block of equal coordinates
+    return z
+
+
+def check_log_z(system, z, scale: float, learn_scale: bool, brute: bool) -> None:
+    """log Z and its gradients (in z, and in a tensor scale) from the Triton kernel against the torch tree in
+    float32, the tree in float64 and (small systems) the brute-force logsumexp in float64, with autograd."""
+    w = torch.linspace(0.5, 1.5, len(z), dtype=torch.float64)
+    out = {}
+    refs = [("tree32", "torch", torch.float32), ("tree64", "torch", torch.float64)]
+    for key, backend, dtype in [("triton", "triton", torch.float32), *refs]:
+        zz = z.to(dtype).clone().requires_grad_(True)
+        s = torch.tensor(scale, dtype=dtype, device=z.device, requires_grad=True) if learn_scale else scale
+        lz = log_partition(system, zz, s, backend=backend)
+        assert lz.dtype == dtype
+        (lz * w.to(lz)).sum().backward()
+        out[key] = [lz.detach().double(), zz.grad.double()] + ([s.grad.double()] if learn_scale else [])
+    if brute:
+        zz = z.cpu().double().requires_grad_(True)
+        s = torch.tensor(scale, dtype=torch.float64, requires_grad=True) if learn_scale else scale
+        lz = brute_log_z(system, zz, s)
+        (lz * w).sum().backward()
+        out["brute"] = [lz.detach(), zz.grad] + ([s.grad] if learn_scale else [])
+    # float32 tolerances: both float32 paths round u = scale z / |z| to ~1e-7 relative, so errors grow with scale
+    tol = [dict(rtol=1e-6, atol=1e-6 * (1 + scale)), dict(rtol=1e-5, atol=5e-6 * (1 + scale))]
+    tol.append(dict(rtol=1e-5, atol=1e-5 * (1 + scale) * len(z)))
+    for ref in [k for k in out if k != "triton"]:
+        for what, a, b, t in zip(("log Z", "dz", "dscale"), out["triton"], out[ref], tol, strict=False):
+            torch.testing.assert_close(a.cpu(), b.cpu(), **t, msg=lambda m, ref=ref, what=what: f"{what} vs {ref}: {m}")
+
+
+def case_log_z(name, n, scale, rows, learn_scale):
+    from lsc.centers._triton import interpreting
+
+    assert interpreting()
+    s = make_system(name, n)
+    check_log_z(s, logz_queries(n, rows, seed=n), scale, learn_scale, brute=s.count <= 20000)
+
+
+def case_log_z_stable_600():
+    """test_partition.test_stable_at_scale_64_and_n_dim_600 on the Triton kernel: no underflow, float32 accuracy."""
+    s = make_system("v22", 600)
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(4, 600, generator=g)
+    z[0] = 0
+    z[0, :4] = torch.tensor([1.0, 1.0, -1.0, -1.0])  # a center: the largest logit is 64 exactly
+    zr = z.clone().requires_grad_(True)
+    lz = log_partition(s, zr, 64.0, backend="triton")
+    lz.sum().backward()
+    z64 = z.double().requires_grad_(True)
+    ref = log_partition(s, z64, 64.0, backend="torch")
+    ref.sum().backward()
+    assert torch.isfinite(lz).all() and torch.isfinite(zr.grad).all()
+    torch.testing.assert_close(lz.double(), ref.detach(), rtol=1e-6, atol=1e-4)
+    assert 64 - 1e-4 <= lz[0].item() <= 64 + math.log(s.count)
+    torch.testing.assert_close(zr.grad.double(), z64.grad, rtol=1e-4, atol=1e-5)
+
+
+def case_log_z_no_grad_and_empty():
+    s = make_system("v21", 7)
+    z = logz_queries(7, 9, 1)
+    with torch.no_grad():
+        a = log_partition(s, z, 8.0, backend="triton")
+    torch.testing.assert_close(a.double(), brute_log_z(s, z, 8.0), rtol=1e-6, atol=1e-5)
+    assert log_partition(s, z[:0], 8.0, backend="triton").shape == (0,)
+
+
+# ---- CPU: interpreter -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["gauss", "int", "adv"])
+@pytest.mark.parametrize("cfg", TOPK, ids=lambda c: f"{c[0]}-{c[1]}")
+def test_topk_equals_torch_path(interp, cfg, kind):
+    r = interp(case_topk, *cfg, kind, 1000)
+    if kind == "int" and r["rows"] > 1 and cfg[2] > 1:
+        assert r["slow"] > 0  # ties and unlabeled nearest vectors were exercised
+
+
+@pytest.mark.parametrize("cfg", [TOPK[2], TOPK[5], TOPK[6]], ids=lambda c: c[0])
+@pytest.mark.parametrize("kind", ["gauss", "int"])
+def test_topk_identity_order_and_explicit_assignment(interp, cfg, kind):
+    interp(case_topk, *cfg, kind, 1000, "float32", False)  # identity order (shuffle=False)
+    interp(case_topk, *cfg, kind, 1000, "float32", True, True)  # explicit assignment: identity, mapped after
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float64"])
+@pytest.mark.parametrize("cfg", [TOPK[2], TOPK[5], TOPK[6]], ids=lambda c: c[0])
+def test_topk_dtypes(interp, cfg, dtype):
+    interp(case_topk, *cfg, "gauss", 1000, dtype)
+    interp(case_topk, *cfg, "adv", 500, dtype)
+
+
+@pytest.mark.parametrize("rows", [1, 7, 64])
+@pytest.mark.parametrize("block_rows", [None, 1, 16])
+def test_topk_batch_sizes_and_blocks(interp, rows, block_rows):
+    interp(case_topk, "a_n_interp", 6, 200, "gauss", rows, "float32", True, False, block_rows)
+    interp(case_topk, "v22", 8, 300, "int", rows, "float32", True, False, block_rows)
+
+
+def test_topk_2_pow_16_rows(interp):
+    r = interp(case_topk, "v22", 47, 1_000_000, "gauss", 1 << 16)  # 1M classes at n_min
+    assert r["rows"] == 1 << 16
+
+
+def test_topk_falls_back_past_max_dim(interp):
+    interp(case_fallback)
+
+
+@pytest.mark.parametrize("name,n", [("v11", 7), ("v21", 7), ("v22", 8), ("v31", 7), ("a_n", 6), ("a_n_interp", 6),
+                                    ("v22p", 7), ("v33", 8), ("v03", 6)])  # fmt: skip
+@pytest.mark.parametrize("scale", [1.0, 16.0, 64.0])
+def test_log_z_forward_and_gradients(interp, name, n, scale):
+    interp(case_log_z, name, n, scale, 40, scale == 16.0)
+
+
+def test_log_z_large_scale_has_no_fallback(interp):
+    interp(case_log_z, "v22", 10, 500.0, 8, True)  # past float64's linear-space range (numba falls back there)
+
+
+def test_log_z_stable_at_scale_64_and_n_dim_600(interp):
+    interp(case_log_z_stable_600)
+
+
+def test_log_z_without_grad_and_empty_batch(interp):
+    interp(case_log_z_no_grad_and_empty)
+
+
+# ---- CPU: dispatch (this process; nothing is launched) -----------------------------------------------------
+
+
+def test_auto_dispatch(monkeypatch):
+    assert not kernels.use_triton("cpu")
+    assert kernels.use_triton("cuda")  # triton imports here
+    monkeypatch.setenv("LSC_NO_TRITON", "1")
+    assert not kernels.use_triton("cuda")
+    with pytest.raises(ValueError, match="backend"):
+        kernels.fast_labels(make_cc("v22", 8, 300), torch.randn(3, 8), backend="cuda")
+
+
+def test_cpu_tensors_need_the_interpreter():
+    from lsc.centers import _triton
+
+    if _triton.interpreting():
+        pytest.skip("this process runs the interpreter")
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
+        _triton.fast_labels_triton(make_cc("v22", 8, 300), torch.randn(3, 8))
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
+        log_partition(make_system("v22", 8), torch.randn(3, 8), 4.0, backend="triton")
+
+
+# ---- CUDA: the compiled kernels (this process) --------------------------------------------------------------
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize("rows", [1, 7, 1000, 1 << 16])
+@pytest.mark.parametrize("cfg", TOPK, ids=lambda c: f"{c[0]}-{c[1]}")
+def test_cuda_topk(cfg, rows):
+    for kind in ("gauss", "int", "adv"):
+        cc = make_cc(*cfg)
+        z = queries(cc, kind, rows, seed=rows).cuda()
+        check_topk(cc, z, brute=rows <= 1000 and kind != "adv" and cc.system.count <= 5000)
+        check_topk(cc, z.bfloat16())
+        if rows == 1000:
+            check_topk(make_cc(*cfg, shuffle=False), z)
+            check_topk(make_cc(*cfg, assign=True), z)
+            check_topk(cc, z.double())
+
+
+@pytest.mark.gpu
+@cuda
+def test_cuda_auto_dispatch_and_predict(monkeypatch):
+    from lsc.centers import _triton
+
+    calls = []
+    real = _triton.fast_labels_triton
+    monkeypatch.setattr(_triton, "fast_labels_triton", lambda cc, z: calls.append(1) or real(cc, z))
+    cc = make_cc("v22", 8, 300)
+    z = queries(cc, "gauss", 2000)
+    got = cc.predict(z.cuda(), "topk")
+    assert calls and got.device.type == "cuda"
+    assert torch.equal(got.cpu(), cc.predict(z, "cossim"))
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize("name,n", [("v11", 7), ("v22", 8), ("v31", 7), ("a_n_interp", 6), ("v22p", 7), ("v33", 8)])
+@pytest.mark.parametrize("scale", [1.0, 16.0, 64.0])
+def test_cuda_log_z(name, n, scale):
+    s = make_system(name, n)
+    check_log_z(s, logz_queries(n, 40, seed=n).cuda(), scale, scale == 16.0, brute=True)
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize("rows", [1, 7, 4096, 1 << 16])
+def test_cuda_log_z_rows(rows):
+    s = make_system("v22", 47)
+    check_log_z(s, logz_queries(47, rows, seed=rows).cuda(), 16.0, True, brute=False)
+
+
+@pytest.mark.gpu
+@cuda
+def test_cuda_log_z_stable_and_auto(monkeypatch):
+    from lsc.centers import _triton
+
+    s = make_system("v22", 600)
+    z = torch.randn(4, 600)
+    z[0] = 0
+    z[0, :4] = torch.tensor([1.0, 1.0, -1.0, -1.0])
+    calls = []
+    real = _triton.orbit_log_z_triton
+    monkeypatch.setattr(_triton, "orbit_log_z_triton", lambda *a: calls.append(1) or real(*a))
+    zr = z.cuda().requires_grad_(True)
+    lz = log_partition(s, zr, 64.0)  # auto: the Triton kernel
+    lz.sum().backward()
+    assert calls
+    z64 = z.double().requires_grad_(True)
+    ref = log_partition(s, z64, 64.0)
+    ref.sum().backward()
+    torch.testing.assert_close(lz.double().cpu(), ref.detach(), rtol=1e-6, atol=1e-4)
+    torch.testing.assert_close(zr.grad.double().cpu(), z64.grad, rtol=1e-4, atol=1e-5)

@@ -169,3 +169,26 @@ def test_sharded_head_matches_single_process(tmp_path):
     # the backbone sees world x its rows' gradient: DDP's average over ranks then equals the single process
     torch.testing.assert_close(torch.cat([r["zgrad"] for r in ranks]) / 2, z.grad, rtol=1e-5, atol=1e-7)
     assert torch.equal(torch.cat([r["pred"] for r in ranks]), head.predict(z.detach()))
+
+
+@pytest.mark.slow
+def test_ddp_training_checkpoints_the_full_head(tmp_path):
+    """2 gloo processes: each rank trains its shard; the checkpoint holds every class's weight (gathered), and a
+    single process evaluates it."""
+    from helpers import run_lsc
+
+    run = tmp_path / "run"
+    run_lsc("trainer=ddp_cpu", "model=partial_fc", "model.embed_dim=12", "data=digits", "data.batch_size=32",
+            "trainer.max_epochs=1", "++trainer.limit_train_batches=6", "~callbacks.rich_progress_bar",
+            "++trainer.enable_progress_bar=false", "~logger", f"hydra.run.dir={run}", f"paths.log_dir={tmp_path}",
+            cwd=tmp_path, timeout=400)  # fmt: skip
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    w = ckpt["state_dict"]["head.weight"]
+    assert w.shape == (10, 12)
+    init = init_weight(0, 10, 12, seed=0)
+    assert not torch.equal(w[:5], init[:5]) and not torch.equal(w[5:], init[5:])  # both shards were trained
+    import lsc.eval
+
+    ecfg = make_cfg(tmp_path / "e", "trainer=cpu", config_name="eval")  # evaluated on one process
+    got = lsc.eval.evaluate(ecfg, str(run / "checkpoints" / "last.ckpt"), ["trainer=cpu"], {"trainer"})
+    assert 0 <= got["test/acc"] <= 1

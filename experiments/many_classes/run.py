@@ -215,16 +215,16 @@ def part_sweep(a, out: Path):
 def part_small(a, out: Path):
     sizes, seeds, epochs = ([200], [0], 2) if a.smoke else (a.sizes, a.seeds, a.epochs)
     jobs, keys = [], []
-    for size in sizes:
-        cfgs = lsc_rows(size, softmax_choice(out)) + pfc_rows(size) + [CE_ROW]
-        if a.smoke:
-            cfgs = [cfgs[2], cfgs[3], cfgs[13], cfgs[-2], CE_ROW]
-        for label, ov in cfgs:
-            for s in seeds:
+    for s in seeds:  # seed-major: every row has one seed early (runs are cached; the order only matters if cut)
+        for size in sorted(sizes, reverse=True):
+            cfgs = lsc_rows(size, softmax_choice(out)) + pfc_rows(size) + [CE_ROW]
+            if a.smoke:
+                cfgs = [cfgs[2], cfgs[3], cfgs[13], cfgs[-2], CE_ROW]
+            for label, ov in cfgs:
                 name = f"{size}-{label.replace(' ', '_')}-s{s}"
                 jobs.append((name, [*base_overrides(epochs, epochs), *ov, f"data.limit={size}", f"seed={s}"]))
                 keys.append((size, label))
-    return jobs, keys, epochs
+    return jobs, keys, epochs  # the tables list rows by first appearance: 5,000 classes first
 
 
 def part_full(a, out: Path):

@@ -9,17 +9,21 @@
   `fast_labels_torch` for n_dim > MAX_DIM or an orbit with more than MAX_SLOTS nonzeros (register pressure),
   and an explicit (data-aware) assignment runs in identity order and is mapped afterwards, as in the numba path.
 * `OrbitLogZTriton`: log Z of one orbit with at most two value groups (`_partition_numba.MAX_GROUPS`), the DP of
-  `_partition_numba` over the prod_g (c_g + 1) states, in float32 *log space*: a state is log F, a step is a
-  three-term logsumexp. The float32 linear-space alternative underflows: with per-group max shifts the best
-  monomial can be exp(-scale * |w| * sqrt(sum_g c_g^2) / |v|) ~ 1e-33 for V^33 at scale 64, so the log form is
-  the one that is safe at any scale (no `fits` check, no fallback). Rounding: ~1e-7 relative per step, ~sqrt(n)
-  of that in log Z. The backward is the adjoint (suffix) DP in log space against the stored forward states
-  (n_dim * S float32 per row): E[v_i] = sum_g w_g P(coordinate i holds value w_g).
+  `_partition_numba` over the prod_g (c_g + 1) states, in float32 *log space* with the numba kernel's per-group
+  max shifts (a_ig = w_g u_i - M_g <= 0): a state is log F, a step a three-term logsumexp. Linear space in float32
+  runs out of range: the best monomial can be exp(-scale |w| sqrt(sum_g (c_g - 1)^2) / |v|), ~1e-33 for V^33 at
+  scale 64 and below float32's 1e-38 past it (learned scales grow); the log form is safe at any scale, so there
+  is no `fits` check and no fallback. The shifts keep log F between log(best monomial) and log(count), so a step
+  rounds it by ~1e-6 even where log Z is ~100 (v22, n_dim 600, scale 64: 1.4e-5 from float64). The backward is
+  the adjoint (suffix) DP in log space against the forward states, stored as n_dim * S float32 per row:
+  E[v_i] = sum_g w_g P(v_i = w_g).
+
+Block sizes and warp counts are first guesses, not tuned on a GPU.
 
 CPU tensors run the same kernels under the Triton interpreter (tests; slow), which is a per-process choice:
 triton 3.8 reads TRITON_INTERPRET (`triton.knobs.runtime.interpret`) inside `@triton.jit`, and triton.language's
 own helpers (tl.sum, tl.max, tl.zeros are @jit functions) are decorated when triton is first imported, so the
-variable must be set before that import (torch and lightning import triton themselves). A process without it
+variable must be set before that import (lightning and torch.compile import triton). A process without it
 compiles, and CPU tensors get a RuntimeError here; `tests/test_triton.py` runs its interpreter cases in a
 spawned worker process started with the variable set.
 """
@@ -50,6 +54,8 @@ def _pow2(x: int) -> int:
 def interpreting() -> bool:
     """True when this process runs Triton kernels in the interpreter: TRITON_INTERPRET=1 was set before triton was
     imported (triton.language's own @jit functions, tl.sum, tl.max, tl.zeros, are decorated at its import)."""
+    if not HAVE_TRITON:
+        return False
     from triton.runtime.interpreter import InterpretedFunction
 
     return isinstance(tl.sum, InterpretedFunction) and isinstance(_topk_kernel, InterpretedFunction)
@@ -418,7 +424,6 @@ class _TopkPlan:
         self.pa, self.pb = (p.a, p.b) if self.shuffle else (1, 1)
         self.count = sysm.count
         self.n_classes = sysm.count if self.explicit else cc.n_classes
-        self.max_nonzero = max(o.n_nonzero for o in orbs)
 
 
 def triton_topk_covers(cc) -> bool:
@@ -439,6 +444,9 @@ def _plan(cc, device: torch.device) -> _TopkPlan:
     return plans[device]
 
 
+_UPCAST = {torch.float16: 1, torch.bfloat16: 2}  # widened to float32 in registers (bfloat16 by its bits)
+
+
 def fast_labels_triton(cc, z: torch.Tensor, block_rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """`_kernels.fast_labels_torch` in one fused kernel: (labels [B] int64, -1 where slow; slow [B] bool).
 
@@ -451,6 +459,8 @@ def fast_labels_triton(cc, z: torch.Tensor, block_rows: int | None = None) -> tu
     if not triton_topk_covers(cc):
         return fast_labels_torch(cc, z)
     cc.system._check_int64()
+    if z.dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+        z = z.float()
     if z.stride(-1) != 1:
         z = z.contiguous()
     B, n = z.shape
@@ -471,7 +481,7 @@ def fast_labels_triton(cc, z: torch.Tensor, block_rows: int | None = None) -> tu
                 p.drop_b, p.n_drop, p.inv_norm, p.offset, p.slot_src, p.slot_grp, p.slot_place, p.keys, p.pa, p.pb,
                 p.count, p.n_classes, labels, slow8,
                 BLOCK_B=block_rows, NPAD=npad, ST=p.st, SB=p.sb, SELPAD=p.selpad, DPAD=p.dpad, LPAD=p.lpad,
-                SPAD=p.spad, UPCAST={torch.float16: 1, torch.bfloat16: 2}.get(z.dtype, 0), SHUFFLE=p.shuffle, ROUNDS=p.rounds,
+                SPAD=p.spad, UPCAST=_UPCAST.get(z.dtype, 0), SHUFFLE=p.shuffle, ROUNDS=p.rounds,
                 enable_fp_fusion=False,  # the float64 scores must round like the torch path's (ties are exact)
                 num_warps=4,
             )  # fmt: skip
@@ -519,13 +529,13 @@ class OrbitLogZTriton(torch.autograd.Function):
             _check_device(dev)
             with _on(dev):
                 _logz_fwd_kernel[(triton.cdiv(B, meta["BLOCK_B"]),)](
-                    zf, zf.stride(0), B, n, sp, sv, float(inv_norm), logz, aux, f,
-                    BLOCK_N=min(1024, _pow2(n)), STORE=store, num_warps=_LOGZ_WARPS, **meta,
+                    zf, zf.stride(0), B, n, sp, sv, float(inv_norm), logz, aux, f, STORE=store,
+                    BLOCK_N=min(64 if dev.type != "cpu" else 1024, _pow2(n)), num_warps=_LOGZ_WARPS, **meta,
                 )  # fmt: skip
         if store:
             ctx.save_for_backward(zf, f, aux, sp if is_ptr else None)
             ctx.meta, ctx.scale_val, ctx.inv_norm = meta, sv, float(inv_norm)
-            ctx.scale_shape = scale.shape if isinstance(scale, torch.Tensor) else None
+            ctx.scale_like = scale.detach() if isinstance(scale, torch.Tensor) else None  # shape, dtype, device
             ctx.z_dtype = z.dtype
         return logz.to(z.dtype)
 
@@ -545,8 +555,8 @@ class OrbitLogZTriton(torch.autograd.Function):
                 )  # fmt: skip
             dz.addcmul_(zf, proj[:, None])
         dscale = None
-        if ctx.needs_input_grad[1] and ctx.scale_shape is not None:
-            dscale = ((dcoef * g).sum() * ctx.inv_norm).reshape(ctx.scale_shape)
+        if ctx.needs_input_grad[1] and ctx.scale_like is not None:
+            dscale = ((dcoef * g).sum() * ctx.inv_norm).reshape(ctx.scale_like.shape).to(ctx.scale_like)
         return dz.to(ctx.z_dtype), dscale, None, None, None
 
 

@@ -95,7 +95,7 @@ class _Base(L.LightningModule):
         # epoch resumed mid-way has no start time and logs none.
         t0 = self.__dict__.pop("_epoch_t0", None)
         if t0 is not None:
-            self.log("train/epoch_s", time.perf_counter() - t0, on_epoch=True, sync_dist=False)
+            self.log("train/epoch_s", time.perf_counter() - t0, on_epoch=True, sync_dist=True)
 
     def on_validation_epoch_end(self):
         if self.trainer.sanity_checking:

@@ -41,7 +41,7 @@ def readme_commands() -> list[tuple[str, list[str]]]:
     text = (ROOT / "README.md").read_text()
     cmds = []
     for block in re.findall(r"```bash\n(.*?)```", text, re.S):
-        for line in block.splitlines():
+        for line in block.replace("\\\n", " ").splitlines():  # continued lines joined
             line = line.split(" #")[0].strip()
             if line.startswith(("python -m lsc.train", "python -m lsc.eval", "python -m lsc.predict")):
                 words = shlex.split(line)
@@ -100,7 +100,7 @@ def test_readme_command_builds(module, args, user_files, tmp_path):
             data_items(ckpt[CONFIG_KEY], "test") if kw["input"] == "data" else (list_inputs(kw["input"]), None)
         )
         n = predict_to_csv(pred, items[:50], tmp_path / "p.csv", int(kw.get("k", 5)), 32, targets, progress=False)
-        assert n == 50
+        assert n == min(50, len(items))
         return
     if module == "lsc.eval":
         cfg = make_cfg(tmp_path, *args, tiny=False, config_name="eval")

@@ -134,10 +134,12 @@ def main(argv=None):
         ("Partial FC d16", ["model=partial_fc", "model.embed_dim=16"]),
     ]
     if a.smoke:
-        det = [det[0], det[2], det[4]]
+        det = [det[2], det[4]]  # LSC softmax (every LSC score) and CE
     jobs = [(f"det-{i}-s{s}", [*base, *ov, f"data.classes={SEEN}", f"seed={s}"]) for i, (_, ov) in enumerate(det)
             for s in a.seeds]  # fmt: skip
     grow_models = [("LSC cos @16", ["centers=v21", "centers.n_dim=16"]), ("CE (appended head)", ["model=ce"])]
+    if a.smoke:
+        grow_models = grow_models[:1]
     stage1 = [(f"grow1-{i}-s{s}", [*base, *ov, "data.classes=5", f"seed={s}"]) for i, (_, ov) in enumerate(grow_models)
               for s in a.seeds]  # fmt: skip
     res = run_many(root, jobs + stage1, workers=a.workers)

@@ -24,7 +24,7 @@ import statistics
 import time
 from pathlib import Path
 
-from lsc.bench.report import fmt_bytes, machine, md_table, pyplot, save_figure, write_results
+from lsc.bench.report import fmt_bytes, machine, md_table, plot_curves, write_results
 from lsc.bench.runs import run_many
 from lsc.centers import n_min
 
@@ -151,25 +151,6 @@ HEADER = [
     "s / epoch",
     "class state",
 ]
-
-
-def plot(curves, path, title):
-    plt = pyplot()
-    sizes = sorted({s for s, _ in curves})
-    fig, axes = plt.subplots(1, len(sizes), figsize=(7 * len(sizes), 4.5), squeeze=False)
-    for ax, size in zip(axes[0], sizes, strict=True):
-        for (s, label), cs in curves.items():
-            if s != size or not cs or not cs[0]:
-                continue
-            n = min(len(c) for c in cs)
-            mean = [sum(c[i] for c in cs) / len(cs) for i in range(n)]
-            style = ":" if "keyed" in label else ("--" if ("PFC" in label or label == "CE") else "-")
-            ax.plot(range(1, n + 1), mean, style, label=label)
-        ax.set(title=f"{size:,} instance classes ({title})", xlabel="epoch", ylabel="training accuracy (running)")
-        ax.set_ylim(0, 1.02)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=6, ncol=2)
-    save_figure(fig, path)
 
 
 def base_overrides(epochs: int, val_every: int) -> list[str]:
@@ -335,7 +316,12 @@ def main(argv=None):
     )
     print(text)
     write_results(out, name, text, raw)
-    plot(curves, out / f"{name}.png", "dotted: keyed order, solid: data-aware, dashed: learned weights")
+    plot_curves(curves, out / f"{name}.png", _style, "dotted: keyed order, solid: data-aware, dashed: learned weights",
+                "training accuracy (running)")  # fmt: skip
+
+
+def _style(label: str) -> str:
+    return ":" if "keyed" in label else ("--" if ("PFC" in label or label == "CE") else "-")
 
 
 if __name__ == "__main__":

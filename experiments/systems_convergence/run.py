@@ -24,7 +24,7 @@ import statistics
 import time
 from pathlib import Path
 
-from lsc.bench.report import machine, md_table, pyplot, save_figure, write_results
+from lsc.bench.report import machine, md_table, plot_curves, write_results
 from lsc.bench.runs import run_many
 from lsc.centers import n_min
 
@@ -182,20 +182,7 @@ def main(argv=None):
 
 
 def plot(curves, path):
-    plt = pyplot()
-    sizes = sorted({s for s, _ in curves})
-    fig, axes = plt.subplots(1, len(sizes), figsize=(6 * len(sizes), 4), squeeze=False)
-    for ax, size in zip(axes[0], sizes, strict=True):
-        for (s, label), cs in curves.items():
-            if s != size or not cs or not cs[0]:
-                continue
-            n = min(len(c) for c in cs)
-            mean = [sum(c[i] for c in cs) / len(cs) for i in range(n)]
-            ax.plot(range(1, n + 1), mean, "--" if "euclid" in label or "CE" in label else "-", label=label)
-        ax.set(title=f"{size:,} instance classes", xlabel="epoch", ylabel="training accuracy", ylim=(0, 1.02))
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    save_figure(fig, path)
+    plot_curves(curves, path, lambda label: "--" if "euclid" in label or "CE" in label else "-")
 
 
 if __name__ == "__main__":

@@ -13,13 +13,12 @@ under experiments/bench_assign/results/.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import torch
 
-from lsc.bench.report import fmt_bytes, machine, md_table
+from lsc.bench.report import fmt_bytes, machine, md_table, write_results
 from lsc.centers import make_system, n_min
 from lsc.centers.assignment import Assignment, assign_nearest_free
 
@@ -95,11 +94,9 @@ def main(argv=None):
         + "\n\nA walk enumerates a class's vectors best-first until a free one; the rest take their nearest vector."
     )
     print(text)
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    name = "bench_assign" + ("_smoke" if a.smoke else "")
-    (out / f"{name}.md").write_text(text + "\n")
-    (out / f"{name}.json").write_text(json.dumps({"machine": machine(), "rows": raw}, indent=1) + "\n")
+    write_results(
+        Path(a.out), "bench_assign" + ("_smoke" if a.smoke else ""), text, {"machine": machine(), "rows": raw}
+    )
 
 
 if __name__ == "__main__":

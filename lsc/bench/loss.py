@@ -17,14 +17,13 @@ experiments/bench_loss/results/.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from lsc.bench.report import fmt_bytes, machine, md_table
+from lsc.bench.report import fmt_bytes, machine, md_table, write_results
 from lsc.centers import ClassCenters, n_min
 from lsc.losses import CosineLoss, SoftmaxLoss
 from lsc.models import encoder_backbone
@@ -155,12 +154,9 @@ def main(argv=None):
         + "\n\ndense CE '—': its [n_classes, n_dim] matrix and [batch, n_classes] logits do not fit the budget."
     )
     print(text)
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
     name = "bench_loss" + ("_smoke" if a.smoke else "") + ("_cuda" if cuda else "")
-    (out / f"{name}.md").write_text(text + "\n")
     meta = {"machine": machine(a.device), "batch": a.batch, "encoder_step_s": step_s, "rows": raw}
-    (out / f"{name}.json").write_text(json.dumps(meta, indent=1) + "\n")
+    write_results(Path(a.out), name, text, meta)
 
 
 if __name__ == "__main__":

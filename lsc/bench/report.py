@@ -68,3 +68,23 @@ def write_results(out_dir: Path, name: str, markdown: str, raw) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"{name}.md").write_text(markdown + "\n")
     (out_dir / f"{name}.json").write_text(json.dumps(raw, indent=1, default=str) + "\n")
+
+
+def plot_curves(curves: dict, path, style, title: str = "", ylabel: str = "training accuracy") -> None:
+    """One panel per class count: the seed-mean curve of every config. curves: {(size, label): [per-seed curve]};
+    style(label) -> matplotlib line style."""
+    plt = pyplot()
+    sizes = sorted({s for s, _ in curves})
+    fig, axes = plt.subplots(1, len(sizes), figsize=(6.5 * len(sizes), 4.2), squeeze=False)
+    for ax, size in zip(axes[0], sizes, strict=True):
+        for (s, label), cs in curves.items():
+            if s != size or not cs or not cs[0]:
+                continue
+            n = min(len(c) for c in cs)
+            mean = [sum(c[i] for c in cs) / len(cs) for i in range(n)]
+            ax.plot(range(1, n + 1), mean, style(label), label=label)
+        ax.set(title=f"{size:,} instance classes" + (f" ({title})" if title else ""), xlabel="epoch", ylabel=ylabel)
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, ncol=2)
+    save_figure(fig, path)

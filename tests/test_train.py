@@ -30,8 +30,8 @@ def spy_build(monkeypatch):
     built = []
     real = lsc.train.build
 
-    def spy(cfg, ckpt=None):
-        out = real(cfg, ckpt=ckpt)
+    def spy(cfg, ckpt=None, init=None):
+        out = real(cfg, ckpt=ckpt, init=init)
         built.append(out)
         return out
 

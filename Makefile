@@ -4,7 +4,8 @@ PYTEST = OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 WANDB_MODE=offline $(PYTHON) -m pyt
 
 EXPERIMENTS = nmin_table predict_speed memory_vs_classes train_speed_vs_classes lsc_vs_ce systems_convergence many_classes open_world
 
-.PHONY: help install data test test-fast test-all test-gpu test-realdata lint fmt bench bench-gpu train clean \
+.PHONY: help install data test test-fast test-all test-gpu test-realdata lint fmt bench bench-gpu bench-loss bench-assign \
+	bench-data train clean \
 	experiments experiments-smoke gpu-checks $(EXPERIMENTS)
 
 help: ## this list
@@ -51,6 +52,15 @@ bench: ## label-prediction benchmark on CPU (table + JSON)
 
 bench-gpu: ## the same on CUDA
 	$(PYTHON) -m lsc.bench.predict --device cuda --queries 4194304
+
+bench-loss: ## full-system softmax vs cosine loss, step time at 1k-100M classes (table + JSON)
+	$(PYTHON) -m lsc.bench.loss
+
+bench-assign: ## data-aware class->vector assignment time and memory at 1e5-1e7 classes (table + JSON)
+	$(PYTHON) -m lsc.bench.assign
+
+bench-data: ## images/s of every data path (image folder PIL/torchvision, prepared JPEG/raw chunks), table + JSON
+	$(PYTHON) -m lsc.bench.data
 
 experiments: $(EXPERIMENTS) ## every paper table/figure on CPU (about 80 minutes), results in experiments/*/results
 

@@ -175,6 +175,17 @@ def run_lsc(*args: str, timeout: float = 300, cwd: Path | str | None = None) -> 
     return p
 
 
+def run_ddp(*args, **kwargs):
+    """run_lsc, once more if rank 0 lost its rendezvous port: Lightning picks a free port, closes it and binds it
+    again only after the other rank has started, so another process can take it in between (EADDRINUSE)."""
+    try:
+        return run_lsc(*args, **kwargs)
+    except AssertionError as e:
+        if "EADDRINUSE" not in str(e):
+            raise
+        return run_lsc(*args, **kwargs)
+
+
 # ---- fake datasets on disk ------------------------------------------------------------------------------------
 
 

@@ -175,10 +175,10 @@ def test_sharded_head_matches_single_process(tmp_path):
 def test_ddp_training_checkpoints_the_full_head(tmp_path):
     """2 gloo processes: each rank trains its shard; the checkpoint holds every class's weight (gathered), and a
     single process evaluates it."""
-    from helpers import run_lsc
+    from helpers import run_ddp
 
     run = tmp_path / "run"
-    run_lsc("trainer=ddp_cpu", "model=partial_fc", "model.embed_dim=12", "data=digits", "data.batch_size=32",
+    run_ddp("trainer=ddp_cpu", "model=partial_fc", "model.embed_dim=12", "data=digits", "data.batch_size=32",
             "trainer.max_epochs=1", "++trainer.limit_train_batches=6", "~callbacks.rich_progress_bar",
             "++trainer.enable_progress_bar=false", "~logger", f"hydra.run.dir={run}", f"paths.log_dir={tmp_path}",
             cwd=tmp_path, timeout=400)  # fmt: skip

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import lsc_train_cmd, run_lsc, subprocess_env
+from helpers import lsc_train_cmd, run_ddp, run_lsc, subprocess_env
 from omegaconf import OmegaConf
 
 from lsc.centers import ClassCenters
@@ -182,7 +182,7 @@ def test_resume_matches_uninterrupted(tmp_path):
 
 def test_ddp_cpu_trains(tmp_path):
     run = tmp_path / "run"
-    run_lsc(
+    run_ddp(
         *QUIET,
         "trainer=ddp_cpu",
         "data=digits",

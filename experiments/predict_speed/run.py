@@ -5,7 +5,9 @@
     python experiments/predict_speed/run.py --smoke         # seconds (CI)
 
 Per query pipeline, as in the paper:
-  t_d  data loading + preprocessing: uint8 images -> resize -> center crop -> float -> normalize (DataLoader)
+  t_d  data loading + preprocessing: uint8 images -> resize -> center crop -> float -> normalize (DataLoader);
+       `--data prepared`: the fast path instead, data=streaming over chunks written by `python -m lsc.prepare`
+       (raw 32 px on the CPU; JPEG at short side 256 decoded + cropped on the GPU, data.decode=gpu, with cuda)
   t_f  the network's forward pass (untrained weights: speed only)
   t_c  cosine argmax against the materialized n_classes x n_dim center matrix, dense per batch (the paper's
        baseline; its [batch, n_classes] score matrix is what runs out of memory): '–' where it does not fit
@@ -155,6 +157,8 @@ def run_point(nc, batch, net, size, crop, args, device, loader_cache):
     proj = torch.nn.Linear(384, n_dim).to(device)
     row = {"n_classes": nc, "n_dim": n_dim, "batch": batch}
     # t_d: DataLoader over real preprocessing (independent of n_classes: measured once per batch size)
+    if batch not in loader_cache and args.data == "prepared":
+        loader_cache[batch] = prepared_t_d(batch, crop, args, device)
     if batch not in loader_cache:
         ds = Images(batch * args.batches, size, crop, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
         loader = DataLoader(ds, batch_size=batch, num_workers=args.workers)
@@ -201,6 +205,21 @@ def run_point(nc, batch, net, size, crop, args, device, loader_cache):
     row["K_s"] = row["t_c"] / row["t_n"]
     row["K_t"] = (row["t_d"] + row["t_f"] + row["t_c"]) / (row["t_d"] + row["t_f"] + row["t_n"])
     return exact_speedup(row)
+
+
+# ---- --data prepared: t_d through lsc.prepare + data=streaming -------------------------------------------------
+
+
+def prepared_t_d(batch, crop, args, device):
+    """(seconds per 1M images, a batch for t_f) of one pass over a prepared dir, start-up included like the
+    DataLoader path: 2,048 generated photos (smoke: 256), prepared once into lsc.bench.data's cache."""
+    from lsc.bench.data import fast_path, measure
+
+    n = 256 if args.smoke else 2048
+    dm = fast_path(device.type, n, crop, min(batch, n // 2), workers=args.workers)
+    r = measure(dm, device.type, keep_first=True)
+    x = r["first"].repeat(math.ceil(batch / len(r["first"])), 1, 1, 1)[:batch]  # t_f times the full batch
+    return r["total_s"] / r["total_images"] * PER, x.cpu()
 
 
 def exact_speedup(row):
@@ -293,6 +312,7 @@ def main(argv=None):
     p.add_argument("--cossim-queries", type=int, default=512, help="queries timed for cossim per point")
     p.add_argument("--mem-cap-gb", type=float, default=None, help="default: 8 (CPU), 40 (CUDA, the paper's A100)")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers (the paper limits CPU ops to 2)")
+    p.add_argument("--data", choices=["synthetic", "prepared"], default="synthetic", help="t_d's input path (above)")
     p.add_argument("--smoke", action="store_true")
     p.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = p.parse_args(argv)
@@ -329,12 +349,14 @@ def main(argv=None):
     head = (
         f"### Label-search speed, V^22 at n_min ({machine(args.device)}; {model_name}; seconds per 1M queries, "
         f"measured on {args.batches} batches, cossim on {args.cossim_queries} queries; {time.time() - t0:.0f} s)\n\n"
-        "Batch 0 in the largest-batch table: the dense cossim pipeline does not fit at any batch.\n"
+        + ("t_d: prepared data (lsc.prepare + data=streaming).\n" if args.data == "prepared" else "")
+        + "Batch 0 in the largest-batch table: the dense cossim pipeline does not fit at any batch.\n"
     )
     text = head + "\n\n".join(md)
     print(text)
     out = Path(args.out)
-    name = "predict_speed" + ("_smoke" if args.smoke else "") + ("_cuda" if device.type == "cuda" else "")
+    name = "predict_speed" + ("_prepared" if args.data == "prepared" else "")
+    name += ("_smoke" if args.smoke else "") + ("_cuda" if device.type == "cuda" else "")
     write_results(out, name, text, {"args": vars(args), "machine": machine(args.device), "results": results})
     plot(results, out / f"{name}.png")
 

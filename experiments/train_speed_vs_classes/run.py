@@ -6,6 +6,9 @@
 
 Each point is one AdamW step timed after a warm-up step (best of --steps), in a fresh subprocess on CPU.
 CE points whose weights + gradients + AdamW moments (16 bytes a parameter) exceed the memory cap are "OOM".
+`--data prepared` also times the fast input path once (data=streaming over chunks from `python -m lsc.prepare`:
+raw 32 px on the CPU, JPEG decoded on the GPU with cuda; 2 loader workers) and adds its images/s and the LSC rate it
+allows, min(LSC step, loading): the steps themselves run on random tensors.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--cap-gb", type=float, default=None)
+    p.add_argument("--data", choices=["synthetic", "prepared"], default="synthetic", help="see above")
     p.add_argument("--smoke", action="store_true")
     p.add_argument("--out", default=str(Path(__file__).parent / "results"))
     a = p.parse_args(argv)
@@ -36,6 +40,7 @@ def main(argv=None):
     if a.smoke:
         a.classes, batch, backbone, feats, a.steps = [1e3, 1e5], 4, "encoder_small", 128, 1
     t0 = time.time()
+    load = prepared_rate(a, img, batch) if a.data == "prepared" else None
     rows, raw = [], []
     for nc in map(int, a.classes):
         res = {}
@@ -57,19 +62,37 @@ def main(argv=None):
                 "OOM" if ce is None else f"{ce['images_per_s']:.1f}",
                 ratio,
             ]
+            + ([f"{load:.0f}", f"{min(lsc['images_per_s'], load):.1f}"] if load else [])
         )
         print("  ", rows[-1], flush=True)
     text = (
         f"### Training throughput vs n_classes, LSC vs CE ({machine(a.device)}; "
         f"{'ViT-S/16 224 px, bf16' if cuda else backbone + ' at 32 px, fp32'}; batch {batch}; AdamW; "
         f"{time.time() - t0:.0f} s)\n\n"
-        + md_table(["n_classes", "n_dim (LSC)", "LSC images/s", "CE images/s", "LSC / CE"], rows)
+        + md_table(
+            ["n_classes", "n_dim (LSC)", "LSC images/s", "CE images/s", "LSC / CE"]
+            + (["loading images/s (prepared)", "LSC with loading"] if load else []),
+            rows,
+        )
     )
     print(text)
-    name = "train_speed_vs_classes" + ("_smoke" if a.smoke else "") + ("_cuda" if cuda else "")
+    name = "train_speed_vs_classes" + ("_prepared" if load else "") + ("_smoke" if a.smoke else "")
+    name += "_cuda" if cuda else ""
     out = Path(a.out)
-    write_results(out, name, text, {"machine": machine(a.device), "batch": batch, "rows": raw})
+    raw_out = {"machine": machine(a.device), "batch": batch, "rows": raw, **({"loading": load} if load else {})}
+    write_results(out, name, text, raw_out)
     plot(raw, out / f"{name}.png")
+
+
+# ---- --data prepared: the fast input path's images/s at this batch and image size -----------------------------
+
+
+def prepared_rate(a, img, batch) -> float:
+    from lsc.bench.data import fast_path, measure
+
+    n = 256 if a.smoke else 2048
+    dm = fast_path(a.device, n, img, min(batch, n // 2), workers=2)
+    return measure(dm, a.device)["images_per_s"]
 
 
 def plot(raw, path):

@@ -16,5 +16,14 @@ __all__ = [
     "FashionMNISTDataModule",
     "ImageFolderDataModule",
     "LSCDataModule",
+    "StreamingDataModule",
     "SyntheticDataModule",
 ]
+
+
+def __getattr__(name: str):
+    if name == "StreamingDataModule":  # imported on first use: litdata costs every other run 0.3 s at start
+        from .streaming import StreamingDataModule
+
+        return StreamingDataModule
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,253 @@
+"""Data-loading throughput (images/s) of every input path, side by side, at 32 px and 224 px output.
+
+    python -m lsc.bench.data                  # 20,000 generated 400x300 JPEGs (q90), workers 0/1/2, CPU decoders
+    python -m lsc.bench.data --device cuda    # + data.decode=gpu rows (decode_jpeg and transforms on the GPU)
+    python -m lsc.bench.data --smoke          # 200 images, workers 0 (< 60 s)
+
+Paths: the image-folder DataModule decoding with PIL (what data=imagefolder does), the same folder decoded by
+torchvision.io.decode_jpeg on the CPU, prepared JPEG chunks (`python -m lsc.prepare`, short side = what the eval
+transform reads: 37 px for 32 px output, 256 px for 224) and prepared raw 32 px chunks, both through data=streaming.
+Every row iterates the DataModule's own training loader with the eval transform (transforms=none: resize the
+short side to size / 0.875, center crop, normalize; raw 32 px is already the output) over the same `--images`
+images. images/s counts the images after the first batch (steady state); `first batch` is the start-up (worker
+start, first chunk). The photos are 1/f luminance noise with smooth chroma and film grain (about 50 KiB each, a
+photo's decode cost), generated once into --cache (not committed). Markdown + JSON under
+experiments/bench_data/results/ (the --smoke files are named *_smoke and git-ignored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from lsc.bench.report import machine, md_table, write_results
+from lsc.data import ImageFolderDataModule
+from lsc.data.base import BadImageError
+from lsc.data.datasets import _FolderSplit
+
+OUT = Path(__file__).resolve().parents[2] / "experiments" / "bench_data" / "results"
+CACHE = Path.home() / ".cache" / "lsc" / "bench_data"
+PIL_ROW = "imagefolder (PIL)"
+
+
+# ---- the photos ---------------------------------------------------------------------------------------------------
+
+
+def _field(rng, h: int, w: int, octaves: int, decay: float) -> np.ndarray:
+    from PIL import Image
+
+    acc = np.zeros((h, w), np.float32)
+    for k in range(octaves):  # coarse to fine, amplitude decay**k: a 1/f-like spectrum
+        gh, gw = max(2, h >> (octaves - k)), max(2, w >> (octaves - k))
+        lo = Image.fromarray(rng.integers(0, 256, (gh, gw), dtype=np.uint8))
+        acc += (np.asarray(lo.resize((w, h), Image.BICUBIC), np.float32) - 128) * decay**k
+    return acc / (acc.std() + 1e-6)
+
+
+def photo(rng, w: int = 400, h: int = 300):
+    from PIL import Image
+
+    y = _field(rng, h, w, 8, 0.85) * 50 + 115 + rng.standard_normal((h, w), dtype=np.float32) * 4
+    cb, cr = (_field(rng, h, w, 4, 0.7) * 25 + 128 for _ in range(2))
+    ycc = np.clip(np.stack([y, cb, cr], -1), 0, 255).astype(np.uint8)
+    return Image.fromarray(ycc, "YCbCr").convert("RGB")
+
+
+def _write_photos(args):
+    folder, start, stop, classes, quality = args
+    rng = np.random.default_rng(start)
+    for i in range(start, stop):
+        d = folder / "train" / f"class_{i % classes:03d}"
+        d.mkdir(parents=True, exist_ok=True)
+        photo(rng).save(d / f"img_{i:06d}.jpg", quality=quality)
+
+
+def make_photo_folder(root: Path, n: int, classes: int, quality: int = 90, procs: int = 2) -> Path:
+    """root/train/class_XXX/img_NNNNNN.jpg, generated once (a `done` marker makes a rerun free)."""
+    folder = root / f"photos-{n}-400x300-q{quality}"
+    if (folder / "done").exists():
+        return folder
+    bounds = np.linspace(0, n, procs * 4 + 1).astype(int)
+    jobs = [(folder, int(a), int(b), classes, quality) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    t0 = time.time()
+    with ProcessPoolExecutor(procs) as ex:
+        list(ex.map(_write_photos, jobs))
+    (folder / "done").write_text(f"{n} photos in {time.time() - t0:.0f} s\n")
+    return folder
+
+
+def prepared(folder: Path, root: Path, fmt: str, size: int, workers: int) -> Path:
+    from lsc.prepare import prepare
+
+    out = root / f"{folder.name}-{fmt}{size}"
+    done = out / "manifest.json"
+    if done.exists() and json.loads(done.read_text()).get("complete"):
+        return out  # prepared by an earlier run (the cache key names the folder, format and size)
+    data = {"_target_": "lsc.data.ImageFolderDataModule", "root": str(folder), "val_dir": None}
+    cfg = OmegaConf.create({"data": data, "out": str(out), "format": fmt, "size": size, "num_workers": workers})
+    prepare(cfg)  # a finished dir is only checked (resumable, so an interrupted bench continues)
+    return out
+
+
+# ---- the paths ------------------------------------------------------------------------------------------------------
+
+
+class _TorchvisionFolderSplit(_FolderSplit):
+    def image(self, i):
+        from torchvision.io import ImageReadMode, decode_jpeg, read_file
+
+        path = self.samples[i][0]
+        try:
+            with warnings.catch_warnings():  # torchvision 0.29 deprecates its codecs for TorchCodec's
+                warnings.simplefilter("ignore", DeprecationWarning)
+                return decode_jpeg(read_file(path), mode=ImageReadMode.RGB)  # uint8 [3, H, W]
+        except Exception as e:
+            raise BadImageError(path, e) from e
+
+
+class TorchvisionFolderDataModule(ImageFolderDataModule):
+    """data=imagefolder with torchvision.io.decode_jpeg (CPU) instead of PIL; the same transforms, on tensors."""
+
+    def _load(self):
+        return _TorchvisionFolderSplit(self.root / self.train_dir), None
+
+
+def make_dm(path: str, src: dict, size: int, workers: int, batch: int, images: int):
+    common = dict(
+        img_size=size, transforms="none", num_workers=workers, batch_size=batch, limit=images,
+        val_fraction=1 / images, seed=0,
+    )  # fmt: skip
+    if path.startswith("imagefolder"):
+        cls = ImageFolderDataModule if path == PIL_ROW else TorchvisionFolderDataModule
+        return cls(root=str(src["folder"]), val_dir=None, check_images=False, **common)
+    from lsc.data import StreamingDataModule
+
+    root = src["raw32"] if path.startswith("prepared raw") else src[f"jpeg{size}"]
+    return StreamingDataModule(root=str(root), decode="gpu" if "gpu" in path else "cpu", **common)
+
+
+def measure(dm, device: str, keep_first: bool = False) -> dict:
+    """One pass over the training loader (+ the device step for decode=gpu): steady-state images/s (after the first
+    batch), the first batch's start-up, and the whole pass (what the experiments' t_d counts)."""
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    t0 = time.perf_counter()
+    first, n, total, x0 = None, 0, 0, None
+    for batch in loader:
+        if getattr(dm, "decode", "cpu") == "gpu":
+            batch = dm.on_after_batch_transfer((batch[0], batch[1].to(device)))
+        x = batch[0]
+        total += len(x)
+        if first is None:
+            sync()
+            first, x0 = time.perf_counter(), x
+        else:
+            n += len(x)
+    sync()
+    t1 = time.perf_counter()
+    out = {"images": n, "images_per_s": n / max(t1 - first, 1e-9), "first_batch_s": first - t0}
+    out.update(total_images=total, total_s=t1 - t0, shape=tuple(x0.shape[1:]))
+    return {**out, "first": x0} if keep_first else out
+
+
+def fast_path(device: str, n: int, crop: int, batch: int, workers: int = 2, cache: Path = CACHE):
+    """The input path experiments time with `--data prepared`: data=streaming over n generated photos prepared
+    once into `cache`: raw crop x crop chunks on the CPU; with CUDA, JPEG chunks at short side crop / 0.875
+    decoded and transformed on the GPU (data.decode=gpu). Eval transform. Returns the DataModule."""
+    from lsc.data import StreamingDataModule
+
+    logging.getLogger("lsc.prepare").setLevel(logging.WARNING)
+    folder = make_photo_folder(cache, n, 10)
+    gpu = device.startswith("cuda")
+    root = prepared(folder, cache, "jpeg" if gpu else "raw", int(round(crop / 0.875)) if gpu else crop, 2)
+    return StreamingDataModule(
+        root=str(root), decode="gpu" if gpu else "cpu", img_size=crop, transforms="none", batch_size=batch,
+        num_workers=workers, val_fraction=1 / n, seed=0,
+    )  # fmt: skip
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu", help="cuda adds the data.decode=gpu rows")
+    p.add_argument("--n", type=int, default=20_000, help="photos in the generated folder")
+    p.add_argument("--images", type=int, default=5_000, help="images each row loads (the first of the folder)")
+    p.add_argument("--classes", type=int, default=100)
+    p.add_argument("--sizes", type=int, nargs="+", default=[32, 224])
+    p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--cache", default=str(CACHE), help="where the photos and prepared dirs are kept")
+    p.add_argument("--smoke", action="store_true")
+    p.add_argument("--out", default=str(OUT))
+    a = p.parse_args(argv)
+    if a.smoke:
+        a.n, a.images, a.classes, a.workers = 200, 200, 10, [0]
+    a.images = min(a.images, a.n)
+    torch.set_num_threads(1)  # a loader worker's budget: one core
+    logging.getLogger("lsc.prepare").setLevel(logging.WARNING)
+    t0 = time.time()
+    cache = Path(a.cache)
+    folder = make_photo_folder(cache, a.n, a.classes)
+    t_gen = time.time() - t0
+    src = {"folder": folder, "raw32": prepared(folder, cache, "raw", 32, 2)}
+    for s in a.sizes:
+        src[f"jpeg{s}"] = prepared(folder, cache, "jpeg", int(round(s / 0.875)), 2)
+    t_prep = time.time() - t0 - t_gen
+    paths = [PIL_ROW, "imagefolder (torchvision decode_jpeg)", "prepared jpeg", "prepared raw 32 px"]
+    if a.device.startswith("cuda"):
+        paths.append("prepared jpeg, decode=gpu")
+    rows, raw = [], []
+    for size in a.sizes:
+        for w in a.workers:
+            base = None
+            for path in paths:
+                if path.startswith("prepared raw") and size != 32:
+                    continue  # raw 32 px is the 32 px regime only
+                r = measure(make_dm(path, src, size, w, a.batch, a.images), a.device)
+                stored = "400x300 JPEG files" if path.startswith("imagefolder") else "raw 32x32 chunks"
+                if path.startswith("prepared jpeg"):
+                    stored = f"JPEG chunks, short side {round(size / 0.875)}"
+                base = r["images_per_s"] if path == PIL_ROW else base
+                r.update(path=path, size=size, workers=w, stored=stored, vs_pil=r["images_per_s"] / base)
+                raw.append(r)
+                rows.append([path, size, stored, w, f"{r['images_per_s']:,.0f}", f"{r['first_batch_s']:.2f}",
+                             f"{r['vs_pil']:.2f}x"])  # fmt: skip
+                print("  ", rows[-1], flush=True)
+    text = (
+        f"### Data loading, images/s ({machine(a.device)}; {a.images:,} of {a.n:,} generated 400x300 q90 photos; "
+        f"batch {a.batch}; eval transform; one thread per process; generate {t_gen:.0f} s, prepare {t_prep:.0f} s, "
+        f"total {time.time() - t0:.0f} s)\n\n"
+        + md_table(
+            ["path", "output px", "stored as", "workers", "images/s", "first batch s", "vs imagefolder (PIL)"], rows
+        )
+        + "\n\n"
+        + "\n".join(targets(raw))
+    )
+    print(text)
+    name = "bench_data" + ("_smoke" if a.smoke else "") + ("_cuda" if a.device.startswith("cuda") else "")
+    write_results(Path(a.out), name, text, {"args": vars(a), "machine": machine(a.device), "rows": raw})
+
+
+def targets(raw: list[dict]) -> list[str]:
+    """The two ratios the issue asks for, per worker setting."""
+    out = []
+    for path, size, want in (("prepared raw 32 px", 32, 20), ("prepared jpeg", 224, 1.5)):
+        for r in raw:
+            if r["path"] == path and r["size"] == size:
+                ok = "meets" if r["vs_pil"] >= want else "MISSES"
+                out.append(f"- {path} at {size} px, {r['workers']} workers: {r['vs_pil']:.1f}x the image folder "
+                           f"(target >= {want}x: {ok})")  # fmt: skip
+    return out
+
+
+if __name__ == "__main__":
+    main()

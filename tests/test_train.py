@@ -19,6 +19,7 @@ from omegaconf import OmegaConf, open_dict
 import lsc.eval
 import lsc.train
 from lsc.centers import ClassCenters
+from lsc.losses import SoftmaxLoss
 from lsc.models import CEModule, LSCModule
 
 N_DIGITS = 1797  # scikit-learn's digits: 1,797 8x8 images
@@ -138,7 +139,7 @@ SHRINK = {
 EXPECT = {
     "enc_cinic": ("a_n", 3, 16),
     "fmnist_enc": ("v21", 10, 16),
-    "fmnist_inst": ("v22", 500, 0),
+    "fmnist_inst": ("v21", 500, 0),
     "vit_1m": ("v22", 12, 16),
     "vit_cifar": ("v21", 10, 16),
     "vit_i1k": ("a_n", 3, "384"),
@@ -175,6 +176,9 @@ def test_experiment_fast_dev_run(tmp_path, spy_build, name):
     assert dm.num_classes == n_classes and cc.spec["system"]["name"] == system
     n_dim = int(dim) if isinstance(dim, str) else expected_n_dim(system, n_classes, floor=dim)
     assert cc.n_dim == n_dim
+    # the many_classes study's recipe: data-aware assignment + full-system softmax for the instance-label runs
+    recipe = name in ("fmnist_inst", "vit_1m")
+    assert (cc.assignment is not None) == recipe and isinstance(module.loss_fn, SoftmaxLoss) == recipe
     x, _ = next(iter(dm.train_dataloader()))
     module.eval()
     with torch.no_grad():

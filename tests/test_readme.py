@@ -10,6 +10,7 @@ import pytest
 import torch
 from helpers import CONF, HAS_FMNIST, ROOT, compose_cfg, make_cfg, make_image_folder
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import open_dict
 
 import lsc.eval
 import lsc.train
@@ -33,17 +34,20 @@ def test_readme_engine_example_runs():
 # ---- every `python -m lsc.train|eval ...` line of the README, in its smallest form ------------------------------
 
 IMAGE_ROOT = "/data/imagenet"  # the README's stand-in for a user's image folder
+PREPARED = "/data/imagenet-jpeg256"  # ... for that folder prepared by lsc.prepare (replaced first: same prefix)
 RUN_DIR = "logs/train/runs/<run>"  # ... and for one of their run dirs
 
 
 def readme_commands() -> list[tuple[str, list[str]]]:
-    """(module, args) of every `python -m lsc.train|eval|predict ...` line in the README's bash blocks."""
+    """(module, args) of every `python -m lsc.train|eval|predict|prepare ...` line in the README's bash blocks."""
     text = (ROOT / "README.md").read_text()
     cmds = []
     for block in re.findall(r"```bash\n(.*?)```", text, re.S):
         for line in block.replace("\\\n", " ").splitlines():  # continued lines joined
             line = line.split(" #")[0].strip()
-            if line.startswith(("python -m lsc.train", "python -m lsc.eval", "python -m lsc.predict")):
+            if line.startswith(
+                ("python -m lsc.train", "python -m lsc.eval", "python -m lsc.predict", "python -m lsc.prepare")
+            ):
                 words = shlex.split(line)
                 cmds.append((words[2], words[3:]))
     return cmds
@@ -70,12 +74,16 @@ GROUPS = {str(p.relative_to(CONF)) for p in CONF.rglob("*") if p.is_dir()}
 
 @pytest.fixture(scope="module")
 def user_files(tmp_path_factory):
-    """A small image folder (for data.root) and a digits checkpoint (for ckpt_path)."""
+    """A small image folder (for data.root), it prepared as JPEG chunks, and a digits checkpoint (for ckpt_path)."""
+    from lsc.prepare import prepare
+
     tmp = tmp_path_factory.mktemp("readme")
     make_image_folder(tmp / "images", n_classes=3, per_class=4, size=16)
+    prepare(compose_cfg([f"out={tmp / 'prepared'}", "data=imagefolder", f"data.root={tmp / 'images'}", "size=16",
+                         "num_workers=1"], config_name="prepare"))  # fmt: skip
     run = tmp / "run"
     lsc.train.train(make_cfg(run, "data=digits", "trainer.max_epochs=1"))
-    return {IMAGE_ROOT: str(tmp / "images"), RUN_DIR: str(run)}
+    return {PREPARED: str(tmp / "prepared"), IMAGE_ROOT: str(tmp / "images"), RUN_DIR: str(run)}
 
 
 def test_readme_has_the_commands():
@@ -88,7 +96,19 @@ def test_readme_has_the_commands():
 def test_readme_command_builds(module, args, user_files, tmp_path):
     """Every job of the command composed and its data, centers and model built (what fails first in a real run: a
     bad override, n_dim below n_min, an unknown option); resume lines rebuild the stored run; eval lines run."""
-    args = [a.replace(IMAGE_ROOT, user_files[IMAGE_ROOT]).replace(RUN_DIR, user_files[RUN_DIR]) for a in args]
+    for placeholder, path in user_files.items():  # dict order: PREPARED before IMAGE_ROOT, its prefix
+        args = [a.replace(placeholder, path) for a in args]
+    if module == "lsc.prepare":  # composed; run when its source is the small folder (the others read real data)
+        from lsc.prepare import prepare
+
+        args = [a if not a.startswith("out=") else f"out={tmp_path / 'out'}" for a in args]
+        cfg = compose_cfg([*args, "num_workers=1"], config_name="prepare")
+        if cfg.data.get("root") == user_files[IMAGE_ROOT]:
+            with open_dict(cfg):
+                cfg.size = min(int(cfg.size or 16), 16)
+            m = prepare(cfg)
+            assert m["splits"]["train"]["count"] == 12, m
+        return
     if module == "lsc.predict":
         from lsc.predict import Predictor, data_items, list_inputs, predict_to_csv
         from lsc.runconfig import CONFIG_KEY

@@ -273,3 +273,28 @@ class CrashAt:
 
 def recorded_batches(path: Path) -> list[list[int]]:
     return [[int(v) for v in ln.split()] for ln in Path(path).read_text().splitlines()]
+
+
+def crash_and_resume(tmp_path: Path, args: list[str], step: int = 17):
+    """Three runs of `args`: a (uninterrupted), b (crashes after step `step`, a checkpoint saved there) and c (resumes
+    b's checkpoint). Returns the batches each recorded (lists of labels per step) and a's and c's final weights."""
+    import pytest
+    import torch
+
+    import lsc.train
+
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    rec = "+callbacks.recorder._target_=helpers.BatchRecorder"
+    lsc.train.train(make_cfg(a, *args, rec, f"+callbacks.recorder.path={tmp_path / 'a.txt'}"))
+    crash = ["+callbacks.crash._target_=helpers.CrashAt", f"+callbacks.crash.step={step}"]
+    cfg = make_cfg(b, *args, f"callbacks.last_checkpoint.every_n_train_steps={step}", rec, *crash)
+    with open_dict(cfg):
+        cfg.callbacks.recorder.path = str(tmp_path / "b.txt")
+    with pytest.raises(RuntimeError, match=f"simulated crash at step {step}"):
+        lsc.train.train(cfg)
+    last = b / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == step
+    lsc.train.train(make_cfg(c, *args, f"ckpt_path={last}", rec, f"+callbacks.recorder.path={tmp_path / 'c.txt'}"))
+    batches = [recorded_batches(tmp_path / f"{x}.txt") for x in "abc"]
+    weights = [torch.load(d / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"] for d in (a, c)]
+    return batches, weights

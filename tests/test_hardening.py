@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import tomllib
 import torch
-from helpers import ROOT, make_cfg, make_cifar, make_image_folder, recorded_batches, run_lsc
+from helpers import ROOT, crash_and_resume, make_cfg, make_cifar, make_image_folder, run_lsc
 from omegaconf import open_dict
 
 import lsc.eval
@@ -112,25 +112,11 @@ INSTANCE = [
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_mid_epoch_resume_replays_exactly_the_rest_of_the_epoch(tmp_path, workers):
-    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
-    args = [*INSTANCE, f"data.num_workers={workers}"]  # worker processes prefetch ahead of the training loop
-    rec = "+callbacks.recorder._target_=helpers.BatchRecorder"
-    lsc.train.train(make_cfg(a, *args, rec, f"+callbacks.recorder.path={tmp_path / 'a.txt'}"))
-    crash = ["+callbacks.crash._target_=helpers.CrashAt", "+callbacks.crash.step=17"]  # epoch 2, batch 5 of 12
-    cfg = make_cfg(b, *args, "callbacks.last_checkpoint.every_n_train_steps=17", rec, *crash)
-    with open_dict(cfg):
-        cfg.callbacks.recorder.path = str(tmp_path / "b.txt")
-    with pytest.raises(RuntimeError, match="simulated crash at step 17"):
-        lsc.train.train(cfg)
-    last = b / "checkpoints" / "last.ckpt"
-    assert torch.load(last, weights_only=True)["global_step"] == 17
-    cfg = make_cfg(c, *args, f"ckpt_path={last}", rec, f"+callbacks.recorder.path={tmp_path / 'c.txt'}")
-    lsc.train.train(cfg)
-    full, before, after = (recorded_batches(tmp_path / f"{x}.txt") for x in "abc")
+    # worker processes prefetch ahead of the training loop; step 17 = epoch 2, batch 5 of 12
+    (full, before, after), (wa, wc) = crash_and_resume(tmp_path, [*INSTANCE, f"data.num_workers={workers}"])
     assert len(full) == 24 and len(before) == 17
     assert before + after == full  # the same batches in the same order: none twice, none missed
     assert sorted(sum(after[-7:], [])) == sorted(set(range(48)) - set(sum(full[12:17], [])))
-    wa, wc = (torch.load(d / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"] for d in (a, c))
     assert all(torch.equal(wa[k], wc[k]) for k in wa), "the resumed run's weights differ from the uninterrupted run's"
 
 

@@ -24,8 +24,16 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from helpers import ROOT, compose_cfg, make_cfg, make_cifar, make_image_folder, recorded_batches, subprocess_env
-from omegaconf import open_dict
+from helpers import (
+    ROOT,
+    compose_cfg,
+    crash_and_resume,
+    make_cfg,
+    make_cifar,
+    make_image_folder,
+    recorded_batches,
+    subprocess_env,
+)
 from PIL import Image
 from sklearn.datasets import load_digits
 
@@ -236,21 +244,10 @@ REC = "+callbacks.recorder._target_=helpers.BatchRecorder"
 @pytest.mark.parametrize("workers", [0, 2])
 def test_mid_epoch_resume_serves_exactly_the_rest_of_the_epoch(digits_raw, tmp_path, workers):
     args = [*INSTANCE, f"data.root={digits_raw}", f"data.num_workers={workers}"]
-    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
-    lsc.train.train(make_cfg(a, *args, REC, f"+callbacks.recorder.path={tmp_path / 'a.txt'}"))
-    crash = ["+callbacks.crash._target_=helpers.CrashAt", "+callbacks.crash.step=17"]  # epoch 2, batch 5 of 12
-    cfg = make_cfg(b, *args, "callbacks.last_checkpoint.every_n_train_steps=17", REC, *crash)
-    with open_dict(cfg):
-        cfg.callbacks.recorder.path = str(tmp_path / "b.txt")
-    with pytest.raises(RuntimeError, match="simulated crash at step 17"):
-        lsc.train.train(cfg)
-    last = b / "checkpoints" / "last.ckpt"
-    lsc.train.train(make_cfg(c, *args, f"ckpt_path={last}", REC, f"+callbacks.recorder.path={tmp_path / 'c.txt'}"))
-    full, before, after = (recorded_batches(tmp_path / f"{x}.txt") for x in "abc")
+    (full, before, after), (wa, wc) = crash_and_resume(tmp_path, args)  # step 17: epoch 2, batch 5 of 12
     assert len(full) == 24 and len(before) == 17 and before + after == full
     seen = sum(before[12:] + after, [])  # epoch 2: the killed run's part + the resumed run's part
     assert sorted(seen) == list(range(48))  # the same multiset as one epoch: none twice, none missed
-    wa, wc = (torch.load(d / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"] for d in (a, c))
     assert all(torch.equal(wa[k], wc[k]) for k in wa)
 
 

@@ -224,10 +224,10 @@ def part_full(a, out: Path):
             raise SystemExit("run the 2,000/5,000-class study first: --part full takes its best rows")
         small = json.loads(f.read_text())
         picks = [best(small, 5000, "v")["config"], best(small, 5000, "PFC")["config"]]
-        if picks[0].endswith("data"):
-            picks.append(picks[0].replace("data", "keyed"))  # the same recipe with the random order: the gap
+        twin = picks[0].replace(" data", " keyed")  # the same recipe with the random order: the gap
+        picks = [p for p, kind in zip([*picks, twin], ("lsc", "pfc", "keyed"), strict=True) if kind in a.full_rows]
     jobs, keys = [], []
-    for label, ov in [*(full_rows[at[p]] for p in picks), CE_ROW]:
+    for label, ov in [*(full_rows[at[p]] for p in picks), *([CE_ROW] if "ce" in a.full_rows else [])]:
         n = min(epochs, a.ce_full_epochs) if label == "CE" else epochs
         base = base_overrides(n, n if a.smoke else 5)
         jobs.append((f"{size}-{label.replace(' ', '_')}-s0", [*base, *ov, *STOP_AT_95, f"data.limit={size}", "seed=0"]))
@@ -267,6 +267,9 @@ def main(argv=None):
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--full-epochs", type=int, default=40)
     p.add_argument("--ce-full-epochs", type=int, default=5, help="CE at 60k classes: ~5 min per epoch on 2 cores")
+    p.add_argument("--full-rows", nargs="+", default=["lsc", "pfc", "keyed", "ce"],
+                   choices=["lsc", "pfc", "keyed", "ce"], help="--part full: the best LSC / Partial FC row, the "
+                   "LSC row's keyed twin, CE")  # fmt: skip
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--smoke", action="store_true")

@@ -121,7 +121,7 @@ def summarize(by: dict, n_epochs: int) -> tuple[list[list], list[dict], dict]:
 
         sd = statistics.stdev(finals) if len(rs) > 1 else 0.0
         rows.append(
-            [f"{size:,}", label, f"{100 * statistics.mean(finals):.1f} ± {100 * sd:.1f}", med(e50), med(e90),
+            [f"{size:,}", label, len(rs), f"{100 * statistics.mean(finals):.1f} ± {100 * sd:.1f}", med(e50), med(e90),
              f"{statistics.mean(per_epoch):.1f}", fmt_bytes(state)]
         )  # fmt: skip
         raw.append(
@@ -145,6 +145,7 @@ def summarize(by: dict, n_epochs: int) -> tuple[list[list], list[dict], dict]:
 HEADER = [
     "classes",
     "config",
+    "seeds",
     "final train acc % (eval, mean ± sd)",
     "epochs to 50% (median)",
     "epochs to 90% (median)",
@@ -202,6 +203,8 @@ def part_small(a, out: Path):
             if a.smoke:
                 cfgs = [cfgs[2], cfgs[3], cfgs[13], cfgs[-2], CE_ROW]
             for label, ov in cfgs:
+                if a.later_seeds_only and s != seeds[0] and label not in a.later_seeds_only:
+                    continue
                 name = f"{size}-{label.replace(' ', '_')}-s{s}"
                 jobs.append((name, [*base_overrides(epochs, epochs), *ov, f"data.limit={size}", f"seed={s}"]))
                 keys.append((size, label))
@@ -267,6 +270,13 @@ def main(argv=None):
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--full-epochs", type=int, default=40)
     p.add_argument("--ce-full-epochs", type=int, default=5, help="CE at 60k classes: ~5 min per epoch on 2 cores")
+    p.add_argument(
+        "--later-seeds-only",
+        nargs="+",
+        default=None,
+        metavar="LABEL",
+        help="run the seeds after the first only for these rows (e.g. 'v21@23 data softmax')",
+    )
     p.add_argument("--full-rows", nargs="+", default=["lsc", "pfc", "keyed", "ce"],
                    choices=["lsc", "pfc", "keyed", "ce"], help="--part full: the best LSC / Partial FC row, the "
                    "LSC row's keyed twin, CE")  # fmt: skip
@@ -310,12 +320,13 @@ def main(argv=None):
     what = "until 95% or" if a.part == "full" else "for"
     text = (
         f"### Training accuracy, Fashion-MNIST instance labels ({machine()}; encoder_small_flat, AdamW 1e-3, batch 64, "
-        f"{what} {epochs} epochs, seeds {[0] if a.smoke or a.part in ('full', 'sweep') else a.seeds}; "
-        f"{time.time() - t0:.0f} s wall incl. cached runs)\n\n"
+        f"{what} {epochs} epochs; {time.time() - t0:.0f} s wall incl. cached runs)\n\n"
         + md_table(HEADER, rows)
         + "\n\nEpochs counted on the running training accuracy; '—' = not reached; (k/n) = reached by k seeds. "
         "Class state: what grows with n_classes (LSC keyed: nothing; data-assigned: its 16-byte-per-class table; "
-        "Partial FC: weights + AdamW moments; CE: the last layer + AdamW moments)."
+        "Partial FC: weights + AdamW moments; CE: the last layer + AdamW moments). s / epoch: each run's median, "
+        "two runs sharing the 2 cores; runs cached from another day of this machine are not side by side (the "
+        "JSON lists each run's directory; its wall_s.txt and train.log carry the date)."
     )
     print(text)
     write_results(out, name, text, raw)

@@ -83,7 +83,8 @@ def plot_curves(curves: dict, path, style, title: str = "", ylabel: str = "train
             n = min(len(c) for c in cs)
             mean = [sum(c[i] for c in cs) / len(cs) for i in range(n)]
             ax.plot(range(1, n + 1), mean, style(label), label=label)
-        ax.set(title=f"{size:,} instance classes" + (f" ({title})" if title else ""), xlabel="epoch", ylabel=ylabel)
+        ax.set(xlabel="epoch", ylabel=ylabel)
+        ax.set_title(f"{size:,} instance classes" + (f"\n{title}" if title else ""), fontsize=9)
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6, ncol=2)

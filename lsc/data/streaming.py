@@ -47,6 +47,10 @@ MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 FORMATS = ("jpeg", "raw")
 DECODERS = ("cpu", "gpu")
+# litdata deserializes a window of up to 256 neighbouring items per read ("auto" for small items) and keeps it for
+# the next read; items read in a shuffled order (and views that skip items) rarely hit it, so every image paid for
+# 256: 0 reads each item alone (raw 32 px, one loader process: 505 -> 13,000 images/s)
+PER_ITEM = 0
 
 
 # ---- the prepared dir: manifest, side files, chunk checks ---------------------------------------------------------
@@ -214,7 +218,9 @@ class PreparedSplit:
         p = int(self.ppos[i])
         k = int(np.searchsorted(self.starts, p, side="right") - 1)
         if self._ds is None:
-            self._ds = StreamingDataset(self.uri, cache_dir=_cache_arg(self), storage_options=self.storage_options)
+            self._ds = StreamingDataset(
+                self.uri, cache_dir=_cache_arg(self), storage_options=self.storage_options, batch_decode=PER_ITEM
+            )
         item = _read(self._ds, ChunkedIndex(index=p, chunk_index=k), self, k)
         self.check(item, int(self.src_ids[i]), k)
         return self.decode(item, k)
@@ -244,8 +250,9 @@ class ViewStream(StreamingDataset):
     def __init__(self, view: LabeledView, seed: int, shuffle: bool = True, skip_bad: bool = False, bad=None):
         split: PreparedSplit = view.base
         super().__init__(
-            split.uri, cache_dir=_cache_arg(split), shuffle=shuffle, seed=seed, storage_options=split.storage_options
-        )
+            split.uri, cache_dir=_cache_arg(split), shuffle=shuffle, seed=seed, storage_options=split.storage_options,
+            batch_decode=PER_ITEM,
+        )  # fmt: skip
         self.split, self.skip_bad, self.bad = split, skip_bad, bad
         self.transform_fn, self.instance, self.n = view.transform, view.instance, view.n
         self.view_labels = np.asarray(view.labels, dtype=np.int64)

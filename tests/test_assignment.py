@@ -25,12 +25,18 @@ def test_rule_matches_brute_force(name, n, fill):
     C = max(2, int(fill * s.count))
     g = torch.Generator().manual_seed(hash((name, n, fill)) % 2**31)
     p = torch.randn(C, n, generator=g, dtype=torch.float64)
-    got, stats = assign_nearest_free(s, p)
     want = brute_force_assignment(s.vectors(torch.arange(s.count)), p)
-    assert torch.equal(got, want)
+    # walk only; scan the free vectors as soon as the nearest is taken; the default budget (both, when full)
+    for budget in (None, 0, 4):
+        got, stats = assign_nearest_free(s, p, walk_budget=budget)
+        assert torch.equal(got, want), budget
+        if budget is None:
+            assert stats["scans"] == 0
+        if budget == 0:  # every walk ends at its first level without a free vector
+            assert stats["scans"] <= stats["walks"]
     assert got.unique().numel() == C  # a bijection onto distinct vectors
     if fill == 1.0:
-        assert stats["walks"] > 0  # a full system forces walks past taken vectors
+        assert stats["walks"] > 0 and stats["scans"] > 0  # a full system forces walks past taken vectors, and scans
 
 
 def test_rule_with_tied_prototypes():
@@ -38,8 +44,10 @@ def test_rule_with_tied_prototypes():
     s = make_system("v22", 7)
     base = torch.tensor([[3.0, 3.0, 1.0, 0.0, 0.0, -2.0, -2.0], [1.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0]])
     p = torch.cat([base, base, base[:1] * 2, torch.randn(20, 7, dtype=torch.float64)]).double()
-    got, _ = assign_nearest_free(s, p)
-    assert torch.equal(got, brute_force_assignment(s.vectors(torch.arange(s.count)), p))
+    want = brute_force_assignment(s.vectors(torch.arange(s.count)), p)
+    for budget in (None, 0):  # exact ties are resolved the same way by the walk and by the scan
+        got, _ = assign_nearest_free(s, p, walk_budget=budget)
+        assert torch.equal(got, want), budget
 
 
 def test_assignment_table_both_ways():

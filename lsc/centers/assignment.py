@@ -14,7 +14,9 @@ The rule (`assign_nearest_free`), exact and deterministic:
      class took; exact ties go to the lowest vector index.
 Step 2 reads the precomputed nearest vector (one batched O(n_dim) pass) and walks the class's vectors best-first
 only when that one is taken. No class x count matrix is ever built; state: the prototypes and a bitmap of taken
-vectors (count bits, as bytes).
+vectors (count bits, as bytes). When a walk has popped `walk_budget` vectors without finding a free one (a system
+nearly full: n_classes close to its count, as at n_min), the class scans the free vectors instead: float64 scores
+in blocks, the near-best re-scored exactly as the walk scores them (math.fsum), so the result is the walk's.
 
 `Assignment` is the resulting bijection onto the taken vectors: label -> vector by a table, vector -> label by
 binary search in the sorted vector indices; 16 bytes per class (int64 sorted indices, int32 positions both ways;
@@ -108,15 +110,23 @@ def check_assignable(system) -> None:
         )
 
 
+WALK_BUDGET = 2048  # pops of a best-first walk before the class scans the free vectors instead (same answer)
+
+
 def assign_nearest_free(
-    system, prototypes: torch.Tensor, log_every: int = 0, taken_already: torch.Tensor | None = None
+    system,
+    prototypes: torch.Tensor,
+    log_every: int = 0,
+    taken_already: torch.Tensor | None = None,
+    walk_budget: int | None = WALK_BUDGET,
 ) -> tuple[torch.Tensor, dict]:
     """The greedy rule of the module docstring. prototypes: [C, n_dim] (float64 recommended).
 
     taken_already: vector indices owned by existing classes (growing a label space: `ClassCenters.grow`); the
     new classes take free vectors only.
+    walk_budget: pops before scanning the free vectors (None: walk only; 0: scan whenever the nearest is taken).
     Returns (index_of_label [C] int64, stats: walks = classes whose nearest vector was taken, pops = vectors
-    enumerated by those walks, seconds).
+    enumerated by those walks, scans = walks that ended in a scan of the free vectors, seconds).
     """
     import time
 
@@ -142,13 +152,18 @@ def assign_nearest_free(
         taken_set.update(old.tolist())
     out = np.empty(n, dtype=np.int64)
     near = nearest.numpy()
-    walks = pops = 0
+    walks = pops = scans = 0
+    budget = walk_budget if taken is not None else None  # a scan needs the bitmap (count <= 2^30)
     for i, c in enumerate(order):
         v = int(near[c])
         if taken[v] if taken is not None else v in taken_set:
             walks += 1
-            v, k = _walk(system, p[c].double().tolist(), taken, taken_set)
+            row = p[c].double().tolist()
+            v, k = _walk(system, row, taken, taken_set, budget)
             pops += k
+            if v < 0:
+                v = _scan_free(system, row, taken)
+                scans += 1
         out[c] = v
         if taken is not None:
             taken[v] = True
@@ -157,7 +172,8 @@ def assign_nearest_free(
         if log_every and (i + 1) % log_every == 0:
             print(f"assign: {i + 1:,}/{n:,} classes, {walks:,} walks, {time.perf_counter() - t0:.1f} s", flush=True)
     state = system.count if taken is not None else 8 * n
-    stats = {"walks": walks, "pops": pops, "seconds": time.perf_counter() - t0, "taken_state_bytes": state}
+    stats = {"walks": walks, "pops": pops, "scans": scans, "seconds": time.perf_counter() - t0,
+             "taken_state_bytes": state}  # fmt: skip
     return torch.from_numpy(out), stats
 
 
@@ -177,9 +193,9 @@ def _nearest_with_scores(system, p: torch.Tensor, block: int = 1 << 16):
     return idx, cos
 
 
-def _walk(system, row: list[float], taken, taken_set) -> tuple[int, int]:
+def _walk(system, row: list[float], taken, taken_set, budget: int | None = None) -> tuple[int, int]:
     """Best free vector of one prototype: best-first over the system, level by level (equal scores form a level;
-    the lowest free index of the first level with a free vector wins)."""
+    the lowest free index of the first level with a free vector wins). (-1, pops) once `budget` pops are spent."""
     it = system.best_first(row)
     pops = 0
     level, level_score = [], None
@@ -190,12 +206,36 @@ def _walk(system, row: list[float], taken, taken_set) -> tuple[int, int]:
             if free:
                 return min(free), pops
             level = []
+            if budget is not None and pops > budget:
+                return -1, pops
         level_score = score
         level.append(i)
     free = [j for j in level if not (taken[j] if taken is not None else j in taken_set)]
     if free:
         return min(free), pops
     raise RuntimeError("no free vector left (more classes than vectors?)")  # guarded by the count check
+
+
+def _exact_score(system, j: int, row: list[float]) -> float:
+    """best_first's score of vector j: the exact (fsum) inner product times the orbit's 1/|v|."""
+    v = system.vectors(torch.tensor([j]), dtype=torch.float64)[0].tolist()
+    inv = float(system.inv_norms(torch.tensor([j]), torch.float64)[0])
+    return math.fsum(a * b for a, b in zip(v, row, strict=True) if a) * inv
+
+
+def _scan_free(system, row: list[float], taken: np.ndarray, block: int = 1 << 16) -> int:
+    """The walk's answer by a scan of every free vector: float64 scores in blocks, then every vector within the
+    float64 rounding bound of the best re-scored exactly; the highest exact score wins, ties to the lowest index."""
+    free = np.flatnonzero(~taken)
+    z = torch.tensor(row, dtype=torch.float64)
+    scores = torch.empty(len(free), dtype=torch.float64)
+    for a in range(0, len(free), block):
+        idx = torch.from_numpy(free[a : a + block])
+        scores[a : a + block] = (system.vectors(idx, dtype=torch.float64) @ z) * system.inv_norms(idx, torch.float64)
+    tol = 1e-9 * (float(z.abs().sum()) + 1e-300)  # >> float64 rounding of a sum of n_dim small-integer products
+    near = free[(scores >= scores.max() - tol).numpy()]
+    exact = [(-_exact_score(system, int(j), row), int(j)) for j in near]
+    return min(exact)[1]
 
 
 GLOBAL_MAX_PAIRS = 1 << 27  # the global rule scores every (class, vector) pair: a C x count float32 matrix

@@ -20,7 +20,7 @@ from hydra.errors import ConfigCompositionException, InstantiationException
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from omegaconf import OmegaConf
 
-from lsc.callbacks import EmbeddingPlot, LastCheckpoint, PredictorAccuracy
+from lsc.callbacks import DataWaitMonitor, EmbeddingPlot, LastCheckpoint, PredictorAccuracy
 from lsc.centers import ClassCenters
 from lsc.data import LSCDataModule
 from lsc.models import Backbone, CEModule, LSCModule, PartialFCModule
@@ -41,7 +41,7 @@ def test_every_group_has_options():
 
 # ---- data --------------------------------------------------------------------------------------------------
 
-NEEDS_ROOT = {"imagefolder", "cifar10", "cifar100"}
+NEEDS_ROOT = {"imagefolder", "cifar10", "cifar100", "streaming"}
 CLASSES = {"digits": 10, "synthetic": 10, "fashion_mnist": 10}
 SHAPES = {"digits": (1, 8, 8), "synthetic": (3, 32, 32), "fashion_mnist": (1, 28, 28)}
 
@@ -51,12 +51,12 @@ def test_data_option_instantiates(tmp_path, name):
     cfg = make_cfg(tmp_path, f"data={name}")
     assert cfg.data.seed == cfg.seed  # `seed: ${seed}` wiring
     if name in NEEDS_ROOT:
-        if name == "imagefolder":
+        if name in ("imagefolder", "streaming"):
             # root: null in the option file; Hydra wraps the constructor's ValueError
             with pytest.raises(InstantiationException, match=r"data\.root") as e:
                 hydra.utils.instantiate(cfg.data)
             assert isinstance(e.value.__cause__, ValueError)
-            cfg = make_cfg(tmp_path, "data=imagefolder", f"data.root={tmp_path / 'nonexistent'}")
+            cfg = make_cfg(tmp_path, f"data={name}", f"data.root={tmp_path / 'nonexistent'}")
         dm = hydra.utils.instantiate(cfg.data)
         assert isinstance(dm, LSCDataModule)
         with pytest.raises(FileNotFoundError, match=r"data\.root="):
@@ -203,7 +203,8 @@ def test_callbacks_option(tmp_path, name):
         return
     types = sorted(type(c).__name__ for c in cbs)
     assert types == sorted(
-        t.__name__ for t in (ModelCheckpoint, LastCheckpoint, PredictorAccuracy, EmbeddingPlot, RichProgressBar)
+        t.__name__
+        for t in (ModelCheckpoint, LastCheckpoint, PredictorAccuracy, EmbeddingPlot, RichProgressBar, DataWaitMonitor)
     )
     (best,) = [c for c in cbs if isinstance(c, ModelCheckpoint)]
     (last,) = [c for c in cbs if isinstance(c, LastCheckpoint)]

@@ -271,6 +271,23 @@ class CrashAt:
         return _Crash()
 
 
+class KillAt:
+    """SIGKILL of the training process itself after step `step` (after the other callbacks' hooks: the checkpoint of
+    that step is on disk), like `kill -9` of the job: no exception, no cleanup, no finally."""
+
+    def __new__(cls, step: int):
+        import signal
+
+        import lightning as L
+
+        class _Kill(L.Callback):
+            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+                if trainer.global_step == step:
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+        return _Kill()
+
+
 def recorded_batches(path: Path) -> list[list[int]]:
     return [[int(v) for v in ln.split()] for ln in Path(path).read_text().splitlines()]
 

@@ -251,6 +251,33 @@ def test_mid_epoch_resume_serves_exactly_the_rest_of_the_epoch(digits_raw, tmp_p
     assert all(torch.equal(wa[k], wc[k]) for k in wa)
 
 
+@pytest.mark.slow
+def test_kill_9_mid_epoch_then_resume_serves_exactly_one_epoch(digits_raw, tmp_path):
+    """`python -m lsc.train data=streaming` killed with SIGKILL in epoch 2 right after a step checkpoint, then resumed
+    from it: the samples of epoch 2 served before the checkpoint plus those served after the resume are one epoch."""
+    args = [*INSTANCE, f"data.root={digits_raw}", "data.num_workers=2",
+            "callbacks.last_checkpoint.every_n_train_steps=17", "~callbacks.rich_progress_bar", "++trainer.enable_progress_bar=false", "~logger",
+            f"paths.log_dir={tmp_path / 'logs'}"]  # fmt: skip
+    env = {**subprocess_env(), "PYTHONPATH": f"{ROOT / 'tests'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    b, c = tmp_path / "b", tmp_path / "c"
+
+    def train(*extra):
+        return subprocess.run([sys.executable, "-m", "lsc.train", *args, *extra], env=env, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300)  # fmt: skip
+
+    p = train(REC, f"+callbacks.recorder.path={tmp_path / 'b.txt'}", "+callbacks.kill._target_=helpers.KillAt",
+              "+callbacks.kill.step=17", f"hydra.run.dir={b}")  # fmt: skip
+    assert p.returncode == -signal.SIGKILL, p.stderr[-3000:]
+    last = b / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=False)["global_step"] == 17  # epoch 2, batch 5 of 12
+    p = train(REC, f"+callbacks.recorder.path={tmp_path / 'c.txt'}", f"ckpt_path={last}", f"hydra.run.dir={c}")
+    assert p.returncode == 0, p.stderr[-3000:]
+    before, after = recorded_batches(tmp_path / "b.txt"), recorded_batches(tmp_path / "c.txt")
+    assert len(before) == 17 and len(after) == 7
+    seen = sum(before[12:] + after, [])
+    assert sorted(seen) == list(range(48))  # one epoch: none twice, none missed
+
+
 def test_end_of_epoch_resume_continues_with_the_next_epoch(digits_raw, tmp_path):
     args = [*INSTANCE, f"data.root={digits_raw}"]
     lsc.train.train(make_cfg(tmp_path / "a", *args, REC, f"+callbacks.recorder.path={tmp_path / 'a.txt'}"))

@@ -256,7 +256,8 @@ def test_kill_9_mid_epoch_then_resume_serves_exactly_one_epoch(digits_raw, tmp_p
     """`python -m lsc.train data=streaming` killed with SIGKILL in epoch 2 right after a step checkpoint, then resumed
     from it: the samples of epoch 2 served before the checkpoint plus those served after the resume are one epoch."""
     args = [*INSTANCE, f"data.root={digits_raw}", "data.num_workers=2",
-            "callbacks.last_checkpoint.every_n_train_steps=17", "~callbacks.rich_progress_bar", "++trainer.enable_progress_bar=false", "~logger",
+            "callbacks.last_checkpoint.every_n_train_steps=17", "~callbacks.rich_progress_bar",
+            "++trainer.enable_progress_bar=false", "~logger",
             f"paths.log_dir={tmp_path / 'logs'}"]  # fmt: skip
     env = {**subprocess_env(), "PYTHONPATH": f"{ROOT / 'tests'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     b, c = tmp_path / "b", tmp_path / "c"

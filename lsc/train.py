@@ -26,7 +26,14 @@ from lsc.centers.assignment import Assignment, assign_global_greedy, assign_near
 from lsc.data.prototypes import class_prototypes
 from lsc.models.module import init_weights_from
 from lsc.runconfig import ASSIGNMENT_KEY, CENTERS_KEY, check_resume, load_checkpoint, stored_run_config
-from lsc.utils import quiet_lightning, register_resolvers, save_json, summary_line, to_float_dict
+from lsc.utils import (
+    quiet_lightning,
+    register_resolvers,
+    save_json,
+    set_local_rendezvous_port,
+    summary_line,
+    to_float_dict,
+)
 
 log = logging.getLogger("lsc.train")
 register_resolvers()
@@ -231,6 +238,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     log.info(f"model: {type(module).__name__}, {n_params:,} parameters; {dm.num_classes:,} classes")
     callbacks = instantiate_dict(cfg.get("callbacks"))
     loggers = instantiate_dict(cfg.get("logger"))
+    if "ddp" in str(cfg.trainer.get("strategy", "")) and int(cfg.trainer.get("num_nodes", 1) or 1) == 1:
+        set_local_rendezvous_port()  # not an ephemeral port: see lsc.utils
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for lg in loggers:
         lg.log_hyperparams(module.run_config)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -60,3 +61,34 @@ def summary_line(metrics: dict[str, float], extra: dict | None = None) -> str:
     parts = [f"{k}={metrics[k]:.4f}" for k in keys]
     parts += [f"{k}={v}" for k, v in (extra or {}).items()]
     return "lsc: " + " ".join(parts)
+
+
+# the environments that choose the rendezvous themselves (a launcher, a scheduler, or a rank started by Lightning)
+_RENDEZVOUS_SET = ("MASTER_PORT", "LOCAL_RANK", "WORLD_SIZE", "SLURM_PROCID", "TORCHELASTIC_RUN_ID")
+
+
+def set_local_rendezvous_port() -> int | None:
+    """For a single-node DDP run that Lightning launches itself: MASTER_PORT = a free port BELOW the kernel's
+    ephemeral range. Lightning's default is a free ephemeral port, closed and bound again by rank 0 only after rank
+    1 has started connecting to it; under load, rank 1's retried connect can be given that very port as its own
+    source port (TCP self-connect), and rank 0 fails with EADDRINUSE. A port outside the ephemeral range is never a
+    source port. Returns the port, or None where the environment sets the rendezvous (or no port was free)."""
+    import random
+    import socket
+
+    if any(k in os.environ for k in _RENDEZVOUS_SET):
+        return None
+    lo = 32768
+    with contextlib.suppress(OSError, ValueError):
+        lo = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    rng = random.Random()
+    for _ in range(64):
+        port = rng.randrange(20000, max(20001, lo))
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("", port))
+            except OSError:
+                continue
+        os.environ["MASTER_PORT"] = str(port)
+        return port
+    return None

@@ -8,6 +8,7 @@ settings, a quiet console, and `data.val_limit`.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import shutil
 from pathlib import Path
@@ -348,3 +349,16 @@ def test_console_is_quiet(tmp_path):
         assert noise not in out, f"{noise!r} in the console output:\n{out[-3000:]}"
     assert re.search(r"^lsc: val/acc_cossim=\S+ val/acc_topk=", p.stdout, re.M)
     assert "Epoch 1/1" in out  # the progress bar
+
+
+def test_local_ddp_rendezvous_port_is_outside_the_ephemeral_range(monkeypatch):
+    """Lightning's default rendezvous port is an ephemeral one, which rank 1's own connect can take (EADDRINUSE)."""
+    from lsc.utils import _RENDEZVOUS_SET, set_local_rendezvous_port
+
+    for k in _RENDEZVOUS_SET:
+        monkeypatch.delenv(k, raising=False)
+    port = set_local_rendezvous_port()
+    lo = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    assert port is not None and 20000 <= port < lo and os.environ["MASTER_PORT"] == str(port)
+    assert set_local_rendezvous_port() is None  # a set MASTER_PORT (a launcher's, or the parent rank's) is kept
+    assert os.environ["MASTER_PORT"] == str(port)

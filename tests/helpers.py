@@ -148,8 +148,13 @@ def expected_n_dim(system: str, n_classes: int, floor: int = 16) -> int:
 # ---- subprocess runs ------------------------------------------------------------------------------------------
 
 
+# set in this process by an in-process DDP Trainer (Lightning writes MASTER_PORT into os.environ): a subprocess that
+# inherits them reuses one port for every DDP run, and the second run within TIME_WAIT fails with EADDRINUSE
+DIST_ENV = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "LOCAL_RANK", "NODE_RANK", "RANK", "GROUP_RANK")
+
+
 def subprocess_env() -> dict[str, str]:
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if k not in DIST_ENV}
     env.update(
         OMP_NUM_THREADS="1",
         MKL_NUM_THREADS="1",

@@ -355,8 +355,9 @@ def test_local_ddp_rendezvous_port_is_outside_the_ephemeral_range(monkeypatch):
     """Lightning's default rendezvous port is an ephemeral one, which rank 1's own connect can take (EADDRINUSE)."""
     from lsc.utils import _RENDEZVOUS_SET, set_local_rendezvous_port
 
-    for k in _RENDEZVOUS_SET:
-        monkeypatch.delenv(k, raising=False)
+    for k in _RENDEZVOUS_SET:  # set, then deleted: monkeypatch restores each (absent) after the test, so the
+        monkeypatch.setenv(k, "")  # MASTER_PORT written below does not leak into later DDP tests' subprocesses
+        monkeypatch.delenv(k)
     port = set_local_rendezvous_port()
     lo = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     assert port is not None and 20000 <= port < lo and os.environ["MASTER_PORT"] == str(port)

@@ -43,6 +43,21 @@ class BadImageError(ValueError):
         self.path = str(path)
 
 
+def read_or_skip(read, skip_bad: bool, bad=None):
+    """read(); for an unreadable image (BadImageError) None when skipping (counted in `bad`, a multiprocessing
+    Value, and warned), else the error."""
+    try:
+        return read()
+    except BadImageError as e:
+        if not skip_bad:
+            raise
+        if bad is not None:
+            with bad.get_lock():
+                bad.value += 1
+        warnings.warn(f"skipped unreadable image {e.path}", stacklevel=1)
+        return None
+
+
 class LabeledView(Dataset):
     """base[index[i]] with label labels[i] and a transform; index/labels are int64 tensors (or ranges).
 
@@ -63,15 +78,8 @@ class LabeledView(Dataset):
 
     def __getitem__(self, i):
         j = i % self.n
-        try:
-            x = self.base.image(int(self.index[j]))
-        except BadImageError as e:
-            if not self.skip_bad:
-                raise
-            if self.bad is not None:
-                with self.bad.get_lock():
-                    self.bad.value += 1
-            warnings.warn(f"skipped unreadable image {e.path}", stacklevel=1)
+        x = read_or_skip(lambda: self.base.image(int(self.index[j])), self.skip_bad, self.bad)
+        if x is None:
             return None
         if self.transform is not None:
             x = self.transform(x)

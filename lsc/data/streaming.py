@@ -39,7 +39,7 @@ from torch.utils.data import default_collate
 from torchdata.stateful_dataloader import StatefulDataLoader
 from torchvision.transforms.v2 import functional as TF
 
-from .base import BadImageError, LabeledView, LSCDataModule, Subset
+from .base import BadImageError, LabeledView, LSCDataModule, Subset, read_or_skip
 from .transforms import make_transform
 
 log = logging.getLogger("lsc.data")
@@ -289,15 +289,8 @@ class ViewStream(StreamingDataset):
         item = _read(self, real, self.split, k)
         self.split.check(item, int(self.view_src[j]), k)
         label = int(self._copy[e]) * self.n + j if self.instance else int(self.view_labels[j])
-        try:
-            x = self.split.decode(item, k)
-        except BadImageError as err:
-            if not self.skip_bad:
-                raise
-            if self.bad is not None:
-                with self.bad.get_lock():
-                    self.bad.value += 1
-            warnings.warn(f"skipped unreadable image {err.path}", stacklevel=1)
+        x = read_or_skip(lambda: self.split.decode(item, k), self.skip_bad, self.bad)
+        if x is None:
             return None
         if self.transform_fn is not None:
             x = self.transform_fn(x)

@@ -7,6 +7,8 @@ centroids), else a miss. Needs faiss-cpu (the `faiss` extra) except for the "not
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -176,6 +178,26 @@ def test_benchmark_row_has_consistent_faiss_fields():
     row = predict.bench_one(1000, tiny_args("--mem-budget-gb", "1e-5", "--faiss-indexes", "flat"), torch.device("cpu"))
     assert row["tc"] is None and row["faiss"]["flat"]["need"] == 40_000 and row["ks_fastest_exact"] is None
     assert "— (needs 39.1 KiB)" in predict.markdown([row], "#")
+
+
+def test_build_extrapolation_is_n_d_log_n():
+    assert predict.extrapolated_build_s(None, 10**7, 82) is None
+    # 10x the classes, 2x the width, log(1e7)/log(1e6) = 7/6 deeper: 100 s -> 100 * 10 * 2 * 7/6
+    assert predict.extrapolated_build_s((10**6, 41, 100.0), 10**7, 82) == pytest.approx(100 * 10 * 2 * 7 / 6)
+
+
+@needs_faiss
+def test_index_past_the_build_budget_is_skipped_with_its_estimate():
+    args = tiny_args("--faiss-indexes", "flat", "hnsw", "--build-budget-s", "50")
+    prev = {"hnsw": (100, 10, 1.0), "flat": (100, 10, 1e-4)}  # hnsw: 1 s at 100 x 10 -> 15 s at 1,000 x 10
+    row = predict.bench_one(1000, args, torch.device("cpu"), prev)
+    est = 1.0 * 10 * math.log(1000) / math.log(100)
+    assert est < 50 and row["faiss"]["hnsw"]["recall"] >= 0.99  # under the budget: built and searched
+    assert row["faiss"]["flat"]["recall"] == 1.0
+    args = tiny_args("--faiss-indexes", "hnsw", "--build-budget-s", "10")
+    row = predict.bench_one(1000, args, torch.device("cpu"), prev)
+    assert row["faiss"]["hnsw"]["est_build_s"] == pytest.approx(est) and "build_s" not in row["faiss"]["hnsw"]
+    assert "| 1,000 | faiss HNSW | not built | — | — | — (~15.0 s extrapolated) |" in predict.markdown([row], "#")
 
 
 def test_benchmark_without_faiss_says_not_installed(monkeypatch, capsys):

@@ -122,8 +122,20 @@ def budget_queries(per_q: float, step: int, args) -> int:
     return (n_q // step) * step if n_q < args.queries else n_q
 
 
-def bench_faiss(cc: ClassCenters, z: torch.Tensor, ref: torch.Tensor, args) -> dict | str:
-    """FAISS indexes over the unit centers, searched with the benchmark's queries z; recall against labels ref."""
+def extrapolated_build_s(prev: tuple[int, int, float] | None, n: int, d: int) -> float | None:
+    """An index's build time at n x d from a measured (n0, d0, seconds): linear in n x d times log n / log n0 (the
+    graph's depth for HNSW; k-means and assignment grow no faster for IVF at nlist ~ sqrt n). None without one."""
+    if prev is None:
+        return None
+    n0, d0, s0 = prev
+    return s0 * (n / n0) * (d / d0) * math.log(max(n, 2)) / math.log(max(n0, 2))
+
+
+def bench_faiss(cc: ClassCenters, z: torch.Tensor, ref: torch.Tensor, args, prev: dict | None = None) -> dict | str:
+    """FAISS indexes over the unit centers, searched with the benchmark's queries z; recall against labels ref.
+    prev: kind -> (n_classes, n_dim, build seconds) of the largest index of that kind built so far; an index whose
+    build extrapolates past --build-budget-s is skipped, saying so."""
+    prev = prev or {}
     if not faiss_search.available():
         return NOT_INSTALLED
     faiss_search.setup(torch.get_num_threads())
@@ -133,6 +145,12 @@ def bench_faiss(cc: ClassCenters, z: torch.Tensor, ref: torch.Tensor, args) -> d
         need = faiss_search.estimate_bytes(kind, cc.n_classes, cc.n_dim, faiss_search.n_lists(cc.n_classes))
         if need > args.mem_budget_gb * 2**30:
             out[kind] = {"skipped": f"needs {need / 2**30:.1f} GiB > budget {args.mem_budget_gb:g} GiB", "need": need}
+            continue
+        est = extrapolated_build_s(prev.get(kind), cc.n_classes, cc.n_dim)
+        if est is not None and args.build_budget_s is not None and est > args.build_budget_s:
+            n0, d0, s0 = prev[kind]
+            why = f"build ~{est:,.0f} s extrapolated from {s0:,.0f} s at {n0:,} x {d0} > --build-budget-s"
+            out[kind] = {"skipped": why, "est_build_s": est, "need": need}
             continue
         index, rec = _build_index(kind, cc, args.faiss_gpu and kind != "hnsw")  # faiss has no GPU HNSW
         rec["bytes"] = faiss_search.index_bytes(index)
@@ -182,7 +200,7 @@ def _search(index, xq, batch_size):
     return time.perf_counter() - t0, labels
 
 
-def bench_one(n_classes, args, device) -> dict:
+def bench_one(n_classes, args, device, prev: dict | None = None) -> dict:
     n_dim = n_min(args.system, n_classes) if args.n_dim is None else args.n_dim
     cc = ClassCenters(args.system, n_classes, n_dim=n_dim, seed=0)
     dtype = getattr(torch, args.dtype)
@@ -221,7 +239,7 @@ def bench_one(n_classes, args, device) -> dict:
         "bank_bytes": n_classes * n_dim * 4,
     }
     bench_cossim(cc, z, labels, pred_n, row, args, device)
-    row["faiss"] = bench_faiss(cc, z, pred_n, args)
+    row["faiss"] = bench_faiss(cc, z, pred_n, args, prev)
     flat = row["faiss"].get("flat", {}) if isinstance(row["faiss"], dict) else {}
     exact = {"cossim": row["tc"], "faiss flat": flat.get("t")}
     exact = {k: v for k, v in exact.items() if v is not None}
@@ -414,6 +432,10 @@ def search_markdown(rows) -> str:
                 lines.append([n, names[kind]] + [NOT_INSTALLED] * 6)
                 continue
             name = names[kind] + (" (GPU)" if f.get("gpu") else "")
+            if "est_build_s" in f:  # fits the memory budget, not the build-time one
+                est = f"— (~{_fmt_t(f['est_build_s'])} extrapolated)"
+                lines.append([n, name, "not built", "—", "—", est, f"({_fmt_b(f['need'])} est.)", "—"])
+                continue
             if "skipped" in f:
                 lines.append([n, name, "—", "—", "—", "—", f"— (needs {_fmt_b(f['need'])})", "—"])
                 continue
@@ -446,6 +468,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--noise", type=float, default=0.1, help="per-coordinate Gaussian noise added to the centers")
     p.add_argument("--mem-budget-gb", type=float, default=6.0, help="largest center matrix / FAISS index")
     p.add_argument("--time-budget-s", type=float, default=20.0, help="cossim/FAISS time per row before subsampling")
+    p.add_argument(
+        "--build-budget-s",
+        type=float,
+        default=None,
+        help="skip a FAISS index whose build, extrapolated from the last class count, exceeds this",
+    )
     p.add_argument("--faiss-indexes", nargs="*", default=list(FAISS_KINDS), choices=FAISS_KINDS)
     p.add_argument("--faiss-gpu", action="store_true", help="FAISS Flat and IVF as GPU indexes (needs faiss-gpu)")
     p.add_argument("--top-k", type=int, nargs="*", default=[1, 5, 20], help="k closest labeled centers: these k")
@@ -465,10 +493,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None):
     args = parse_args(argv)
     device = torch.device(args.device)
-    rows = []
+    rows, built = [], {}  # built: kind -> (n_classes, n_dim, build s) of the last index of that kind built
     for nc in args.classes:
-        r = bench_one(int(nc), args, device)
+        r = bench_one(int(nc), args, device, built)
         rows.append(r)
+        for kind, f in (r["faiss"] if isinstance(r["faiss"], dict) else {}).items():
+            if "build_s" in f:
+                built[kind] = (r["n_classes"], r["n_dim"], f["build_s"])
         print(f"  done n_classes={int(nc):,}: tn={r['tn']:.3f}s tc={r['tc']}", flush=True)
     if device.type == "cuda":
         where = torch.cuda.get_device_name(device)

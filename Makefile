@@ -1,6 +1,8 @@
 # lsc -- `make help` lists the targets.
 PYTHON ?= python
 PYTEST = OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 WANDB_MODE=offline $(PYTHON) -m pytest
+# pytest-xdist workers for `make test` (one thread each): `auto` = one per CPU core; `make test WORKERS=0` runs serially
+WORKERS ?= auto
 
 EXPERIMENTS = nmin_table predict_speed memory_vs_classes train_speed_vs_classes lsc_vs_ce systems_convergence many_classes open_world
 
@@ -25,7 +27,7 @@ data: ## Debian's dataset-fashion-mnist (IDX files in /usr/share/datasets/fashio
 	else echo "fashion-mnist: skipped (needs apt-get and root); set data.root to your own IDX files"; fi
 
 test: ## the CI suite: every CPU test (incl. subprocess sweeps, DDP, resume); no GPU, no long real-data runs
-	$(PYTEST) -m "not gpu and not realdata" -q
+	$(PYTEST) -n $(WORKERS) -m "not gpu and not realdata" -q
 
 test-fast: ## unit tests only (no subprocess runs)
 	$(PYTEST) -m "not slow and not gpu and not realdata" -q

@@ -224,8 +224,8 @@ def test_encoder_small_flat_hidden_width_from_the_config(tmp_path):
     wide = lsc.train.build(make_cfg(tmp_path, *common, "model.backbone.hidden=512"))[1].backbone.trunk.head
     feats = base[0].in_features  # 64 channels x 7 x 7
     assert feats == 64 * 7 * 7 and wide[0].in_features == feats
-    assert (base[0].out_features, wide[0].out_features, wide[-1].in_features, wide[-1].out_features) == (
-        128, 512, 512, 16)
+    widths = (base[0].out_features, wide[0].out_features, wide[-1].in_features, wide[-1].out_features)
+    assert widths == (128, 512, 512, 16)
     n = [sum(p.numel() for p in h.parameters()) for h in (base, wide)]
     assert n == [(feats + 1) * h + (h + 1) * 16 for h in (128, 512)]
 

@@ -70,8 +70,6 @@ class Encoder(nn.Module):
         return self.head(self.squash(x).flatten(1))  # (B, out_dim)
 
 
-def encoder_small(
-    out_dim: int, in_chans: int = 3, head: str = "gap", flat_size: int = 4, hidden: int = 128
-) -> Encoder:
+def encoder_small(out_dim: int, in_chans: int = 3, head: str = "gap", flat_size: int = 4, hidden: int = 128) -> Encoder:
     """A ~0.1M-parameter variant that trains in minutes on a CPU (more with head='flat' or a wider `hidden`)."""
     return Encoder(out_dim, in_chans, widths=(16, 32, 64), hidden=hidden, head=head, flat_size=flat_size)

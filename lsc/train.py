@@ -19,6 +19,8 @@ import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lsc.centers import METHODS, ClassCenters, n_min
@@ -182,6 +184,23 @@ def instantiate_dict(cfg: DictConfig | None) -> list:
     return [hydra.utils.instantiate(c) for c in cfg.values() if c is not None and "_target_" in c]
 
 
+@rank_zero_only
+def keep_csv_history(loggers: list) -> None:
+    """Lightning's CSVLogger deletes a metrics.csv already in its directory, so a run resumed into its own output
+    directory (hydra.run.dir) would lose the epochs before the resume: move it to metrics.1.csv (.2, ...) first;
+    `lsc.bench.runs.epochs` reads them back in order."""
+    for lg in loggers:
+        if not isinstance(lg, CSVLogger):
+            continue
+        f = Path(lg.log_dir) / "metrics.csv"
+        if f.is_file():
+            n = 1
+            while (kept := f.with_name(f"metrics.{n}.csv")).exists():
+                n += 1
+            f.rename(kept)
+            log.info(f"CSV log: the earlier {f.name} is kept as {kept} (the resumed run writes a new {f.name})")
+
+
 def output_dir(cfg: DictConfig) -> Path:
     return Path(cfg.paths.output_dir)
 
@@ -238,6 +257,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     log.info(f"model: {type(module).__name__}, {n_params:,} parameters; {dm.num_classes:,} classes")
     callbacks = instantiate_dict(cfg.get("callbacks"))
     loggers = instantiate_dict(cfg.get("logger"))
+    keep_csv_history(loggers)
     if "ddp" in str(cfg.trainer.get("strategy", "")) and int(cfg.trainer.get("num_nodes", 1) or 1) == 1:
         set_local_rendezvous_port()  # not an ephemeral port: see lsc.utils
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)

@@ -343,6 +343,26 @@ def test_csv_logger(tmp_path):
     assert [int(r["epoch"]) for r in val] == [0, 1]
 
 
+def test_resume_into_the_same_dir_keeps_the_earlier_csv_log(tmp_path):
+    # Lightning's CSVLogger deletes a metrics.csv already in its directory; the epochs before a resume into the
+    # same output dir must survive (metrics.1.csv) and lsc.bench.runs.epochs must read both back, in order
+    from lsc.bench.runs import epochs
+
+    args = ("logger=csv", "data=digits", "data.batch_size=64")
+    lsc.train.train(make_cfg(tmp_path, *args, "trainer.max_epochs=1"))
+    first = (tmp_path / "csv" / "metrics.csv").read_text()
+    ckpt = tmp_path / "checkpoints" / "last.ckpt"
+    lsc.train.train(make_cfg(tmp_path, *args, "trainer.max_epochs=2", f"ckpt_path={ckpt}"))
+    assert (tmp_path / "csv" / "metrics.1.csv").read_text() == first
+    with open(tmp_path / "csv" / "metrics.csv") as f:
+        assert {int(r["epoch"]) for r in csv.DictReader(f) if r.get("val/acc")} == {1}
+    rows = epochs(tmp_path)
+    assert [r["epoch"] for r in rows] == [0, 1] and all("val/acc" in r for r in rows)
+    with open(tmp_path / "csv" / "metrics.1.csv") as f:
+        val0 = [float(r["val/acc"]) for r in csv.DictReader(f) if r.get("val/acc")]
+    assert rows[0]["val/acc"] == pytest.approx(val0[-1])
+
+
 def test_wandb_offline(tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_MODE", raising=False)  # offline must be the default, not the environment's
     monkeypatch.setattr("builtins.input", lambda *a: pytest.fail("wandb prompted for input"))

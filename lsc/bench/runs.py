@@ -59,19 +59,22 @@ def run_one(root: Path, name: str, overrides: list[str], threads: int = 1, timeo
 
 
 def epochs(d: Path) -> list[dict]:
-    """Per-epoch rows of the CSV log (values merged per epoch)."""
-    f = d / "csv" / "metrics.csv"
-    if not f.exists():
-        return []
+    """Per-epoch rows of the CSV log (values merged per epoch), with the logs kept from before a resume into the
+    same directory (metrics.1.csv, metrics.2.csv, ..., then metrics.csv; a later file wins)."""
+    logs = [f for f in (d / "csv").glob("metrics.*.csv") if f.name.split(".")[1].isdigit()]
+    logs.sort(key=lambda f: int(f.name.split(".")[1]))
     by_epoch: dict[int, dict] = {}
-    with open(f) as fh:
-        for row in csv.DictReader(fh):
-            if not row.get("epoch"):
-                continue
-            e = by_epoch.setdefault(int(row["epoch"]), {"epoch": int(row["epoch"])})
-            for k, v in row.items():
-                if v not in ("", None) and k not in ("epoch", "step"):
-                    e[k] = float(v)
+    for f in [*logs, d / "csv" / "metrics.csv"]:
+        if not f.exists():
+            continue
+        with open(f) as fh:
+            for row in csv.DictReader(fh):
+                if not row.get("epoch"):
+                    continue
+                e = by_epoch.setdefault(int(row["epoch"]), {"epoch": int(row["epoch"])})
+                for k, v in row.items():
+                    if v not in ("", None) and k not in ("epoch", "step"):
+                        e[k] = float(v)
     return [by_epoch[k] for k in sorted(by_epoch)]
 
 

@@ -141,13 +141,14 @@ class PartialFCHead(nn.Module):
     def distributed(self) -> bool:
         return self.world > 1
 
-    def _sample(self, local: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(indices of the scored local classes, sorted; targets remapped into them, -1 elsewhere)."""
+    def _sample(self, local: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(indices of the scored local classes, sorted, or None for all of them; targets remapped into them, -1
+        elsewhere)."""
         n_local = self.stop - self.start
         own = local >= 0
         k = int(self.sample_rate * n_local)
         if self.sample_rate >= 1 or k >= n_local:
-            return torch.arange(n_local, device=local.device), local
+            return None, local  # every class: no gather of the weight (and no scatter-add of its gradient)
         positive = torch.unique(local[own])
         if k > positive.numel():
             score = torch.rand(n_local, device=local.device)
@@ -181,7 +182,7 @@ class PartialFCHead(nn.Module):
             labels = torch.cat(ys)
         local = torch.where((labels >= self.start) & (labels < self.stop), labels - self.start, -1)
         index, target = self._sample(local)
-        w = F.normalize(self.weight[index].to(z.dtype), dim=1)
+        w = F.normalize((self.weight if index is None else self.weight[index]).to(z.dtype), dim=1)
         cos = (z @ w.T).clamp(-1, 1)  # [N, S]
         return _DistSoftmaxCE.apply(self._logits(cos, target), target)
 

@@ -1,8 +1,9 @@
-"""Evaluate a checkpoint under every predictor: `python -m lsc.eval ckpt_path=<ckpt> [overrides]`.
+"""Evaluate a checkpoint under every predictor: `python -m lsc.eval ckpt_path=<ckpt> [split=val] [overrides]`.
 
 The run is rebuilt from the resolved config stored in the checkpoint; command-line overrides apply on top
-(data.root=..., data.batch_size=..., trainer=gpu). Prints `lsc: test/acc_cossim=... test/acc_topk=...` and
-writes metrics.json next to Hydra's output.
+(data.root=..., data.batch_size=..., trainer=gpu). Scores the test split, or with `split=val` the run's validation
+split (for instance labels, the fixed training sample it validated on). Prints `lsc: test/acc_cossim=...
+test/acc_topk=...` (val/... with split=val) and writes metrics.json next to Hydra's output.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ register_resolvers()
 def evaluate(cfg: DictConfig, ckpt_path: str | None, overrides: list[str] = (), groups: set[str] = frozenset()):
     if not ckpt_path:
         raise ValueError("lsc.eval needs ckpt_path=<checkpoint file>, e.g. logs/train/runs/<run>/checkpoints/last.ckpt")
+    if cfg.get("split", "test") not in ("test", "val"):
+        raise ValueError(f"lsc.eval split must be 'test' or 'val', got {cfg.get('split')!r}")
     path = Path(ckpt_path)
     ckpt = load_checkpoint(path)
     rc = stored_run_config(ckpt, cfg, list(overrides), set(groups))
@@ -36,8 +39,13 @@ def evaluate(cfg: DictConfig, ckpt_path: str | None, overrides: list[str] = (), 
     trainer = hydra.utils.instantiate(
         rc.trainer, callbacks=[PredictorAccuracy(train_eval=False)], logger=False, max_epochs=1
     )
-    dm.setup("test")
-    trainer.test(module, datamodule=dm, verbose=False)
+    split = cfg.get("split", "test")
+    if split == "val":  # the run's validation split (instance labels: its fixed training sample)
+        dm.setup("validate")
+        trainer.validate(module, datamodule=dm, verbose=False)
+    else:
+        dm.setup("test")
+        trainer.test(module, datamodule=dm, verbose=False)
     metrics = to_float_dict(trainer.callback_metrics)
     save_json(Path(cfg.paths.output_dir) / "metrics.json", metrics)
     print(summary_line(metrics, {"ckpt": str(path)}), flush=True)

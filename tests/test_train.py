@@ -139,7 +139,7 @@ SHRINK = {
 EXPECT = {
     "enc_cinic": ("a_n", 3, 16),
     "fmnist_enc": ("v21", 10, 16),
-    "fmnist_inst": ("v21", 500, 0),
+    "fmnist_inst": ("v22", 500, 0),
     "vit_1m": ("v22", 12, 16),
     "vit_cifar": ("v21", 10, 16),
     "vit_i1k": ("a_n", 3, "384"),
@@ -179,6 +179,8 @@ def test_experiment_fast_dev_run(tmp_path, spy_build, name):
     # the many_classes study's recipe: data-aware assignment + full-system softmax for the instance-label runs
     recipe = name in ("fmnist_inst", "vit_1m")
     assert (cc.assignment is not None) == recipe and isinstance(module.loss_fn, SoftmaxLoss) == recipe
+    if name == "fmnist_inst":  # the 60,000-class study's flat head: 1,024 hidden units
+        assert module.backbone.trunk.head[0].out_features == 1024
     x, _ = next(iter(dm.train_dataloader()))
     module.eval()
     with torch.no_grad():
@@ -361,6 +363,33 @@ def test_resume_into_the_same_dir_keeps_the_earlier_csv_log(tmp_path):
     with open(tmp_path / "csv" / "metrics.1.csv") as f:
         val0 = [float(r["val/acc"]) for r in csv.DictReader(f) if r.get("val/acc")]
     assert rows[0]["val/acc"] == pytest.approx(val0[-1])
+
+
+def test_final_validation_scores_the_last_epoch(tmp_path):
+    # validating every 2nd of 3 epochs leaves the last epoch unscored: final_validation scores last.ckpt on the
+    # validation split (lsc.eval split=val); the reference is the same run validating every epoch
+    from lsc.bench.runs import epochs, final_validation
+
+    args = ("logger=csv", "data=digits", "data.batch_size=64", "trainer.max_epochs=3")
+    every = lsc.train.train(make_cfg(tmp_path / "every", *args, "trainer.check_val_every_n_epoch=1"))
+    lsc.train.train(make_cfg(tmp_path / "sparse", *args, "trainer.check_val_every_n_epoch=2"))
+    sparse = json.loads((tmp_path / "sparse" / "metrics.json").read_text())
+    r = {"dir": str(tmp_path / "sparse"), "metrics": sparse, "epochs": epochs(tmp_path / "sparse")}
+    assert [e["epoch"] for e in r["epochs"] if "val/acc" in e] == [1]  # epoch 2 (the last) was not validated
+    r = final_validation(r)
+    assert r["final_eval_epoch"] == 2 and r["metrics"]["val/acc_logged"] == pytest.approx(sparse["val/acc"])
+    for k in ("val/acc", "val/acc_topk", "val/acc_cossim"):
+        assert r["metrics"][k] == pytest.approx(every[k], abs=1e-6), k
+    # a run whose last epoch was validated is left as it is
+    full = {"dir": str(tmp_path / "every"), "metrics": dict(every), "epochs": epochs(tmp_path / "every")}
+    assert final_validation(full)["metrics"] == every and not (tmp_path / "every" / "final_eval").exists()
+
+
+def test_eval_split_must_be_test_or_val(digits_run, tmp_path):
+    run, *_ = digits_run
+    ecfg = make_cfg(tmp_path, f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", "split=train", config_name="eval")
+    with pytest.raises(ValueError, match="split must be 'test' or 'val'"):
+        lsc.eval.evaluate(ecfg, str(run / "checkpoints" / "last.ckpt"))
 
 
 def test_wandb_offline(tmp_path, monkeypatch):

@@ -28,8 +28,9 @@ register_resolvers()
 def evaluate(cfg: DictConfig, ckpt_path: str | None, overrides: list[str] = (), groups: set[str] = frozenset()):
     if not ckpt_path:
         raise ValueError("lsc.eval needs ckpt_path=<checkpoint file>, e.g. logs/train/runs/<run>/checkpoints/last.ckpt")
-    if cfg.get("split", "test") not in ("test", "val"):
-        raise ValueError(f"lsc.eval split must be 'test' or 'val', got {cfg.get('split')!r}")
+    split = cfg.get("split", "test")
+    if split not in ("test", "val"):
+        raise ValueError(f"lsc.eval split must be 'test' or 'val', got {split!r}")
     path = Path(ckpt_path)
     ckpt = load_checkpoint(path)
     rc = stored_run_config(ckpt, cfg, list(overrides), set(groups))
@@ -39,7 +40,6 @@ def evaluate(cfg: DictConfig, ckpt_path: str | None, overrides: list[str] = (), 
     trainer = hydra.utils.instantiate(
         rc.trainer, callbacks=[PredictorAccuracy(train_eval=False)], logger=False, max_epochs=1
     )
-    split = cfg.get("split", "test")
     if split == "val":  # the run's validation split (instance labels: its fixed training sample)
         dm.setup("validate")
         trainer.validate(module, datamodule=dm, verbose=False)

@@ -23,28 +23,25 @@ def run_dir(root: Path, name: str, overrides: list[str]) -> Path:
     return root / f"{name}-{h}"
 
 
+def _run_module(module: str, args: list[str], d: Path, threads: int, timeout: float | None, what: str) -> None:
+    """`python -m <module> <args> hydra.run.dir=<d>` single-threaded, offline, its output in <d>/stdout.log."""
+    d.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    env.update({k: str(threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")})
+    cmd = [sys.executable, "-m", module, *args, f"hydra.run.dir={d}"]
+    with open(d / "stdout.log", "w") as log:
+        p = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=timeout)
+    if p.returncode != 0:
+        raise RuntimeError(f"{what} failed ({p.returncode}); see {d / 'stdout.log'}")
+
+
 def run_one(root: Path, name: str, overrides: list[str], threads: int = 1, timeout: float | None = None) -> dict:
     d = run_dir(root, name, overrides)
     done = d / "metrics.json"
     if not done.exists():
-        d.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "WANDB_MODE": "offline"}
-        env.update({k: str(threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")})
-        cmd = [
-            sys.executable,
-            "-m",
-            "lsc.train",
-            *overrides,
-            f"hydra.run.dir={d}",
-            "logger=csv",
-            "~callbacks.rich_progress_bar",
-            "~callbacks.embedding_plot",
-        ]
         t0 = time.time()
-        with open(d / "stdout.log", "w") as log:
-            p = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=timeout)
-        if p.returncode != 0:
-            raise RuntimeError(f"run {name} failed ({p.returncode}); see {d / 'stdout.log'}")
+        args = [*overrides, "logger=csv", "~callbacks.rich_progress_bar", "~callbacks.embedding_plot"]
+        _run_module("lsc.train", args, d, threads, timeout, what=f"run {name}")
         (d / "wall_s.txt").write_text(f"{time.time() - t0:.1f}\n")
     metrics = json.loads(done.read_text())
     wall = float((d / "wall_s.txt").read_text()) if (d / "wall_s.txt").exists() else metrics.get("time_s")
@@ -69,14 +66,8 @@ def final_validation(r: dict, threads: int = 1) -> dict:
     out = d / "final_eval"
     done = out / "metrics.json"
     if not done.exists():
-        env = {**os.environ, **{k: str(threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}}
-        cmd = [sys.executable, "-m", "lsc.eval", f"ckpt_path={d / 'checkpoints' / 'last.ckpt'}", "split=val",
-               f"hydra.run.dir={out}"]  # fmt: skip
-        out.mkdir(parents=True, exist_ok=True)
-        with open(out / "stdout.log", "w") as log:
-            p = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-        if p.returncode != 0:
-            raise RuntimeError(f"final validation of {d} failed ({p.returncode}); see {out / 'stdout.log'}")
+        args = [f"ckpt_path={d / 'checkpoints' / 'last.ckpt'}", "split=val"]
+        _run_module("lsc.eval", args, out, threads, None, what=f"final validation of {d}")
     final = json.loads(done.read_text())
     r["metrics"] = {**r["metrics"], "val/acc_logged": r["metrics"].get("val/acc"), **final}
     r["final_eval_epoch"] = rows[-1]["epoch"]

@@ -183,10 +183,10 @@ class PartialFCHead(nn.Module):
         local = torch.where((labels >= self.start) & (labels < self.stop), labels - self.start, -1)
         index, target = self._sample(local)
         w = F.normalize((self.weight if index is None else self.weight[index]).to(z.dtype), dim=1)
-        cos = (z @ w.T).clamp(-1, 1)  # [N, S]
+        logits = self._logits((z @ w.T).clamp(-1, 1), target)  # [N, S]
         if not self.distributed:  # every target is a scored column: torch's fused log-softmax is the same loss
-            return F.cross_entropy(self._logits(cos, target), target)
-        return _DistSoftmaxCE.apply(self._logits(cos, target), target)
+            return F.cross_entropy(logits, target)
+        return _DistSoftmaxCE.apply(logits, target)
 
     @torch.no_grad()
     def predict(self, z: torch.Tensor, chunk: int = 1 << 16) -> torch.Tensor:

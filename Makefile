@@ -6,7 +6,7 @@ WORKERS ?= auto
 
 EXPERIMENTS = nmin_table predict_speed memory_vs_classes train_speed_vs_classes lsc_vs_ce systems_convergence many_classes open_world
 
-.PHONY: help install data test test-fast test-all test-gpu test-realdata lint fmt bench bench-gpu bench-loss bench-assign \
+.PHONY: help install data data-han data-han-test test test-fast test-all test-gpu test-realdata lint fmt bench bench-gpu bench-loss bench-assign \
 	bench-data train clean \
 	experiments experiments-smoke gpu-checks $(EXPERIMENTS)
 
@@ -15,9 +15,9 @@ help: ## this list
 
 EXTRAS = dev,slurm,faiss
 
-install: ## pip install -e ".[dev,slurm,faiss]" (every extra the tests exercise) + Fashion-MNIST from Debian
+install: ## pip install -e ".[dev,slurm,faiss]" (every extra the tests exercise) + Fashion-MNIST and 3 small CJK fonts
 	$(PYTHON) -m pip install -e ".[$(EXTRAS)]"
-	@$(MAKE) --no-print-directory data
+	@$(MAKE) --no-print-directory data data-han-test
 
 data: ## Debian's dataset-fashion-mnist (IDX files in /usr/share/datasets/fashion-mnist), if apt and root
 	@if [ -d /usr/share/datasets/fashion-mnist ]; then echo "fashion-mnist: present"; \
@@ -25,6 +25,39 @@ data: ## Debian's dataset-fashion-mnist (IDX files in /usr/share/datasets/fashio
 	  (apt-get install -y dataset-fashion-mnist || (apt-get update && apt-get install -y dataset-fashion-mnist)) \
 	  || echo "fashion-mnist: apt-get failed; the digits data still works (tests skip Fashion-MNIST runs)"; \
 	else echo "fashion-mnist: skipped (needs apt-get and root); set data.root to your own IDX files"; fi
+
+# Debian's CJK font packages for data=han_glyphs (1.9 GB installed); the Korean packages fonts-unfonts-core/-extra,
+# -baekmuk, -nanum(-extra), -alee, -lexi-gulim, -lexi-saebom and -naver-d2coding are reserved for an independent
+# check: never installed here, and excluded from every split by data.exclude_fonts
+HAN_FONTS = fonts-aoyagi-kouzan-t fonts-aoyagi-soseki fonts-arphic-bkai00mp fonts-arphic-bsmi00lp fonts-arphic-gbsn00lp \
+	fonts-arphic-gkai00mp fonts-arphic-ukai fonts-arphic-uming fonts-babelstone-han fonts-cns11643-kai fonts-cns11643-sung \
+	fonts-cwtex-fs fonts-cwtex-heib fonts-cwtex-kai fonts-cwtex-ming fonts-cwtex-yen fonts-dejima-mincho fonts-dotgothic16 \
+	fonts-droid-fallback fonts-hanazono fonts-horai-umefont fonts-ipaexfont-gothic fonts-ipaexfont-mincho \
+	fonts-ipafont-gothic fonts-ipafont-mincho fonts-ipamj-mincho fonts-kanjistrokeorders fonts-kiloji fonts-klee \
+	fonts-konatu fonts-kouzan-mouhitsu fonts-lxgw-wenkai fonts-migmix fonts-misaki fonts-mmcedar fonts-mona fonts-monapo \
+	fonts-morisawa-bizud-gothic fonts-morisawa-bizud-mincho fonts-motoya-l-cedar fonts-motoya-l-maruberi fonts-mplus \
+	fonts-noto-cjk fonts-noto-cjk-extra fonts-oradano-mincho-gsrr fonts-reggae fonts-ricty-diminished \
+	fonts-sawarabi-gothic fonts-sawarabi-mincho fonts-seto fonts-smiley-sans fonts-takao-gothic fonts-takao-mincho \
+	fonts-train fonts-umeplus fonts-umeplus-cl fonts-unifont fonts-vlgothic fonts-wqy-microhei fonts-wqy-zenhei \
+	fonts-yozvox-yozfont fonts-yozvox-yozfont-antique fonts-yozvox-yozfont-cute fonts-yozvox-yozfont-edu \
+	fonts-yozvox-yozfont-new-kana fonts-yozvox-yozfont-standard-kana fonts-yusei-magic
+# what the tests render: two designs to train on, one to hold out (6 MB)
+HAN_TEST_FONTS = fonts-ipaexfont-gothic fonts-ipaexfont-mincho fonts-wqy-microhei
+
+data-han: ## Debian's CJK fonts for data=han_glyphs (apt, as root; 1.9 GB): ~46 type designs, 20,900 classes
+	@$(MAKE) --no-print-directory _apt PKGS="$(HAN_FONTS)" WHAT="CJK fonts"
+
+data-han-test: ## the 3 small CJK fonts the tests render (apt, as root)
+	@$(MAKE) --no-print-directory _apt PKGS="$(HAN_TEST_FONTS)" WHAT="CJK test fonts"
+
+_apt:
+	@missing=$$(for p in $(PKGS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -z "$$missing" ]; then echo "$(WHAT): present"; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  (DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing || \
+	   (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing)) \
+	  || echo "$(WHAT): apt-get failed; the tests that render them are skipped"; \
+	else echo "$(WHAT): skipped (needs apt-get and root): $$missing"; fi
 
 test: ## the CI suite: every CPU test (incl. subprocess sweeps, DDP, resume); no GPU, no long real-data runs
 	$(PYTEST) -n $(WORKERS) -m "not gpu and not realdata" -q

@@ -4,7 +4,9 @@
   dist      mean f_d(|z - C_y|, r_c), f_d(x, r) = exp(ReLU(x - r)) - 1   (eq. 6-7, raw center positions)
   dist_cos  their sum (Table 5, "dist + cos")
   softmax   cross-entropy of the softmax over EVERY vector of the system (exact, O(n_dim): lsc.centers.partition),
-            logits scale * cos(z, v), CosFace margin on the target; no class parameters
+            logits scale * cos(z, v), CosFace margin on the target; no class parameters. `negatives: labeled`
+            sums over the labeled centers only (CosFace whose class weights are the fixed centers: O(n_classes)
+            per row, still no class parameters)
 Centers are gathered per batch from the labels (Algorithm 1), so nothing of size n_classes is ever built.
 Eq. 6 sums over the batch; we average, which only rescales the learning rate.
 """
@@ -58,8 +60,20 @@ class SoftmaxLoss(nn.Module):
     p(y | z) of the last batch (the margin-free probability), for logging.
     """
 
-    def __init__(self, scale: float = 16.0, margin: float = 0.0, learn_scale: bool = False, cos_weight: float = 0.0):
+    def __init__(
+        self,
+        scale: float = 16.0,
+        margin: float = 0.0,
+        learn_scale: bool = False,
+        cos_weight: float = 0.0,
+        negatives: str = "system",
+        chunk_size: int = 65536,
+    ):
         super().__init__()
+        if negatives not in ("system", "labeled"):
+            raise ValueError(f"loss.negatives must be system (every vector) or labeled (the class centers), got "
+                             f"{negatives!r}")  # fmt: skip
+        self.negatives, self.chunk_size = negatives, int(chunk_size)
         if not isinstance(scale, (int, float)) or isinstance(scale, bool) or scale <= 0:
             raise ValueError(f"loss.scale must be a positive number, got {scale!r}")
         if not 0 <= margin < 1:
@@ -80,7 +94,7 @@ class SoftmaxLoss(nn.Module):
         z = z.float()
         s = self.scale
         cos_y = F.cosine_similarity(z, centers(y).to(z.device), dim=1)
-        log_z = centers.log_partition(z, s)
+        log_z = centers.log_partition(z, s) if self.negatives == "system" else self._labeled_log_z(z, s, centers)
         p = torch.exp(s * cos_y - log_z)  # p(y | z) without the margin
         self.last_target_prob = p.detach().mean()
         target = s * cos_y
@@ -94,3 +108,19 @@ class SoftmaxLoss(nn.Module):
         if self.cos_weight:
             loss = loss + self.cos_weight * (1 - cos_y.mean())
         return loss
+
+    def _labeled_log_z(self, z: torch.Tensor, s, centers: ClassCenters) -> torch.Tensor:
+        """log sum over the labeled centers of exp(s cos(z, C_c)) [B], chunk by chunk (the centers are constants:
+        small label spaces keep them cached on z's device)."""
+        zh = F.normalize(z, dim=1)
+        key = (z.device, centers.spec.get("digest") if isinstance(centers.spec, dict) else None, id(centers))
+        if getattr(self, "_bank_key", None) != key:
+            n = centers.n_classes
+            self._bank = centers.bank(device=z.device) if n * centers.n_dim <= 1 << 26 else None
+            self._bank_key = key
+        parts = []
+        for a in range(0, centers.n_classes, self.chunk_size):
+            b = min(a + self.chunk_size, centers.n_classes)
+            bank = self._bank[a:b] if self._bank is not None else centers(torch.arange(a, b, device=z.device))
+            parts.append(torch.logsumexp(s * (zh @ bank.to(z.device, z.dtype).T), dim=1))
+        return torch.logsumexp(torch.stack(parts, 1), dim=1)

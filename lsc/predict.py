@@ -5,9 +5,10 @@
     python -m lsc.predict ckpt_path=... input=data                # the run's own data config (its test split)
 
 Per image, in input order, one CSV row (written as it is produced, so an interrupted run keeps its rows; also
-Parquet at the end when pyarrow is installed): `path`, `label` (top-1), `cos` (its cosine), `nearest_unlabeled`
-(the nearest vector of the whole system belongs to no class: the top-k paper's new-class signal),
-`open_set_score` (1 - cos: higher = further from every known class), `label_2..label_k`, `cos_2..cos_k`, and with
+Parquet at the end when pyarrow is installed): `path`, `label` (top-1), `class_name` (when the training data's
+classes have names: image folders, Fashion-MNIST, Han glyphs), `cos` (its cosine), `nearest_unlabeled` (the
+nearest vector of the whole system belongs to no class: the top-k paper's new-class signal), `open_set_score`
+(1 - cos: higher = further from every known class), `label_2..label_k` (`class_name_2..k`), `cos_2..cos_k`, and with
 a checkpoint trained with `loss=softmax` `prob_1..prob_k` (exact probabilities under the full-system softmax),
 then `target` (data input only) and `error` (an unreadable image: its row says why, the run goes on).
 The k closest labeled centers come from a best-first walk over the system, so k > 1 works at 100M classes.
@@ -31,7 +32,7 @@ from torchvision.transforms import v2
 
 from lsc.centers import ClassCenters
 from lsc.data.transforms import make_transform
-from lsc.runconfig import ASSIGNMENT_KEY, CENTERS_KEY, CONFIG_KEY, load_checkpoint
+from lsc.runconfig import ASSIGNMENT_KEY, CENTERS_KEY, CLASS_NAMES_KEY, CONFIG_KEY, load_checkpoint
 from lsc.utils import quiet_lightning, register_resolvers
 
 log = logging.getLogger("lsc.predict")
@@ -41,9 +42,13 @@ register_resolvers()
 class Predictor:
     """A trained LSC model for inference: backbone, class centers and the run's eval transform."""
 
-    def __init__(self, backbone, centers: ClassCenters, transform, size: int, channels: int, scale=None, device="cpu"):
+    def __init__(
+        self, backbone, centers: ClassCenters, transform, size: int, channels: int, scale=None, device="cpu",
+        class_names: list[str] | None = None,
+    ):  # fmt: skip
         self.backbone, self.centers, self.transform = backbone.eval().to(device), centers, transform
         self.size, self.channels, self.scale, self.device = size, channels, scale, torch.device(device)
+        self.class_names = class_names  # label -> name, when the training data's classes have names
 
     @classmethod
     def from_checkpoint(cls, path, device: str = "cpu") -> Predictor:
@@ -67,7 +72,7 @@ class Predictor:
             scale = float(sd["loss_fn.log_scale"].exp()) if "loss_fn.log_scale" in sd else float(cfg.loss.scale)
         size = dm.out_size
         t = make_transform("none", False, size, dm.mean, dm.std, dm.native_size, dm.large_images)
-        return cls(backbone, centers, t, size, dm.channels, scale, device)
+        return cls(backbone, centers, t, size, dm.channels, scale, device, ckpt.get(CLASS_NAMES_KEY))
 
     def _tensor(self, image) -> torch.Tensor:
         from PIL import Image
@@ -126,9 +131,11 @@ def list_inputs(spec: str) -> list[str]:
     raise FileNotFoundError(f"input={p} is neither an image folder, an image, nor a file listing image paths")
 
 
-def columns(k: int, probs: bool, target: bool) -> list[str]:
-    cols = ["path", "label", "cos", "nearest_unlabeled", "open_set_score"]
-    cols += [f"label_{j}" for j in range(2, k + 1)] + [f"cos_{j}" for j in range(2, k + 1)]
+def columns(k: int, probs: bool, target: bool, names: bool = False) -> list[str]:
+    cols = ["path", "label", *(["class_name"] if names else []), "cos", "nearest_unlabeled", "open_set_score"]
+    cols += [f"label_{j}" for j in range(2, k + 1)]
+    cols += [f"class_name_{j}" for j in range(2, k + 1)] if names else []
+    cols += [f"cos_{j}" for j in range(2, k + 1)]
     cols += [f"prob_{j}" for j in range(1, k + 1)] if probs else []
     return cols + (["target"] if target else []) + ["error"]
 
@@ -139,7 +146,8 @@ def predict_to_csv(pred: Predictor, items, out: Path, k: int, batch_size: int, t
 
     if k > pred.centers.n_classes:
         raise ValueError(f"k={k} exceeds the checkpoint's {pred.centers.n_classes:,} classes")
-    cols = columns(k, pred.scale is not None, targets is not None)
+    cnames = pred.class_names
+    cols = columns(k, pred.scale is not None, targets is not None, cnames is not None)
     out.parent.mkdir(parents=True, exist_ok=True)
     n = 0
     with open(out, "w", newline="") as f:
@@ -165,8 +173,11 @@ def predict_to_csv(pred: Predictor, items, out: Path, k: int, batch_size: int, t
                 else:
                     i = pos[j]
                     labels, cos = res["labels"][i].tolist(), res["cos"][i].tolist()
-                    row += [labels[0], f"{cos[0]:.6f}", str(bool(res["nearest_unlabeled"][i])).lower()]
-                    row += [f"{float(res['open_set_score'][i]):.6f}", *labels[1:], *(f"{c:.6f}" for c in cos[1:])]
+                    row += [labels[0], *([cnames[labels[0]]] if cnames is not None else [])]
+                    row += [f"{cos[0]:.6f}", str(bool(res["nearest_unlabeled"][i])).lower()]
+                    row += [f"{float(res['open_set_score'][i]):.6f}", *labels[1:]]
+                    row += [cnames[lab] for lab in labels[1:]] if cnames is not None else []
+                    row += [f"{c:.6f}" for c in cos[1:]]
                     if pred.scale is not None:
                         row += [f"{p:.6g}" for p in res["prob"][i].tolist()]
                 if targets is not None:

@@ -317,6 +317,8 @@ def prepare(cfg: DictConfig) -> dict:
     size = resolve_size(cfg.get("size"), fmt, dm)
     key = fingerprint(dm, splits)
     class_names = sorted(train.class_to_idx, key=train.class_to_idx.get) if hasattr(train, "class_to_idx") else None
+    if class_names is None and getattr(dm, "label_names", None):
+        class_names = list(dm.label_names)
     manifest = open_manifest(
         out,
         {

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 CONFIG_KEY = "lsc_config"
 CENTERS_KEY = "lsc_centers"
 ASSIGNMENT_KEY = "lsc_assignment"  # the data-aware class -> vector table (int64 [n_classes]), when there is one
+CLASS_NAMES_KEY = "lsc_class_names"  # the data's class names (label -> name), when its classes have names
 
 # what a resumed run may change: where data lives and how fast it is read, and how it is evaluated
 RESUME_MAY_CHANGE = {

@@ -27,7 +27,14 @@ from lsc.centers import METHODS, ClassCenters, n_min
 from lsc.centers.assignment import Assignment, assign_global_greedy, assign_nearest_free, check_assignable
 from lsc.data.prototypes import class_prototypes
 from lsc.models.module import init_weights_from
-from lsc.runconfig import ASSIGNMENT_KEY, CENTERS_KEY, check_resume, load_checkpoint, stored_run_config
+from lsc.runconfig import (
+    ASSIGNMENT_KEY,
+    CENTERS_KEY,
+    CLASS_NAMES_KEY,
+    check_resume,
+    load_checkpoint,
+    stored_run_config,
+)
 from lsc.utils import (
     quiet_lightning,
     register_resolvers,
@@ -146,6 +153,9 @@ def build(cfg: DictConfig, ckpt: dict | None = None, init: dict | None = None):
             f"model.predictor={cfg.model.predictor!r} is not a predictor; choose one of {', '.join(METHODS)}"
         )
     dm = hydra.utils.instantiate(cfg.data)
+    names = (ckpt or {}).get(CLASS_NAMES_KEY)
+    if names is not None and hasattr(dm, "pin_classes"):  # the checkpoint's label space, whatever the data holds now
+        dm.pin_classes(names)
     n_classes = dm.num_classes
     centers = build_centers(cfg.centers, n_classes, dm=dm, ckpt=ckpt, init=init) if is_lsc(cfg) else None
     if centers is not None:
@@ -160,6 +170,7 @@ def build(cfg: DictConfig, ckpt: dict | None = None, init: dict | None = None):
         extra = {"n_classes": n_classes}
     module = hydra.utils.instantiate(model_cfg, backbone=backbone, _convert_="all", **extra)
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
+    module.class_names = dm.class_names
     return dm, module, centers
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import shutil
 import subprocess
+from pathlib import Path
 
 import hydra
 import lightning as L
@@ -42,8 +43,13 @@ def test_every_group_has_options():
 # ---- data --------------------------------------------------------------------------------------------------
 
 NEEDS_ROOT = {"imagefolder", "cifar10", "cifar100", "streaming"}
-CLASSES = {"digits": 10, "synthetic": 10, "fashion_mnist": 10}
-SHAPES = {"digits": (1, 8, 8), "synthetic": (3, 32, 32), "fashion_mnist": (1, 28, 28)}
+CLASSES = {"digits": 10, "synthetic": 10, "fashion_mnist": 10, "han_glyphs": 4}
+SHAPES = {"digits": (1, 8, 8), "synthetic": (3, 32, 32), "fashion_mnist": (1, 28, 28), "han_glyphs": (1, 32, 32)}
+HAN_TEST_FONTS = (
+    "/usr/share/fonts/opentype/ipaexfont-gothic/ipaexg.ttf",
+    "/usr/share/fonts/opentype/ipaexfont-mincho/ipaexm.ttf",
+    "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc",
+)
 
 
 @pytest.mark.parametrize("name", options("data"))
@@ -62,6 +68,13 @@ def test_data_option_instantiates(tmp_path, name):
         with pytest.raises(FileNotFoundError, match=r"data\.root="):
             dm.num_classes  # noqa: B018
         return
+    if name == "han_glyphs":  # the three small CJK fonts `make install` installs, not every system font
+        fonts = [Path(p) for p in HAN_TEST_FONTS]
+        if not all(p.exists() for p in fonts):
+            pytest.skip("CJK test fonts not installed (make install)")
+        cfg = make_cfg(tmp_path, "data=han_glyphs", f"data.font_dirs=[{','.join(map(str, fonts))}]",
+                       "data.test_designs=[WenQuanYi Micro Hei]", "data.val_designs=[]", "data.min_designs=2",
+                       "data.codepoints=[U+4E00,U+4E8C,U+4E09,U+5927]")  # fmt: skip
     if name == "fashion_mnist" and not HAS_FMNIST:
         pytest.skip("Fashion-MNIST IDX files not installed (make data)")
     dm = hydra.utils.instantiate(cfg.data)

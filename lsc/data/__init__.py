@@ -8,12 +8,14 @@ from .datasets import (
     ImageFolderDataModule,
     SyntheticDataModule,
 )
+from .han_glyphs import HanGlyphsDataModule
 
 __all__ = [
     "CIFARDataModule",
     "DigitsDataModule",
     "EpochShuffleSampler",
     "FashionMNISTDataModule",
+    "HanGlyphsDataModule",
     "ImageFolderDataModule",
     "LSCDataModule",
     "StreamingDataModule",

@@ -281,6 +281,16 @@ class LSCDataModule(L.LightningDataModule):
             raise ValueError(f"the data has {n} class: a classifier needs at least 2 (check data.limit / data.classes)")
         return n
 
+    label_names: tuple[str, ...] | None = None  # a dataset's fixed class names, label order
+
+    @property
+    def class_names(self) -> list[str] | None:
+        """Label -> class name (what `lsc.predict` writes as `class_name`), or None when classes have no names
+        (instance labels, synthetic data)."""
+        if self.instance_labels or self.label_names is None:
+            return None
+        return list(self.label_names[: self.num_classes])
+
     @property
     def out_size(self) -> int:
         return self.img_size or self.native_size

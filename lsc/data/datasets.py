@@ -27,6 +27,7 @@ class DigitsDataModule(LSCDataModule):
     """scikit-learn's bundled 8x8 digits (1,797 images, 10 classes): no files, no network."""
 
     mean, std, channels, native_size = (0.2,), (0.3,), 1, 8
+    label_names = tuple(str(i) for i in range(10))
 
     def __init__(self, val_fraction: float = 0.2, **kw):  # no test split: a larger hold-out
         super().__init__(val_fraction=val_fraction, **kw)
@@ -61,6 +62,8 @@ class FashionMNISTDataModule(LSCDataModule):
     """Fashion-MNIST from IDX files (Debian's dataset-fashion-mnist puts them in /usr/share/datasets/fashion-mnist)."""
 
     mean, std, channels, native_size = (0.286,), (0.353,), 1, 28
+    label_names = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                   "Ankle boot")  # fmt: skip
 
     def __init__(self, root: str = FMNIST_DEBIAN, download: bool = False, **kw):
         super().__init__(**kw)
@@ -214,6 +217,14 @@ class ImageFolderDataModule(LSCDataModule):
         if check_images not in (True, False, "auto"):
             raise ValueError(f"data.check_images must be true, false or auto, got {check_images!r}")
         self.root, self.train_dir, self.val_dir, self.check_images = Path(root), train_dir, val_dir, check_images
+
+    @property
+    def class_names(self) -> list[str] | None:
+        if self.instance_labels:
+            return None
+        train, _ = self.raw()
+        names = sorted(train.class_to_idx, key=train.class_to_idx.get)
+        return names[: self.num_classes]
 
     def _load(self):
         train_path = self.root / self.train_dir

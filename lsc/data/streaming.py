@@ -489,6 +489,11 @@ class StreamingDataModule(LSCDataModule):
     native_size = property(lambda self: int(self.manifest["native_size"]))
     large_images = property(lambda self: bool(self.manifest["large_images"]))
 
+    @property
+    def class_names(self) -> list[str] | None:
+        names = self.manifest.get("class_names")
+        return None if self.instance_labels or not names else list(names[: self.num_classes])
+
     def _load(self):
         m = self.manifest
         splits = [

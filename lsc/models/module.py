@@ -20,7 +20,7 @@ from torchmetrics import MaxMetric, MeanMetric, MetricCollection
 
 from lsc.centers import METHODS, ClassCenters
 from lsc.centers.assignment import Assignment
-from lsc.runconfig import ASSIGNMENT_KEY, CENTERS_KEY, CONFIG_KEY
+from lsc.runconfig import ASSIGNMENT_KEY, CENTERS_KEY, CLASS_NAMES_KEY, CONFIG_KEY
 
 
 def _metrics():
@@ -35,8 +35,12 @@ class _Base(L.LightningModule):
         optimizer: Callable,
         scheduler: dict | None = None,
         compile: bool = False,
+        channels_last: bool = False,
     ):
         super().__init__()
+        self.channels_last = bool(channels_last)
+        if self.channels_last:  # NHWC convolutions: ~1.5x faster on CPUs with oneDNN (and with bf16 on AMX)
+            backbone = backbone.to(memory_format=torch.channels_last)
         self.backbone = torch.compile(backbone) if compile else backbone
         self.optimizer_factory, self.scheduler_cfg = optimizer, scheduler or {}
         self.train_metrics, self.val_metrics, self.test_metrics = (
@@ -45,6 +49,8 @@ class _Base(L.LightningModule):
         self.val_acc_best = MaxMetric()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.backbone(x)
 
     def class_rows(self) -> list[str]:
@@ -54,6 +60,9 @@ class _Base(L.LightningModule):
     def on_save_checkpoint(self, checkpoint):
         # the resolved run config (plain dict): `python -m lsc.eval ckpt_path=...` rebuilds the run from it
         checkpoint[CONFIG_KEY] = getattr(self, "run_config", None)
+        names = getattr(self, "class_names", None)
+        if names is not None:  # lsc.predict names its labels; lsc.eval on other data keeps this label space
+            checkpoint[CLASS_NAMES_KEY] = list(names)
 
     def _step(self, batch, stage: str):
         if batch is None:  # every image of the batch was unreadable (data.on_bad_image=skip): nothing to learn
@@ -137,10 +146,11 @@ class LSCModule(_Base):
         scheduler: dict | None = None,
         predictor: str = "topk",
         compile: bool = False,
+        channels_last: bool = False,
     ):
         if predictor not in METHODS:
             raise ValueError(f"model.predictor={predictor!r} is not a predictor; choose one of {', '.join(METHODS)}")
-        super().__init__(backbone, optimizer, scheduler, compile)
+        super().__init__(backbone, optimizer, scheduler, compile, channels_last)
         self.save_hyperparameters(ignore=["backbone", "centers", "loss", "optimizer"])
         self.centers, self.loss_fn, self.predictor = centers, loss, predictor
 
@@ -171,6 +181,10 @@ class LSCModule(_Base):
     def predict_labels(self, z):
         return self.centers.predict(z.float(), self.predictor).to(z.device)
 
+    def top_labels(self, z, k: int) -> torch.Tensor:
+        """The k most likely labels [B, k], best first (the k nearest labeled centers)."""
+        return self.centers.top_labels(z.float(), k)[0].to(z.device)
+
     def on_save_checkpoint(self, checkpoint):
         super().on_save_checkpoint(checkpoint)
         checkpoint[CENTERS_KEY] = self.centers.spec
@@ -184,8 +198,15 @@ class LSCModule(_Base):
 class CEModule(_Base):
     """Cross-entropy baseline: the backbone's last layer outputs n_classes logits (the classification layer)."""
 
-    def __init__(self, backbone: nn.Module, optimizer: Callable, scheduler: dict | None = None, compile=False):
-        super().__init__(backbone, optimizer, scheduler, compile)
+    def __init__(
+        self,
+        backbone: nn.Module,
+        optimizer: Callable,
+        scheduler: dict | None = None,
+        compile=False,
+        channels_last=False,
+    ):
+        super().__init__(backbone, optimizer, scheduler, compile, channels_last)
         self.save_hyperparameters(ignore=["backbone", "optimizer"])
         self.centers = None
 
@@ -198,6 +219,9 @@ class CEModule(_Base):
 
     def predict_labels(self, logits):
         return logits.argmax(1)
+
+    def top_labels(self, logits, k: int) -> torch.Tensor:
+        return logits.float().topk(k, dim=1).indices
 
 
 def check_centers(checkpoint: dict, centers: ClassCenters) -> None:

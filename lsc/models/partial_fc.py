@@ -246,8 +246,9 @@ class PartialFCModule(_Base):
         scheduler: dict | None = None,
         compile: bool = False,
         seed: int = 0,
+        channels_last: bool = False,
     ):
-        super().__init__(backbone, optimizer, scheduler, compile)
+        super().__init__(backbone, optimizer, scheduler, compile, channels_last)
         self.save_hyperparameters(ignore=["backbone", "optimizer"])
         self.head = PartialFCHead(n_classes, embed_dim, scale, margin, margin_type, sample_rate, seed)
         self.centers = None
@@ -267,6 +268,13 @@ class PartialFCModule(_Base):
 
     def predict_labels(self, z):
         return self.head.predict(z)
+
+    def top_labels(self, z, k: int) -> torch.Tensor:
+        """The k classes whose weights are nearest in cosine [B, k], best first (single process)."""
+        if self.head.distributed:
+            raise NotImplementedError("top_labels of a sharded Partial FC head: evaluate in a single process")
+        w = F.normalize(self.head.weight.float(), dim=1)
+        return (F.normalize(z.float(), dim=1) @ w.T).topk(k, dim=1).indices
 
     def on_save_checkpoint(self, checkpoint):
         super().on_save_checkpoint(checkpoint)

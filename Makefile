@@ -4,7 +4,8 @@ PYTEST = OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 WANDB_MODE=offline $(PYTHON) -m pyt
 # pytest-xdist workers for `make test` (one thread each): `auto` = one per CPU core; `make test WORKERS=0` runs serially
 WORKERS ?= auto
 
-EXPERIMENTS = nmin_table predict_speed memory_vs_classes train_speed_vs_classes lsc_vs_ce systems_convergence many_classes open_world
+EXPERIMENTS = nmin_table predict_speed memory_vs_classes train_speed_vs_classes lsc_vs_ce systems_convergence many_classes open_world \
+	han_glyphs
 
 .PHONY: help install data data-han data-han-test test test-fast test-all test-gpu test-realdata lint fmt bench bench-gpu bench-loss bench-assign \
 	bench-data train clean \

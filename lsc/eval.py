@@ -9,6 +9,7 @@ test/acc_topk=...` (val/... with split=val) and writes metrics.json next to Hydr
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import hydra
@@ -17,7 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 from lsc.callbacks import PredictorAccuracy
-from lsc.runconfig import load_checkpoint, stored_run_config
+from lsc.runconfig import INJECTED, load_checkpoint, stored_run_config, with_checkpoint_groups
 from lsc.train import build
 from lsc.utils import quiet_lightning, register_resolvers, save_json, summary_line, to_float_dict
 
@@ -47,8 +48,13 @@ def evaluate(cfg: DictConfig, ckpt_path: str | None, overrides: list[str] = (), 
         dm.setup("test")
         trainer.test(module, datamodule=dm, verbose=False)
     metrics = to_float_dict(trainer.callback_metrics)
+    info = getattr(dm, "eval_info", None)
+    if info is not None:  # e.g. han_glyphs: the classes a test font lacks, skipped and counted
+        metrics.update(info(split))
     save_json(Path(cfg.paths.output_dir) / "metrics.json", metrics)
-    print(summary_line(metrics, {"ckpt": str(path)}), flush=True)
+    skipped = metrics.get(f"{split}/classes_skipped")
+    extra = {"classes_skipped": int(skipped)} if skipped is not None else {}
+    print(summary_line(metrics, {**extra, "ckpt": str(path)}), flush=True)
     return metrics
 
 
@@ -59,8 +65,10 @@ def main(cfg: DictConfig) -> None:
     L.seed_everything(cfg.seed, verbose=False)
     quiet_lightning()
     hc = HydraConfig.get()
-    evaluate(cfg, cfg.ckpt_path, hc.overrides.task, set(hc.runtime.choices.keys()))
+    overrides = [o for o in hc.overrides.task if o not in INJECTED]
+    evaluate(cfg, cfg.ckpt_path, overrides, set(hc.runtime.choices.keys()))
 
 
 if __name__ == "__main__":
+    sys.argv = with_checkpoint_groups(sys.argv)
     main()

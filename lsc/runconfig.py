@@ -142,3 +142,41 @@ def check_resume(ckpt: dict, cfg: DictConfig, path) -> None:
             f"ckpt_path={path} was trained with other settings: {', '.join(diff)}; resume with the run's own "
             "settings (drop these overrides), or start a new run without ckpt_path"
         )
+
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+INJECTED: list[str] = []  # the group overrides `with_checkpoint_groups` added to argv (not the user's)
+
+
+def data_option_of(stored: dict) -> str | None:
+    """The conf/data option a stored run config came from: the one with its `_target_` sharing most keys."""
+    data = stored.get("data") or {}
+    target, best, best_n = data.get("_target_"), None, -1
+    for f in sorted(CONF_DIR.glob("data/*.yaml")):
+        opt = OmegaConf.load(f)
+        if opt.get("_target_") != target:
+            continue
+        n = len(set(opt.keys()) & set(data))
+        if n > best_n:
+            best, best_n = f.stem, n
+    return best
+
+
+def with_checkpoint_groups(argv: list[str]) -> list[str]:
+    """argv plus `data=<the checkpoint's data option>` when it has `ckpt_path=` and no `data=`: Hydra composes the
+    default data config (digits) before the checkpoint's own is read, so an override of a key only the
+    checkpoint's data has (`data.root=` of a streaming run, `data.test_designs=` of han_glyphs) would fail with
+    "Key ... is not in struct". The injected choice is not an override: the stored config still wins."""
+    args = argv[1:]
+    path = next((a.partition("=")[2] for a in args if a.startswith("ckpt_path=")), None)
+    if not path or any(a.startswith(("data=", "+data=", "~data")) for a in args):
+        return argv
+    try:
+        stored = torch.load(path, map_location="cpu", weights_only=True).get(CONFIG_KEY) or {}
+    except Exception:  # the run reports a bad checkpoint itself, with its own message
+        return argv
+    opt = data_option_of(stored)
+    if opt is None:
+        return argv
+    INJECTED[:] = [f"data={opt}"]
+    return [argv[0], *INJECTED, *args]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -31,9 +32,11 @@ from lsc.runconfig import (
     ASSIGNMENT_KEY,
     CENTERS_KEY,
     CLASS_NAMES_KEY,
+    INJECTED,
     check_resume,
     load_checkpoint,
     stored_run_config,
+    with_checkpoint_groups,
 )
 from lsc.utils import (
     quiet_lightning,
@@ -317,10 +320,12 @@ def main(cfg: DictConfig) -> float | None:
     hc = HydraConfig.get()
     with open_dict(cfg):
         cfg.paths.output_dir = hc.runtime.output_dir
-    cfg = resume_config(cfg, list(hc.overrides.task), set(hc.runtime.choices.keys()))
+    overrides = [o for o in hc.overrides.task if o not in INJECTED]
+    cfg = resume_config(cfg, overrides, set(hc.runtime.choices.keys()))
     metrics = train(cfg)
     return metrics.get(cfg.get("optimized_metric") or "", None)
 
 
 if __name__ == "__main__":
+    sys.argv = with_checkpoint_groups(sys.argv)
     main()

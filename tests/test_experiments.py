@@ -6,13 +6,18 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from helpers import HAS_FMNIST, ROOT, subprocess_env
 
 EXPERIMENTS = ["nmin_table", "predict_speed", "memory_vs_classes", "train_speed_vs_classes", "lsc_vs_ce",
-               "systems_convergence", "many_classes", "open_world"]  # fmt: skip
+               "systems_convergence", "many_classes", "open_world", "han_glyphs"]  # fmt: skip
 NEEDS_FMNIST = {"lsc_vs_ce", "systems_convergence", "many_classes", "open_world"}
+CJK_TEST_FONTS = (
+    "/usr/share/fonts/opentype/ipaexfont-gothic/ipaexg.ttf",
+    "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc",
+)
 
 
 @pytest.mark.slow
@@ -20,6 +25,8 @@ NEEDS_FMNIST = {"lsc_vs_ce", "systems_convergence", "many_classes", "open_world"
 def test_experiment_smoke(tmp_path, name):
     if name in NEEDS_FMNIST and not HAS_FMNIST:
         pytest.skip("needs Debian's dataset-fashion-mnist (make data)")
+    if name == "han_glyphs" and not all(Path(f).exists() for f in CJK_TEST_FONTS):
+        pytest.skip("needs the CJK test fonts (make install)")
     script = ROOT / "experiments" / name / "run.py"
     p = subprocess.run(
         [sys.executable, str(script), "--smoke", "--out", str(tmp_path)],

@@ -7,6 +7,7 @@ Most tests build tiny fonts with fontTools (tests/fontgen.py); the end-to-end on
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -330,3 +331,52 @@ def test_recipe_names_held_out_glyphs_through_predict_better_than_nearest_neighb
     nn = _nearest_neighbour_accuracy(dm, images, labels)
     acc = float(np.mean(named))
     assert acc > nn, f"model {acc:.3f} vs 1-NN {nn:.3f}"
+
+
+@pytest.mark.slow
+def test_eval_scores_a_checkpoint_on_any_font_file_keeping_its_classes(tmp_path):
+    """`lsc.eval ckpt_path=... data.test_designs=[<font file>]`: the checkpoint's own classes (its label space, not
+    one recomputed from the new fonts), rendered by the project's renderer; classes the font lacks are skipped and
+    counted. The font here draws Omega's glyphs (a design the run tested on) for all but 5 of the classes."""
+    from lsc.train import train
+
+    cover = _fonts(tmp_path / "fonts")
+    data = [f"data.font_dirs=[{tmp_path / 'fonts'}]", f"data.cache_dir={tmp_path / 'cache'}",
+            "data.test_designs=[Omega]", "data.val_designs=[Delta]", "data.min_designs=2", "data.batch_size=16",
+            "trainer.precision=32-true", "trainer.max_epochs=2", "model.channels_last=false"]  # fmt: skip
+    cfg = make_cfg(tmp_path / "run", "+experiment=han_glyphs", *data, tiny=False)
+    metrics = train(cfg)
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    dm = HanGlyphsDataModule(font_dirs=[tmp_path / "fonts"], cache_dir=tmp_path / "cache", test_designs=["Omega"],
+                             val_designs=["Delta"], min_designs=2)  # fmt: skip
+    classes = dm.class_codepoints()
+    lacking = classes[:5]
+    other = tmp_path / "elsewhere" / "omega-copy.ttf"  # Omega's glyphs, without 5 classes, outside font_dirs
+    design_font(other, "Omega Copy", [c for c in sorted(cover["Omega"]) if c not in lacking], seed=10 + 4)
+    p = subprocess.run([sys.executable, "-m", "lsc.eval", f"ckpt_path={ckpt}", f"data.test_designs=[{other}]",
+                        f"hydra.run.dir={tmp_path / 'eval'}"], env=subprocess_env(), capture_output=True, text=True,
+                       timeout=300)  # fmt: skip
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "classes_skipped=5" in p.stdout
+    out = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert out["test/classes_skipped"] == 5 and out[f"test/{other}/glyphs"] == len(classes) - 5
+    # the same glyphs as the run's own test design, minus 5 classes: the same predictions on the rest
+    assert out["test/acc_topk"] == pytest.approx(
+        (metrics["heldout/acc1"] * len(classes) - _hits(ckpt, tmp_path, lacking)) / (len(classes) - 5), abs=1e-6
+    )
+
+
+def _hits(ckpt, tmp_path, cps) -> int:
+    """How many of `cps`' Omega glyphs the checkpoint names right."""
+    from lsc.predict import Predictor
+
+    pred = Predictor.from_checkpoint(ckpt)
+    dm = HanGlyphsDataModule(font_dirs=[tmp_path / "fonts"], cache_dir=tmp_path / "cache", test_designs=["Omega"],
+                             val_designs=["Delta"], min_designs=2)  # fmt: skip
+    dm.setup("test")
+    labels = dm.test_set.labels
+    names = dm.class_names
+    idx = [i for i in range(len(labels)) if int(names[int(labels[i])].rsplit("U+", 1)[1], 16) in cps]
+    x = torch.stack([dm.test_set[i][0] for i in idx])
+    got = pred.predict_embeddings(pred.backbone(x).float(), 1)["labels"][:, 0]
+    return int((got == labels[idx]).sum())

@@ -1,21 +1,46 @@
-"""Many classes that generalize: printed Han characters, tested on type designs never trained on.
+"""Many classes that generalize: printed Han characters, scored on type designs never trained on.
 
-    python experiments/han_glyphs/run.py --part explore    # 1,000 classes: rendering and augmentation
-    python experiments/han_glyphs/run.py --smoke           # seconds (CI)
+    python experiments/han_glyphs/run.py                  # the whole study (cached runs: resumes where it stopped)
+    python experiments/han_glyphs/run.py --part sweep     # 5,000 classes: every lever, one seed
+    python experiments/han_glyphs/run.py --part full      # every class (~20,900): the best LSC and Partial FC rows
+    python experiments/han_glyphs/run.py --part report    # tables, plot and README from the runs done so far
+    python experiments/han_glyphs/run.py --smoke          # seconds (CI): the three small CJK test fonts
 
-(work in progress)
+Data: `data=han_glyphs` (`make data-han`): a class is a URO ideograph drawn by the 4 test designs (TW-Sung, TW-Kai,
+WenQuanYi Zen Hei, HanaMinA) and by >= 5 training designs; training glyphs: the other designs (at most 3 weights
+each), validation: 2 more held-out designs (model selection), 32 px, rendered `center` unless a row says otherwise.
+Every row: the small conv encoder with a flat 4x4 head and a 512-wide hidden layer (encoder_small_flat, ~0.6M
+parameters + whatever grows with the classes), AdamW lr 1e-3 with a cosine schedule, batch 128, bf16 autocast on
+the CPU, the same epochs for every row of a class count. Held-out accuracy (top-1, top-5 on the test designs) is
+logged after every epoch by `lsc.callbacks.HeldOutAccuracy`; the table's headline number is the last epoch's (no
+selection on the test designs); `test@val` is the test split scored on the checkpoint validation chose. Baselines:
+raw-pixel 1-NN (cosine) against every training glyph, and the nearest class centroid.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import statistics
 import time
 from pathlib import Path
 
+import torch
+
+from lsc.bench.report import fmt_bytes, machine, md_table, pyplot, save_figure, write_results
 from lsc.bench.runs import run_many
 from lsc.centers import n_min
 
 HERE = Path(__file__).parent
+SEEDS = (0, 1, 2)
+AUG = ["data.augment=[affine,stroke,blur]"]
+SMOKE_FONTS = (
+    "/usr/share/fonts/opentype/ipaexfont-gothic/ipaexg.ttf",
+    "/usr/share/fonts/opentype/ipaexfont-mincho/ipaexm.ttf",
+    "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc",
+)
+SMOKE_DATA = [f"data.font_dirs=[{','.join(SMOKE_FONTS)}]", "data.test_designs=[WenQuanYi Micro Hei]",
+              "data.val_designs=[]", "data.min_designs=2", "data.max_faces=null"]  # fmt: skip
 
 
 def base_overrides(epochs: int, hidden: int = 512) -> list[str]:
@@ -37,32 +62,9 @@ def base_overrides(epochs: int, hidden: int = 512) -> list[str]:
     ]
 
 
-def part_explore(a):
-    size, epochs = 1000, a.epochs
-    m = n_min("v22", size)
-    lsc = ["centers=v22", f"centers.n_dim={m}"]
-    pfc = ["model=partial_fc", "model.embed_dim=128"]
-    aug = ["data.augment=[affine,stroke,blur]"]
-
-    rows = [
-        ("lsc center", lsc),
-        ("pfc center", pfc),
-        ("lsc v22@10 sm16", lsc + sm(16, 0)),
-        ("lsc v22@10 sm32m0.2", lsc + sm(32, 0.2)),
-        ("lsc v21@64 sm32m0.2", ["centers=v21", "centers.n_dim=64", *sm(32, 0.2)]),
-        ("lsc v21@128 sm32m0.2", ["centers=v21", "centers.n_dim=128", *sm(32, 0.2)]),
-        ("pfc center aug", pfc + aug),
-    ]
-    return [(f"explore-{size}-{lab.replace(' ', '_')}-s0", [*base_overrides(epochs), *ov, f"data.n_classes={size}",
-                                                            "seed=0"]) for lab, ov in rows]  # fmt: skip
-
-
-def sm(scale, margin, negatives="system"):
+def sm(scale, margin, negatives="system") -> list[str]:
     out = ["loss=softmax", f"loss.scale={scale}", f"loss.margin={margin}"]
     return out + (["loss.negatives=labeled"] if negatives == "labeled" else [])
-
-
-AUG = ["data.augment=[affine,stroke,blur]"]
 
 
 def lsc(system: str, n_dim: int, *extra) -> list[str]:
@@ -99,24 +101,273 @@ def sweep_rows(size: int) -> list[tuple[str, list[str]]]:
     ]
 
 
-def part_sweep(a):
-    size = a.size
-    return [(f"sweep-{size}-{lab.replace(' ', '_')}-s0", [*base_overrides(a.epochs), *ov, f"data.n_classes={size}",
-                                                          "seed=0"]) for lab, ov in sweep_rows(size)]  # fmt: skip
+def small_rows(size: int) -> list[tuple[str, list[str]]]:
+    """1,000 classes: the sweep's main rows (each costs ~4 minutes)."""
+    keep = ("LSC v21@128 sm32 m0.2 keyed", "LSC v21@128 lsm32 m0.2 keyed", "LSC v21@128 sm32 m0.2 data",
+            "PFC cosface d128 r1.0", "PFC cosface d128 r0.1", "PFC arcface d128 r1.0", "CE")  # fmt: skip
+    rows = [r for r in sweep_rows(size) if r[0] in keep]
+    m22 = n_min("v22", size)
+    return rows + [(f"LSC v22@{m22} cos keyed", lsc("v22", m22))]
+
+
+def jobs_for(size: int | None, rows, seeds, epochs: int, extra=()) -> tuple[list, list]:
+    tag = "full" if size is None else str(size)
+    cls = [] if size is None else [f"data.n_classes={size}"]
+    jobs, keys = [], []
+    for s in seeds:  # seed-major: every row has its first seed early
+        for label, ov in rows:
+            name = f"sweep-{tag}-{label.replace(' ', '_')}-s{s}"
+            jobs.append((name, [*base_overrides(epochs), *ov, *cls, *extra, f"seed={s}"]))
+            keys.append((tag, label))
+    return jobs, keys
+
+
+# ---- baselines --------------------------------------------------------------------------------------------------
+
+
+def pixel_baselines(dm, k: int = 5, chunk: int = 1024) -> dict:
+    """Raw-pixel 1-NN (cosine, against every training glyph; a class scores its best glyph) and nearest class
+    centroid (cosine to the class's mean training glyph): top-1 and top-k on the test designs."""
+    dm.setup("fit")
+    tr = dm.train_set.images.reshape(len(dm.train_set), -1)
+    ytr, te, yte = dm.train_set.labels, dm.test_set.images.reshape(len(dm.test_set), -1), dm.test_set.labels
+    trn = torch.nn.functional.normalize(tr.float(), dim=1).to(torch.bfloat16)
+    c = dm.num_classes
+    nn1 = nnk = cen1 = cenk = 0
+    cent = torch.zeros(c, tr.shape[1]).index_add_(0, ytr, tr.float())
+    cent = torch.nn.functional.normalize(cent, dim=1)
+    t0 = time.time()
+    for a in range(0, len(te), chunk):
+        q = torch.nn.functional.normalize(te[a : a + chunk].float(), dim=1)
+        y = yte[a : a + chunk]
+        s = (q.to(torch.bfloat16) @ trn.T).float()  # bf16 scores: AMX; ranks agree with fp32 but for near-ties
+        best = torch.full((len(q), c), -2.0).scatter_reduce_(1, ytr.expand(len(q), -1), s, reduce="amax")
+        top = best.topk(k, dim=1).indices
+        nn1 += int((top[:, 0] == y).sum())
+        nnk += int((top == y[:, None]).any(1).sum())
+        top = (q @ cent.T).topk(k, dim=1).indices
+        cen1 += int((top[:, 0] == y).sum())
+        cenk += int((top == y[:, None]).any(1).sum())
+    n = len(te)
+    out = {"classes": c, "train_glyphs": len(tr), "test_glyphs": n, "seconds": round(time.time() - t0, 1)}
+    return {**out, "nn_top1": nn1 / n, f"nn_top{k}": nnk / n, "centroid_top1": cen1 / n, f"centroid_top{k}": cenk / n}
+
+
+def part_baselines(a, out: Path) -> dict:
+    from lsc.data.han_glyphs import HanGlyphsDataModule
+
+    f = out / ("baselines_smoke.json" if a.smoke else "baselines.json")
+    done = json.loads(f.read_text()) if f.exists() else {}
+    sizes = ["smoke"] if a.smoke else [str(s) for s in a.sizes] + ["full"]
+    for tag in sizes:
+        if tag in done:
+            continue
+        kw = dict(cache_dir="data/han_glyphs", max_faces=3, render_workers=2)
+        if a.smoke:
+            kw = dict(cache_dir=str(out / "glyphs"), font_dirs=list(SMOKE_FONTS), test_designs=["WenQuanYi Micro Hei"],
+                      val_designs=[], min_designs=2, n_classes=50)  # fmt: skip
+        elif tag != "full":
+            kw["n_classes"] = int(tag)
+        dm = HanGlyphsDataModule(**kw)
+        done[tag] = pixel_baselines(dm)
+        if tag == "full" or a.smoke:
+            dm.write_manifest(out / ("manifest_smoke.json" if a.smoke else "manifest.json"))
+        f.write_text(json.dumps(done, indent=1))
+        print(f"  baselines {tag}: {done[tag]}", flush=True)
+    return done
+
+
+# ---- summaries ----------------------------------------------------------------------------------------------------
+
+
+def curve(r: dict, key: str = "heldout/acc1") -> list[float]:
+    return [e[key] for e in r["epochs"] if key in e]
+
+
+def summarize(by: dict) -> list[dict]:
+    raw = []
+    for (tag, label), rs in by.items():
+        top1 = [curve(r)[-1] if curve(r) else float("nan") for r in rs]
+        top5 = [curve(r, "heldout/acc5")[-1] if curve(r, "heldout/acc5") else float("nan") for r in rs]
+        sec = [statistics.median([e["train/epoch_s"] for e in r["epochs"] if "train/epoch_s" in e] or [0]) for r in rs]
+        tr = [[e["train/acc"] for e in r["epochs"] if "train/acc" in e][-1:] or [float("nan")] for r in rs]
+        e90 = [next((i + 1 for i, v in enumerate(curve(r)) if v >= 0.9), None) for r in rs]
+        raw.append({
+            "size": tag, "config": label, "seeds": len(rs), "heldout_top1": top1, "heldout_top5": top5,
+            "test_at_best_val": [r["metrics"].get("test/acc") for r in rs],
+            "val_acc": [r["metrics"].get("val/acc") for r in rs], "train_acc": [t[0] for t in tr],
+            "s_per_epoch": sec, "epochs_to_90": e90, "class_state_bytes": rs[0]["metrics"].get("class_state_bytes"),
+            "curves": [curve(r) for r in rs], "curves_top5": [curve(r, "heldout/acc5") for r in rs],
+            "dirs": [r["dir"] for r in rs], "epochs": len(curve(rs[0])),
+        })  # fmt: skip
+    return raw
+
+
+def _pm(xs, digits=1) -> str:
+    xs = [x for x in xs if x is not None and x == x]
+    if not xs:
+        return "—"
+    m = 100 * statistics.mean(xs)
+    return f"{m:.{digits}f}" + (f" ± {100 * statistics.stdev(xs):.{digits}f}" if len(xs) > 1 else "")
+
+
+HEADER = ["classes", "config", "seeds", "held-out top-1 %", "held-out top-5 %", "test@val top-1 %", "train acc %",
+          "epochs to 90%", "s / epoch", "class state"]  # fmt: skip
+
+
+def table(raw: list[dict], baselines: dict, n_full: int | None) -> str:
+    out = []
+    for tag in dict.fromkeys(r["size"] for r in raw):
+        rows = sorted((r for r in raw if r["size"] == tag), key=lambda r: -statistics.mean(r["heldout_top1"]))
+        n = n_full if tag == "full" else int(tag) if tag.isdigit() else None
+        cls = f"{n:,}" if n else tag
+        lines = []
+        for r in rows:
+            e90 = [e for e in r["epochs_to_90"] if e is not None]
+            lines.append([cls, r["config"], r["seeds"], _pm(r["heldout_top1"]), _pm(r["heldout_top5"]),
+                          _pm(r["test_at_best_val"]), _pm(r["train_acc"]),
+                          f"{statistics.median(e90):g}" + ("" if len(e90) == len(r["epochs_to_90"]) else
+                                                           f" ({len(e90)}/{len(r['epochs_to_90'])})") if e90 else "—",
+                          f"{statistics.mean(r['s_per_epoch']):.0f}", fmt_bytes(r["class_state_bytes"])])  # fmt: skip
+        b = baselines.get(tag)
+        if b:
+            lines.append([cls, "raw-pixel 1-NN (cosine)", "—", f"{100 * b['nn_top1']:.1f}", f"{100 * b['nn_top5']:.1f}",
+                          "—", "—", "—", "—", f"{fmt_bytes(b['train_glyphs'] * 1024)} (glyphs)"])  # fmt: skip
+            lines.append([cls, "class centroid (cosine)", "—", f"{100 * b['centroid_top1']:.1f}",
+                          f"{100 * b['centroid_top5']:.1f}", "—", "—", "—", "—",
+                          fmt_bytes(b["classes"] * 1024 * 4)])  # fmt: skip
+        epochs = max(r["epochs"] for r in rows)
+        out.append(f"#### {cls} classes, {epochs} epochs\n\n" + md_table(HEADER, lines))
+    return "\n\n".join(out)
+
+
+def plot(raw: list[dict], path: Path, n_full: int | None) -> None:
+    plt = pyplot()
+    tags = list(dict.fromkeys(r["size"] for r in raw))
+    fig, axes = plt.subplots(1, len(tags), figsize=(6.5 * len(tags), 4.4), squeeze=False)
+    for ax, tag in zip(axes[0], tags, strict=True):
+        for r in (r for r in raw if r["size"] == tag):
+            cs = [c for c in r["curves"] if c]
+            if not cs:
+                continue
+            m = min(len(c) for c in cs)
+            mean = [sum(c[i] for c in cs) / len(cs) for i in range(m)]
+            style = "--" if r["config"].startswith(("PFC", "CE")) else "-"
+            ax.plot(range(1, m + 1), mean, style, label=f"{r['config']} ({len(cs)})")
+        n = n_full if tag == "full" else tag
+        ax.set(xlabel="epoch", ylabel="held-out top-1 (test designs)", ylim=(0, 1.01),
+               title=f"{n:,} classes" if isinstance(n, int) else f"{n} classes")  # fmt: skip
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    save_figure(fig, path)
+
+
+# ---- main ---------------------------------------------------------------------------------------------------------
+
+
+def best(raw: list[dict], tag: str, prefix: str) -> str:
+    rows = [r for r in raw if r["size"] == tag and r["config"].startswith(prefix)]
+    return max(rows, key=lambda r: statistics.mean(r["heldout_top1"]))["config"]
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--part", choices=["explore", "sweep"], default="explore")
-    p.add_argument("--size", type=int, default=5000)
+    p.add_argument("--part", choices=["all", "baselines", "small", "sweep", "seeds", "full", "report"], default="all")
+    p.add_argument("--sizes", type=int, nargs="+", default=[1000, 5000])
     p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--full-epochs", type=int, default=10)
+    p.add_argument("--full-rows", nargs="+", default=["lsc", "pfc", "ce"], choices=["lsc", "pfc", "ce", "lsc2"])
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--smoke", action="store_true")
     p.add_argument("--out", default=str(HERE / "results"))
     a = p.parse_args(argv)
-    t0 = time.time()
-    jobs = {"explore": part_explore, "sweep": part_sweep}[a.part](a)
-    run_many(Path(a.out) / "runs", jobs, workers=a.workers)
-    print(f"done in {time.time() - t0:.0f} s")
+    out, t0 = Path(a.out), time.time()
+    out.mkdir(parents=True, exist_ok=True)
+    runs = out / ("runs_smoke" if a.smoke else "runs")
+    parts = ["baselines", "small", "sweep", "seeds", "full"] if a.part == "all" else [a.part]
+    if a.smoke:
+        parts = ["baselines", "smoke"]
+    baselines = part_baselines(a, out) if "baselines" in parts or a.part in ("all", "report") else {}
+    jobs, keys = [], []
+    if "smoke" in parts:
+        extra = [*SMOKE_DATA, f"data.cache_dir={out / 'glyphs'}", "data.n_classes=50", "trainer.precision=32-true",
+                 "model.channels_last=false"]  # fmt: skip
+        rows = [r for r in sweep_rows(50) if r[0] in ("LSC v21@128 sm32 m0.2 keyed", "PFC cosface d128 r1.0")]
+        j, k = jobs_for(None, rows, [0], 2, extra)
+        jobs, keys = j, [("smoke", lab) for _, lab in k]
+    small = [1000] if 1000 in a.sizes else []
+    sweep_size = max(s for s in a.sizes) if a.sizes else 5000
+    if "small" in parts:
+        for size in small:
+            j, k = jobs_for(size, small_rows(size), [0], a.epochs)
+            jobs, keys = jobs + j, keys + k
+    if "sweep" in parts or a.part == "report":
+        j, k = jobs_for(sweep_size, sweep_rows(sweep_size), [0], a.epochs)
+        jobs, keys = jobs + j, keys + k
+    by: dict = {}
+    if jobs:
+        done = run_many(runs, jobs, workers=a.workers) if a.part != "report" else _cached(runs, jobs)
+        for key, r in zip(keys, done, strict=True):
+            if r is not None:
+                by.setdefault(key, []).append(r)
+    raw = summarize(by)
+    more_parts = {"seeds", "full"} & set(parts) or a.part == "report"
+    if more_parts and not a.smoke:
+        tag = str(sweep_size)
+        picks = [best(raw, tag, "LSC"), best(raw, tag, "PFC")]
+        rows = [r for r in sweep_rows(sweep_size) if r[0] in picks]
+        jobs, keys = jobs_for(sweep_size, rows, SEEDS, a.epochs)  # 3 seeds of the headline rows
+        if "seeds" in parts or a.part == "report":
+            res = run_many(runs, jobs, workers=a.workers) if a.part != "report" else _cached(runs, jobs)
+            by = {k: v for k, v in by.items() if k[1] not in picks or k[0] != tag}
+            for key, r in zip(keys, res, strict=True):
+                if r is not None:
+                    by.setdefault(key, []).append(r)
+        frows = [r for r in sweep_rows(sweep_size) if r[0] in picks or r[0] == "CE"]
+        frows = [(lab.replace(f"@{n_min('v21', sweep_size)} ", "@{n_min} "), ov) for lab, ov in frows]
+        want = {"lsc": picks[0], "pfc": picks[1], "ce": "CE"}
+        frows = [r for r in frows if r[0] in {want[x] for x in a.full_rows if x in want}]
+        jobs, keys = [], []
+        for label, ov in frows:
+            seeds = [0] if label == "CE" else SEEDS
+            j, k = jobs_for(None, [(label, ov)], seeds, a.full_epochs)
+            jobs, keys = jobs + j, keys + k
+        if "full" in parts or a.part == "report":
+            res = run_many(runs, jobs, workers=a.workers) if a.part != "report" else _cached(runs, jobs)
+            for key, r in zip(keys, res, strict=True):
+                if r is not None:
+                    by.setdefault(key, []).append(r)
+        raw = summarize(by)
+    if not raw:
+        print("no runs yet")
+        return
+    n_full = (baselines.get("full") or {}).get("classes")
+    name = "han_glyphs_smoke" if a.smoke else "han_glyphs"
+    text = (f"### Held-out type designs: top-1 / top-5 on glyphs of designs never trained on ({machine()}; "
+            f"{time.time() - t0:.0f} s wall incl. cached runs)\n\n" + table(raw, baselines, n_full) +
+            "\n\nHeld-out: the last epoch's accuracy on the 4 test designs (no selection on them); test@val: the test "
+            "designs scored on the checkpoint the validation designs chose; train acc: running, last epoch (with "
+            "augmentation: on augmented glyphs). s / epoch: median, two runs sharing the 2 cores. Class state: what "
+            "grows with the classes (Partial FC / CE: weights + AdamW moments; LSC keyed: nothing; data-assigned: its "
+            "table). Baselines: memory is the glyphs (1-NN) or centroids they keep.")  # fmt: skip
+    print(text)
+    write_results(out, name, text, raw)
+    plot(raw, out / f"{name}.png", n_full)
+
+
+def _cached(runs: Path, jobs) -> list:
+    """Finished runs only (report): None for a job that has not run."""
+    from lsc.bench.runs import epochs, run_dir
+
+    res = []
+    for name, ov in jobs:
+        d = run_dir(runs, name, ov)
+        if not (d / "metrics.json").exists():
+            res.append(None)
+            continue
+        m = json.loads((d / "metrics.json").read_text())
+        res.append({"name": name, "overrides": ov, "dir": str(d), "metrics": m, "wall_s": None, "epochs": epochs(d)})
+    return res
 
 
 if __name__ == "__main__":

@@ -346,6 +346,15 @@ class HanGlyphsDataModule(LSCDataModule):
                     + ", ".join(f"{k}: {v:,}" for k, v in missing.items())
                 )
 
+    def eval_info(self, split: str) -> dict:
+        """What `lsc.eval` reports besides accuracy: per split, its designs' glyphs and the classes they lack."""
+        st = self.stats.get(split, {})
+        out = {f"{split}/classes_skipped": sum(v["classes_missing"] for v in st.values())}
+        for name, v in st.items():
+            out[f"{split}/{name}/glyphs"] = v["images"]
+            out[f"{split}/{name}/classes_skipped"] = v["classes_missing"]
+        return out
+
     def _log_split(self):
         sp = self.splits()
         log.info(

@@ -95,14 +95,18 @@ def encode(img, fmt: str, size: int, quality: int, channels: int) -> bytes:
     return buf.getvalue()
 
 
+RAW_MAX = 64  # format=auto stores images up to this size raw (uint8, lossless), larger ones as JPEG
+
+
 def resolve_size(size, fmt: str, dm) -> int:
-    """Default: raw 32; jpeg: what the eval transform reads (out_size / 0.875 for ImageNet-style images)."""
+    """Default: what the eval transform reads (raw: the model's input size, so nothing is resampled; jpeg:
+    out_size / 0.875 for ImageNet-style images)."""
     if size is not None:
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ValueError(f"size must be a positive integer or null, got {size!r}")
         return size
     if fmt == "raw":
-        return 32
+        return dm.out_size
     return int(round(dm.out_size / 0.875)) if dm.large_images else dm.out_size
 
 
@@ -300,9 +304,9 @@ def prepare(cfg: DictConfig) -> dict:
     """Write (or finish) the prepared dir; returns its manifest."""
     if not cfg.get("out"):
         raise ValueError("lsc.prepare needs out=<dir for the prepared chunks>, e.g. out=/fast/imagenet-jpeg")
-    fmt = cfg.get("format", "jpeg")
-    if fmt not in FORMATS:
-        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    fmt = cfg.get("format", "auto")
+    if fmt not in (*FORMATS, "auto"):
+        raise ValueError(f"format must be auto or one of {', '.join(FORMATS)}, got {fmt!r}")
     quality = int(cfg.get("quality", 90))
     if not 1 <= quality <= 100:
         raise ValueError(f"quality must lie in 1..100, got {quality}")
@@ -310,6 +314,8 @@ def prepare(cfg: DictConfig) -> dict:
     t0 = time.time()
     quiet_litdata()
     dm, desc = build_source(cfg.data)
+    if fmt == "auto":  # small images lossless (JPEG at 8-64 px blurs what tells them apart), photos as JPEG
+        fmt = "raw" if not dm.large_images and dm.out_size <= RAW_MAX else "jpeg"
     train, test = dm.raw()
     if len(train) == 0:
         raise ValueError(f"the source {desc} has no training images")

@@ -22,6 +22,13 @@ ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 FMNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
 HAS_FMNIST = (FMNIST_ROOT / "train-images-idx3-ubyte.gz").exists() or (FMNIST_ROOT / "train-images-idx3-ubyte").exists()
+# the three small CJK fonts `make install` installs (tests of data=han_glyphs use these, not every system font)
+HAN_TEST_FONTS = (
+    "/usr/share/fonts/opentype/ipaexfont-gothic/ipaexg.ttf",
+    "/usr/share/fonts/opentype/ipaexfont-mincho/ipaexm.ttf",
+    "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc",
+)
+HAS_HAN_TEST_FONTS = all(Path(f).exists() for f in HAN_TEST_FONTS)
 
 # CPU, no logger, synthetic data, the ~0.1M-parameter encoder, one epoch (style.md section 7 "TINY").
 # `~logger`, not `logger=null`: the latter fails on the CLI in Hydra 1.3.8 (style.md trap 2).

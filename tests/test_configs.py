@@ -16,7 +16,7 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import CONF, HAS_FMNIST, ROOT, compose_cfg, make_cfg
+from helpers import CONF, HAN_TEST_FONTS, HAS_FMNIST, ROOT, compose_cfg, make_cfg
 from hydra.errors import ConfigCompositionException, InstantiationException
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from omegaconf import OmegaConf
@@ -45,11 +45,6 @@ def test_every_group_has_options():
 NEEDS_ROOT = {"imagefolder", "cifar10", "cifar100", "streaming"}
 CLASSES = {"digits": 10, "synthetic": 10, "fashion_mnist": 10, "han_glyphs": 4}
 SHAPES = {"digits": (1, 8, 8), "synthetic": (3, 32, 32), "fashion_mnist": (1, 28, 28), "han_glyphs": (1, 32, 32)}
-HAN_TEST_FONTS = (
-    "/usr/share/fonts/opentype/ipaexfont-gothic/ipaexg.ttf",
-    "/usr/share/fonts/opentype/ipaexfont-mincho/ipaexm.ttf",
-    "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc",
-)
 
 
 @pytest.mark.parametrize("name", options("data"))

@@ -6,18 +6,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-from helpers import HAS_FMNIST, ROOT, subprocess_env
+from helpers import HAS_FMNIST, HAS_HAN_TEST_FONTS, ROOT, subprocess_env
 
 EXPERIMENTS = ["nmin_table", "predict_speed", "memory_vs_classes", "train_speed_vs_classes", "lsc_vs_ce",
                "systems_convergence", "many_classes", "open_world", "han_glyphs"]  # fmt: skip
 NEEDS_FMNIST = {"lsc_vs_ce", "systems_convergence", "many_classes", "open_world"}
-CJK_TEST_FONTS = (
-    "/usr/share/fonts/opentype/ipaexfont-gothic/ipaexg.ttf",
-    "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc",
-)
 
 
 @pytest.mark.slow
@@ -25,7 +20,7 @@ CJK_TEST_FONTS = (
 def test_experiment_smoke(tmp_path, name):
     if name in NEEDS_FMNIST and not HAS_FMNIST:
         pytest.skip("needs Debian's dataset-fashion-mnist (make data)")
-    if name == "han_glyphs" and not all(Path(f).exists() for f in CJK_TEST_FONTS):
+    if name == "han_glyphs" and not HAS_HAN_TEST_FONTS:
         pytest.skip("needs the CJK test fonts (make install)")
     script = ROOT / "experiments" / name / "run.py"
     p = subprocess.run(

@@ -123,14 +123,16 @@ def test_predict_cli_writes_rows_in_order(digits_ckpt, tmp_path):
     )  # fmt: skip
     assert p.returncode == 0, p.stderr[-3000:]
     rows = list(csv.DictReader(open(out)))
-    assert list(rows[0]) == ["path", "label", "cos", "nearest_unlabeled", "open_set_score", "label_2", "label_3",
-                             "cos_2", "cos_3", "error"]  # fmt: skip
+    assert list(rows[0]) == ["path", "label", "class_name", "cos", "nearest_unlabeled", "open_set_score", "label_2",
+                             "label_3", "class_name_2", "class_name_3", "cos_2", "cos_3", "error"]  # fmt: skip
     assert len(rows) == 11 and rows[-1]["path"].endswith("zz_broken.png") and rows[-1]["error"]
     assert rows[-1]["label"] == "" and "skipped unreadable image" in p.stderr
     pred = Predictor.from_checkpoint(digits_ckpt)
     want = pred.predict([r["path"] for r in rows[:10]], k=3)
     assert [int(r["label"]) for r in rows[:10]] == want["labels"][:, 0].tolist()
     assert [int(r["label_3"]) for r in rows[:10]] == want["labels"][:, 2].tolist()
+    # digits' class names are the digits themselves: every named column names its label
+    assert all(r[f"class_name{s}"] == r[f"label{s}"] for r in rows[:10] for s in ("", "_2", "_3"))
 
 
 def test_predict_with_a_softmax_checkpoint_gives_probabilities(tmp_path):

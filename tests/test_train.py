@@ -13,7 +13,16 @@ from pathlib import Path
 import matplotlib.image
 import pytest
 import torch
-from helpers import CONF, HAS_FMNIST, expected_n_dim, make_cfg, make_cifar, make_image_folder
+from helpers import (
+    CONF,
+    HAN_TEST_FONTS,
+    HAS_FMNIST,
+    HAS_HAN_TEST_FONTS,
+    expected_n_dim,
+    make_cfg,
+    make_cifar,
+    make_image_folder,
+)
 from omegaconf import OmegaConf, open_dict
 
 import lsc.eval
@@ -130,6 +139,7 @@ SHRINK = {
     "enc_cinic": dict(root="folder", train_eval_size=8),
     "fmnist_enc": dict(root="fmnist"),
     "fmnist_inst": dict(root="fmnist", limit=500, val_size=16),
+    "han_glyphs": dict(root="han"),
     "vit_1m": dict(root="folder", val_size=8, **IMAGES),
     "vit_cifar": dict(root="cifar"),
     "vit_i1k": dict(root="folder", train_eval_size=8, **IMAGES),
@@ -140,6 +150,7 @@ EXPECT = {
     "enc_cinic": ("a_n", 3, 16),
     "fmnist_enc": ("v21", 10, 16),
     "fmnist_inst": ("v22", 500, 0),
+    "han_glyphs": ("v21", 4, "128"),
     "vit_1m": ("v22", 12, 16),
     "vit_cifar": ("v21", 10, 16),
     "vit_i1k": ("a_n", 3, "384"),
@@ -159,6 +170,12 @@ def test_experiment_fast_dev_run(tmp_path, spy_build, name):
         if not HAS_FMNIST:
             pytest.skip("Fashion-MNIST IDX files not installed (make data)")
         ovr = []
+    elif root == "han":  # the three small CJK fonts `make install` installs, 4 ideographs
+        if not HAS_HAN_TEST_FONTS:
+            pytest.skip("CJK test fonts not installed (make install)")
+        ovr = [f"data.font_dirs=[{','.join(HAN_TEST_FONTS)}]", "data.test_designs=[WenQuanYi Micro Hei]",
+               "data.val_designs=[]", "data.min_designs=2", "data.codepoints=[U+4E00,U+4E8C,U+4E09,U+5927]",
+               f"data.cache_dir={tmp_path / 'glyphs'}"]  # fmt: skip
     elif root == "cifar":
         make_cifar(tmp_path / "cifar", 10, n_train=20, n_test=8)
         ovr = [f"data.root={tmp_path / 'cifar'}"]
@@ -176,9 +193,11 @@ def test_experiment_fast_dev_run(tmp_path, spy_build, name):
     assert dm.num_classes == n_classes and cc.spec["system"]["name"] == system
     n_dim = int(dim) if isinstance(dim, str) else expected_n_dim(system, n_classes, floor=dim)
     assert cc.n_dim == n_dim
-    # the many_classes study's recipe: data-aware assignment + full-system softmax for the instance-label runs
-    recipe = name in ("fmnist_inst", "vit_1m")
-    assert (cc.assignment is not None) == recipe and isinstance(module.loss_fn, SoftmaxLoss) == recipe
+    # the many_classes study's recipe: data-aware assignment + full-system softmax for the instance-label runs;
+    # han_glyphs (experiments/han_glyphs): keyed assignment + the margin softmax
+    data_aware = name in ("fmnist_inst", "vit_1m")
+    assert (cc.assignment is not None) == data_aware
+    assert isinstance(module.loss_fn, SoftmaxLoss) == (data_aware or name == "han_glyphs")
     if name == "fmnist_inst":  # the 60,000-class study's flat head: 1,024 hidden units
         assert module.backbone.trunk.head[0].out_features == 1024
     x, _ = next(iter(dm.train_dataloader()))

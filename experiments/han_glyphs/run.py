@@ -110,15 +110,36 @@ def small_rows(size: int) -> list[tuple[str, list[str]]]:
     return rows + [(f"LSC v22@{m22} cos keyed", lsc("v22", m22))]
 
 
-def jobs_for(size: int | None, rows, seeds, epochs: int, extra=()) -> tuple[list, list]:
+def lever_rows() -> list[tuple[str, list[str]]]:
+    """Short runs (3 epochs at 5,000 classes): which lever closes LSC's gap to Partial FC, in the order tried."""
+    base = lsc("v21", 128, *sm(32, 0.2))
+    return [
+        ("LSC v21@128 sm32 m0.2 keyed", base),
+        ("PFC cosface d128 r1.0", pfc(128)),
+        ("LSC v21@512 sm32 m0.2 keyed", lsc("v21", 512, *sm(32, 0.2))),
+        ("LSC v21@128 sm32 m0.2 keyed h2048", [*base, "model.backbone.hidden=2048"]),
+        ("LSC v21@128 lsm32 m0.2 keyed", lsc("v21", 128, *sm(32, 0.2, "labeled"))),
+        ("LSC v21@128 sm32 m0.2 data", [*base, "centers.assign=data"]),
+        ("LSC v21@128 sm32 m0.2 keyed lr3e-3", [*base, "model.optimizer.lr=3e-3"]),
+        ("LSC v21@128 sm32 m0.2 keyed aug", [*base, *AUG]),
+    ]
+
+
+def _merge(base: list[str], ov: list[str]) -> list[str]:
+    """base overrides, minus the keys a row sets itself (Hydra refuses a key given twice)."""
+    keys = {o.split("=", 1)[0] for o in ov}
+    return [b for b in base if b.split("=", 1)[0] not in keys] + list(ov)
+
+
+def jobs_for(size: int | None, rows, seeds, epochs: int, extra=(), prefix: str = "sweep") -> tuple[list, list]:
     tag = "full" if size is None else str(size)
     cls = [] if size is None else [f"data.n_classes={size}"]
     jobs, keys = [], []
     for s in seeds:  # seed-major: every row has its first seed early
         for label, ov in rows:
-            name = f"sweep-{tag}-{label.replace(' ', '_')}-s{s}"
-            jobs.append((name, [*base_overrides(epochs), *ov, *cls, *extra, f"seed={s}"]))
-            keys.append((tag, label))
+            name = f"{prefix}-{tag}-{label.replace(' ', '_')}-s{s}"
+            jobs.append((name, [*_merge(base_overrides(epochs), ov), *cls, *extra, f"seed={s}"]))
+            keys.append((tag if prefix == "sweep" else f"{tag} ({prefix})", label))
     return jobs, keys
 
 
@@ -272,9 +293,11 @@ def best(raw: list[dict], tag: str, prefix: str) -> str:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--part", choices=["all", "baselines", "small", "sweep", "seeds", "full", "report"], default="all")
+    parts = ["all", "baselines", "levers", "small", "sweep", "seeds", "full", "report"]
+    p.add_argument("--part", choices=parts, default="all")
     p.add_argument("--sizes", type=int, nargs="+", default=[1000, 5000])
     p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--lever-epochs", type=int, default=3)
     p.add_argument("--full-epochs", type=int, default=10)
     p.add_argument("--full-rows", nargs="+", default=["lsc", "pfc", "ce"], choices=["lsc", "pfc", "ce", "lsc2"])
     p.add_argument("--workers", type=int, default=2)
@@ -284,7 +307,7 @@ def main(argv=None):
     out, t0 = Path(a.out), time.time()
     out.mkdir(parents=True, exist_ok=True)
     runs = out / ("runs_smoke" if a.smoke else "runs")
-    parts = ["baselines", "small", "sweep", "seeds", "full"] if a.part == "all" else [a.part]
+    parts = ["baselines", "levers", "small", "sweep", "seeds", "full"] if a.part == "all" else [a.part]
     if a.smoke:
         parts = ["baselines", "smoke"]
     baselines = part_baselines(a, out) if "baselines" in parts or a.part in ("all", "report") else {}
@@ -297,6 +320,9 @@ def main(argv=None):
         jobs, keys = j, [("smoke", lab) for _, lab in k]
     small = [1000] if 1000 in a.sizes else []
     sweep_size = max(s for s in a.sizes) if a.sizes else 5000
+    if "levers" in parts or a.part == "report":
+        j, k = jobs_for(sweep_size, lever_rows(), [0], a.lever_epochs, prefix="levers")
+        jobs, keys = jobs + j, keys + k
     if "small" in parts:
         for size in small:
             j, k = jobs_for(size, small_rows(size), [0], a.epochs)

@@ -446,6 +446,8 @@ class StreamingDataModule(LSCDataModule):
         storage_options: dict | None = None,
         transforms: str | None = None,
         val_fraction: float | None = None,
+        batch_size: int | None = None,
+        num_workers: int | None = None,
         **kw,
     ):
         if root is None:
@@ -459,9 +461,12 @@ class StreamingDataModule(LSCDataModule):
         self.cache = Path(cache_dir or Path.home() / ".cache" / "lsc" / "streaming" / digest)
         self._manifest, self._decoder = None, None
         # null: as the source's own config trained (read with the manifest, at first use: nothing is read here)
-        self._inherit = {k for k, v in (("transforms", transforms), ("val_fraction", val_fraction)) if v is None}
+        given = (("transforms", transforms), ("val_fraction", val_fraction), ("batch_size", batch_size),
+                 ("num_workers", num_workers))  # fmt: skip
+        self._inherit = {k for k, v in given if v is None}
         transforms, val_fraction = transforms or "none", 0.1 if val_fraction is None else val_fraction
-        super().__init__(transforms=transforms, val_fraction=val_fraction, **kw)
+        super().__init__(transforms=transforms, val_fraction=val_fraction, batch_size=batch_size or 64,
+                         num_workers=num_workers or 0, **kw)  # fmt: skip
 
     @property
     def manifest(self) -> dict:
@@ -476,6 +481,10 @@ class StreamingDataModule(LSCDataModule):
                 self.transforms = src.get("transforms", "none")
             if "val_fraction" in self._inherit:
                 self.val_fraction = float(src.get("val_fraction", 0.1))
+            if "batch_size" in self._inherit:  # the in-memory run's steps per epoch (256 vs 64: 4x fewer steps)
+                self.batch_size = int(src.get("batch_size") or 64)
+            if "num_workers" in self._inherit:
+                self.num_workers = int(src.get("num_workers") or 0)
             if self.decode == "gpu" and m["format"] != "jpeg":
                 raise ValueError(
                     f"data.decode=gpu decodes JPEG chunks; {self.root} holds format={m['format']} (use decode=cpu)"

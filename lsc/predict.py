@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import hydra
@@ -54,7 +56,14 @@ class Predictor:
     def from_checkpoint(cls, path, device: str = "cpu") -> Predictor:
         from lsc.train import build_backbone
 
-        ckpt = load_checkpoint(path)
+        try:
+            ckpt = load_checkpoint(path)
+        except FileNotFoundError:
+            raise
+        except Exception as e:
+            raise ValueError(f"ckpt_path={path} is not a checkpoint lsc.train wrote ({type(e).__name__}: {e})") from e
+        if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+            raise ValueError(f"ckpt_path={path} is not a checkpoint lsc.train wrote (no state_dict)")
         spec, stored = ckpt.get(CENTERS_KEY), ckpt.get(CONFIG_KEY)
         if spec is None or not stored:
             raise ValueError(
@@ -81,6 +90,8 @@ class Predictor:
             with Image.open(image) as im:
                 im.load()
                 image = im.convert("L" if self.channels == 1 else "RGB")
+        elif isinstance(image, Image.Image) and image.mode != ("L" if self.channels == 1 else "RGB"):
+            image = image.convert("L" if self.channels == 1 else "RGB")  # as a path's image is
         if isinstance(image, Image.Image) and image.size != (self.size, self.size) and not self.transform_resizes:
             image = v2.CenterCrop(self.size)(v2.Resize(self.size)(image))  # any image size in, the model's out
         return self.transform(image)
@@ -92,6 +103,13 @@ class Predictor:
     @torch.no_grad()
     def embed(self, images) -> torch.Tensor:
         """Embeddings [B, n_dim] of a batch of images (paths, PIL images, or tensors already transformed)."""
+        if isinstance(images, (str, Path)) or not isinstance(images, Sequence) and not isinstance(images, torch.Tensor):
+            images = [images]  # one image
+        if len(images) == 0:
+            raise ValueError("no images given: pass a list of paths, PIL images or transformed tensors")
+        if any(isinstance(im, torch.Tensor) and not im.is_floating_point() for im in images):
+            raise TypeError("a tensor image must be float, already transformed as in training; pass the path or a "
+                            "PIL image to use the checkpoint's transform")  # fmt: skip
         x = torch.stack([im if isinstance(im, torch.Tensor) else self._tensor(im) for im in images])
         return self.backbone(x.to(self.device)).float()
 
@@ -121,6 +139,14 @@ def list_inputs(spec: str) -> list[str]:
         if not files:
             raise FileNotFoundError(f"input={p} holds no images ({', '.join(IMG_EXTENSIONS)})")
         return files
+    if p.is_file() and p.suffix.lower() == ".csv" and p.read_text().startswith("path,"):  # lsc.predict's own rows
+        with open(p, newline="") as f:
+            files = [
+                r["path"] for r in csv.DictReader(f) if r.get("path") and not r["path"].startswith(("test:", "val:"))
+            ]
+        if not files:
+            raise ValueError(f"input={p} is a predictions CSV without image paths")
+        return files
     if p.is_file() and p.suffix.lower() in (".txt", ".lst", ".csv"):
         files = [ln.strip() for ln in p.read_text().splitlines() if ln.strip()]
         if not files:
@@ -140,17 +166,55 @@ def columns(k: int, probs: bool, target: bool, names: bool = False) -> list[str]
     return cols + (["target"] if target else []) + ["error"]
 
 
+def positive_int(name: str, v) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    return v
+
+
+def check_out(out: Path, overwrite: bool, inputs=()) -> Path:
+    """The CSV the rows go to (out itself, or out with .csv for out=*.parquet), refused before any work if writing it
+    would destroy something: an existing file (unless overwrite=true), one of the input images or lists, a folder."""
+    if out.suffix.lower() not in (".csv", ".parquet"):
+        raise ValueError(f"out={out} must end in .csv or .parquet")
+    targets = {out, out.with_suffix(".csv"), out.with_suffix(".parquet")}
+    for t in targets:
+        if t.is_dir():
+            raise ValueError(f"out={out}: {t} is a folder; name a file, e.g. out={t / 'preds.csv'}")
+    given = {Path(i).resolve() for i in inputs}
+    if any(t.resolve() in given for t in targets):
+        raise ValueError(f"out={out} is one of the inputs; choose another out=")
+    if not overwrite and (clash := [t for t in sorted(targets) if t.exists()]):
+        raise FileExistsError(f"out={out}: {', '.join(map(str, clash))} exists; pass overwrite=true or another out=")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir() or not os.access(parent, os.W_OK):
+                why = "not a folder" if not parent.is_dir() else "not writable"
+                raise PermissionError(f"out={out}: cannot write under {parent} ({why})")
+            break
+    if out.suffix.lower() == ".parquet":
+        try:
+            import pyarrow.parquet  # noqa: F401
+        except ImportError:
+            raise ValueError(
+                f"out={out}: writing parquet needs pyarrow (pip install pyarrow), or use out=*.csv"
+            ) from None
+    return out.with_suffix(".csv")
+
+
 def predict_to_csv(pred: Predictor, items, out: Path, k: int, batch_size: int, targets=None, progress=True) -> int:
-    """items: paths (or (name, tensor) pairs for data input). Rows are written and flushed batch by batch."""
+    """items: paths (or (name, tensor) pairs for data input). Rows go to out + '.partial', written and flushed batch by
+    batch; the file takes its name when every row is in (an existing out is replaced only then)."""
     from tqdm import tqdm
 
+    k, batch_size = positive_int("k", k), positive_int("batch_size", batch_size)
     if k > pred.centers.n_classes:
         raise ValueError(f"k={k} exceeds the checkpoint's {pred.centers.n_classes:,} classes")
     cnames = pred.class_names
     cols = columns(k, pred.scale is not None, targets is not None, cnames is not None)
     out.parent.mkdir(parents=True, exist_ok=True)
-    n = 0
-    with open(out, "w", newline="") as f:
+    n, part = 0, out.with_name(out.name + ".partial")
+    with open(part, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(cols)
         for a in tqdm(range(0, len(items), batch_size), disable=not progress, desc="predict", unit="batch"):
@@ -186,6 +250,7 @@ def predict_to_csv(pred: Predictor, items, out: Path, k: int, batch_size: int, t
                 w.writerow(row)
                 n += 1
             f.flush()
+    os.replace(part, out)
     _parquet(out)
     return n
 
@@ -221,15 +286,21 @@ def main(cfg: DictConfig) -> None:
         raise ValueError("lsc.predict needs ckpt_path=<an LSC checkpoint> and input=<image folder | list | data>")
     if not cfg.get("input"):
         raise ValueError("lsc.predict needs input=<image folder, an image, a file of image paths, or data>")
-    pred = Predictor.from_checkpoint(cfg.ckpt_path, device=cfg.device)
+    positive_int("k", cfg.k), positive_int("batch_size", cfg.batch_size)
+    if str(cfg.device).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={cfg.device} but torch sees no CUDA GPU here; use device=cpu")
     out = Path(cfg.out)
     if not out.is_absolute():
         out = Path(HydraConfig.get().runtime.cwd) / out
+    items = None if cfg.input == "data" else list_inputs(cfg.input)
+    given = [cfg.input] if cfg.input == "data" else [cfg.input, *items]
+    csv_out = check_out(out, bool(cfg.get("overwrite", False)), given if cfg.input != "data" else [])
+    pred = Predictor.from_checkpoint(cfg.ckpt_path, device=cfg.device)
     if cfg.input == "data":
         items, targets = data_items(load_checkpoint(cfg.ckpt_path)[CONFIG_KEY], cfg.split)
     else:
-        items, targets = list_inputs(cfg.input), None
-    n = predict_to_csv(pred, items, out, cfg.k, cfg.batch_size, targets)
+        targets = None
+    n = predict_to_csv(pred, items, csv_out, cfg.k, cfg.batch_size, targets)
     print(f"lsc: predicted {n:,} images -> {out}", flush=True)
 
 

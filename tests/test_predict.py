@@ -20,7 +20,7 @@ import lsc.train
 from lsc.centers import ClassCenters, make_system
 from lsc.centers.assignment import Assignment, assign_nearest_free
 from lsc.data import DigitsDataModule
-from lsc.predict import Predictor, list_inputs, predict_to_csv
+from lsc.predict import Predictor, check_out, list_inputs, predict_to_csv
 
 
 def brute_top(cc: ClassCenters, z: torch.Tensor, k: int):
@@ -246,3 +246,96 @@ def test_init_from_grows_the_label_space(tmp_path, model):
     if model == "lsc":
         with pytest.raises(ValueError, match="trained with other class centers"):
             lsc.train.train(other)
+
+
+# ---- nothing a user has is overwritten or silently wrong (issue 22) -----------------------------------------------
+
+
+def test_out_is_checked_before_any_work(tmp_path):
+    img = tmp_path / "a.png"
+    img.write_bytes(b"png")
+    old = tmp_path / "p.csv"
+    old.write_text("old rows")
+    with pytest.raises(FileExistsError, match=r"exists; pass overwrite=true"):
+        check_out(old, False, [str(img)])
+    with pytest.raises(FileExistsError, match=r"p\.csv exists"):  # out=p.parquet would also write p.csv
+        check_out(tmp_path / "p.parquet", False, [])
+    assert check_out(old, True, [str(img)]) == old
+    with pytest.raises(ValueError, match=r"is one of the inputs"):  # even with overwrite=true
+        check_out(tmp_path / "list.csv", True, [str(tmp_path / "list.csv"), str(img)])
+    with pytest.raises(ValueError, match=r"must end in \.csv or \.parquet"):
+        check_out(img, True, [])
+    (tmp_path / "d.csv").mkdir()
+    with pytest.raises(ValueError, match=r"is a folder"):
+        check_out(tmp_path / "d.csv", True, [])
+    with pytest.raises(PermissionError, match=r"not a folder"):
+        check_out(old / "x.csv", True, [])
+    assert old.read_text() == "old rows"
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:  # not CSV text in a .parquet file
+        with pytest.raises(ValueError, match=r"writing parquet needs pyarrow"):
+            check_out(tmp_path / "q.parquet", False, [])
+
+
+def test_bad_arguments_or_a_failing_run_leave_the_old_file_intact(digits_ckpt, tmp_path):
+    digit_folder(tmp_path / "imgs", n=6)
+    items = list_inputs(str(tmp_path / "imgs"))
+    pred = Predictor.from_checkpoint(digits_ckpt)
+    out = tmp_path / "p.csv"
+    out.write_text("old rows")
+    for k, bs in ((0, 2), (-1, 2), ("five", 2), (3, 0), (3, -5)):
+        with pytest.raises(ValueError, match=r"must be a positive integer"):
+            predict_to_csv(pred, items, out, k, bs, progress=False)
+    calls = []
+
+    def embed_then_fail(x):
+        calls.append(1)
+        if len(calls) > 1:
+            raise RuntimeError("disk full")
+        return Predictor.embed(pred, x)
+
+    pred.embed = embed_then_fail
+    with pytest.raises(RuntimeError, match="disk full"):
+        predict_to_csv(pred, items, out, 3, 2, progress=False)
+    assert out.read_text() == "old rows"  # replaced only by a finished file
+    assert len(list(csv.DictReader(open(tmp_path / "p.csv.partial")))) == 2  # what was predicted is kept
+
+
+def test_a_predictions_csv_as_input_reads_its_paths(digits_ckpt, tmp_path):
+    digit_folder(tmp_path / "imgs", n=4)
+    items = list_inputs(str(tmp_path / "imgs"))
+    predict_to_csv(Predictor.from_checkpoint(digits_ckpt), items, tmp_path / "p.csv", 2, 2, progress=False)
+    assert list_inputs(str(tmp_path / "p.csv")) == items
+
+
+def test_predictor_api_inputs(digits_ckpt, tmp_path):
+    from PIL import Image
+
+    digit_folder(tmp_path / "imgs", n=2)
+    pred = Predictor.from_checkpoint(digits_ckpt)
+    path = str(tmp_path / "imgs" / "000.png")
+    want = pred.predict([path], k=2)
+    assert torch.equal(pred.predict(path, k=2)["labels"], want["labels"])  # one path, not its characters
+    rgb = Image.open(path).convert("RGB")  # to a grayscale model: converted as a path's image is
+    assert torch.equal(pred.predict([rgb], k=2)["labels"], want["labels"])
+    with pytest.raises(ValueError, match=r"no images given"):
+        pred.predict([])
+    with pytest.raises(TypeError, match=r"must be float"):
+        pred.predict([torch.zeros(1, 8, 8, dtype=torch.uint8)])
+    (tmp_path / "junk.ckpt").write_bytes(b"\x80\x04junk" * 10)
+    with pytest.raises(ValueError, match=r"is not a checkpoint lsc\.train wrote"):
+        Predictor.from_checkpoint(tmp_path / "junk.ckpt")
+
+
+def test_predict_cli_refuses_to_overwrite(digits_ckpt, tmp_path):
+    digit_folder(tmp_path / "imgs", n=2)
+    out = tmp_path / "preds.csv"
+    out.write_text("yesterday's predictions")
+    cmd = [sys.executable, "-m", "lsc.predict", f"ckpt_path={digits_ckpt}", f"input={tmp_path / 'imgs'}", f"out={out}",
+           f"hydra.run.dir={tmp_path / 'h'}"]  # fmt: skip
+    p = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert p.returncode != 0 and "exists; pass overwrite=true" in p.stderr and out.read_text().startswith("yester")
+    p = subprocess.run([*cmd, "overwrite=true"], env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert len(list(csv.DictReader(open(out)))) == 2

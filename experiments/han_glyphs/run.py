@@ -113,15 +113,18 @@ def small_rows(size: int) -> list[tuple[str, list[str]]]:
 def lever_rows() -> list[tuple[str, list[str]]]:
     """Short runs (3 epochs at 5,000 classes): which lever closes LSC's gap to Partial FC, in the order tried."""
     base = lsc("v21", 128, *sm(32, 0.2))
+    H2048 = "model.backbone.hidden=2048"
     return [
         ("LSC v21@128 sm32 m0.2 keyed", base),
         ("PFC cosface d128 r1.0", pfc(128)),
         ("LSC v21@512 sm32 m0.2 keyed", lsc("v21", 512, *sm(32, 0.2))),
-        ("LSC v21@128 sm32 m0.2 keyed h2048", [*base, "model.backbone.hidden=2048"]),
+        ("LSC v21@128 sm32 m0.2 keyed h2048", [*base, H2048]),
         ("LSC v21@128 lsm32 m0.2 keyed", lsc("v21", 128, *sm(32, 0.2, "labeled"))),
         ("LSC v21@128 sm32 m0.2 data", [*base, "centers.assign=data"]),
         ("LSC v21@128 sm32 m0.2 keyed lr3e-3", [*base, "model.optimizer.lr=3e-3"]),
         ("LSC v21@128 sm32 m0.2 keyed aug", [*base, *AUG]),
+        ("LSC v21@128 sm32 m0.2 data h2048", [*base, "centers.assign=data", H2048]),
+        ("PFC cosface d128 r1.0 h2048", [*pfc(128), H2048]),
     ]
 
 
@@ -286,8 +289,11 @@ def plot(raw: list[dict], path: Path, n_full: int | None) -> None:
 # ---- main ---------------------------------------------------------------------------------------------------------
 
 
-def best(raw: list[dict], tag: str, prefix: str) -> str:
-    rows = [r for r in raw if r["size"] == tag and r["config"].startswith(prefix)]
+LSC_ROW, PFC_ROW = "LSC v21@128 sm32 m0.2 keyed", "PFC cosface d128 r1.0"
+
+
+def best(rows: list[dict], prefix: str) -> str:
+    rows = [r for r in rows if r["config"].startswith(prefix)]
     return max(rows, key=lambda r: statistics.mean(r["heldout_top1"]))["config"]
 
 
@@ -299,6 +305,7 @@ def main(argv=None):
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--lever-epochs", type=int, default=3)
     p.add_argument("--full-epochs", type=int, default=10)
+    p.add_argument("--seeds", type=int, default=3, help="seeds of the headline rows (seeds and full parts)")
     p.add_argument("--full-rows", nargs="+", default=["lsc", "pfc", "ce"], choices=["lsc", "pfc", "ce", "lsc2"])
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--smoke", action="store_true")
@@ -320,9 +327,9 @@ def main(argv=None):
         jobs, keys = j, [("smoke", lab) for _, lab in k]
     small = [1000] if 1000 in a.sizes else []
     sweep_size = max(s for s in a.sizes) if a.sizes else 5000
+    lever_jobs = jobs_for(sweep_size, lever_rows(), [0], a.lever_epochs, prefix="levers") if not a.smoke else ([], [])
     if "levers" in parts or a.part == "report":
-        j, k = jobs_for(sweep_size, lever_rows(), [0], a.lever_epochs, prefix="levers")
-        jobs, keys = jobs + j, keys + k
+        jobs, keys = jobs + lever_jobs[0], keys + lever_jobs[1]
     if "small" in parts:
         for size in small:
             j, k = jobs_for(size, small_rows(size), [0], a.epochs)
@@ -336,27 +343,33 @@ def main(argv=None):
         for key, r in zip(keys, done, strict=True):
             if r is not None:
                 by.setdefault(key, []).append(r)
+    if {"seeds", "full"} & set(parts) and "levers" not in parts:  # the picks come from the lever runs done so far
+        for key, r in zip(lever_jobs[1], _cached(runs, lever_jobs[0]), strict=True):
+            if r is not None:
+                by.setdefault(key, []).append(r)
     raw = summarize(by)
     more_parts = {"seeds", "full"} & set(parts) or a.part == "report"
     if more_parts and not a.smoke:
         tag = str(sweep_size)
-        picks = [best(raw, tag, "LSC"), best(raw, tag, "PFC")]
-        rows = [r for r in sweep_rows(sweep_size) if r[0] in picks]
-        jobs, keys = jobs_for(sweep_size, rows, SEEDS, a.epochs)  # 3 seeds of the headline rows
+        # the headline rows: the best LSC and Partial FC rows of the lever runs (same short budget), else the sweep's
+        pool = [r for r in raw if r["size"] == f"{tag} (levers)"] or [r for r in raw if r["size"] == tag]
+        picks = [best(pool, "LSC"), best(pool, "PFC")] if pool else [LSC_ROW, PFC_ROW]
+        every = dict(sweep_rows(sweep_size) + lever_rows())
+        seeds = SEEDS[: a.seeds]
+        jobs, keys = jobs_for(sweep_size, [(p, every[p]) for p in picks], seeds, a.epochs)
         if "seeds" in parts or a.part == "report":
             res = run_many(runs, jobs, workers=a.workers) if a.part != "report" else _cached(runs, jobs)
             by = {k: v for k, v in by.items() if k[1] not in picks or k[0] != tag}
             for key, r in zip(keys, res, strict=True):
                 if r is not None:
                     by.setdefault(key, []).append(r)
-        frows = [r for r in sweep_rows(sweep_size) if r[0] in picks or r[0] == "CE"]
-        frows = [(lab.replace(f"@{n_min('v21', sweep_size)} ", "@{n_min} "), ov) for lab, ov in frows]
         want = {"lsc": picks[0], "pfc": picks[1], "ce": "CE"}
-        frows = [r for r in frows if r[0] in {want[x] for x in a.full_rows if x in want}]
         jobs, keys = [], []
-        for label, ov in frows:
-            seeds = [0] if label == "CE" else SEEDS
-            j, k = jobs_for(None, [(label, ov)], seeds, a.full_epochs)
+        for label in dict.fromkeys(want[x] for x in a.full_rows if x in want):
+            ov = every[label]
+            if "centers.n_dim=128" in ov:  # V_128^21 holds 16,256 classes: the full set (~20,900) takes V_256^21
+                label, ov = label.replace("@128", "@256"), [o.replace("=128", "=256") for o in ov]
+            j, k = jobs_for(None, [(label, ov)], [0] if label == "CE" else seeds, a.full_epochs)
             jobs, keys = jobs + j, keys + k
         if "full" in parts or a.part == "report":
             res = run_many(runs, jobs, workers=a.workers) if a.part != "report" else _cached(runs, jobs)

@@ -29,8 +29,8 @@ register_resolvers()
 def evaluate(cfg: DictConfig, ckpt_path: str | None, overrides: list[str] = (), groups: set[str] = frozenset()):
     if not ckpt_path:
         raise ValueError("lsc.eval needs ckpt_path=<checkpoint file>, e.g. logs/train/runs/<run>/checkpoints/last.ckpt")
-    split = cfg.get("split", "test")
-    if split not in ("test", "val"):
+    split = cfg.get("split")
+    if split not in ("test", "val", None):
         raise ValueError(f"lsc.eval split must be 'test' or 'val', got {split!r}")
     path = Path(ckpt_path)
     ckpt = load_checkpoint(path)
@@ -41,11 +41,19 @@ def evaluate(cfg: DictConfig, ckpt_path: str | None, overrides: list[str] = (), 
     trainer = hydra.utils.instantiate(
         rc.trainer, callbacks=[PredictorAccuracy(train_eval=False)], logger=False, max_epochs=1
     )
+    if split != "val":
+        dm.setup("test")
+        if dm.test_set is None:
+            if split == "test":
+                raise ValueError(f"split=test: {type(dm).__name__} has no test split (its held-out images are the "
+                                 "validation split); use split=val")  # fmt: skip
+            log.info("the data has no test split: scoring the validation split (split=val)")
+            split = "val"
+    split = split or "test"
     if split == "val":  # the run's validation split (instance labels: its fixed training sample)
         dm.setup("validate")
         trainer.validate(module, datamodule=dm, verbose=False)
-    else:
-        dm.setup("test")
+    else:  # set up above
         trainer.test(module, datamodule=dm, verbose=False)
     metrics = to_float_dict(trainer.callback_metrics)
     info = getattr(dm, "eval_info", None)

@@ -145,7 +145,7 @@ def test_train_with_data_assignment_round_trip(tmp_path):
     got = lsc.eval.evaluate(
         make_cfg(tmp_path / "e", config_name="eval"), str(tmp_path / "a" / "checkpoints" / "last.ckpt")
     )
-    assert got["test/acc_topk"] == pytest.approx(metrics["val/acc_topk"], abs=1e-6)
+    assert got["val/acc_topk"] == pytest.approx(metrics["val/acc_topk"], abs=1e-6)
     # a keyed run cannot load it, and a corrupted table is refused
     _, module, _ = lsc.train.build(make_cfg(tmp_path / "k", *args[:-2], "trainer.max_epochs=1"))
     with pytest.raises(ValueError, match="other class centers"):

@@ -363,3 +363,57 @@ def test_local_ddp_rendezvous_port_is_outside_the_ephemeral_range(monkeypatch):
     assert port is not None and 20000 <= port < lo and os.environ["MASTER_PORT"] == str(port)
     assert set_local_rendezvous_port() is None  # a set MASTER_PORT (a launcher's, or the parent rank's) is kept
     assert os.environ["MASTER_PORT"] == str(port)
+
+
+# ---- issue 22: bad inputs get a clear, early error ---------------------------------------------------------------
+
+
+def test_center_api_refuses_bad_values():
+    import math
+
+    from lsc.losses import SoftmaxLoss
+
+    cc = ClassCenters("v21", 10, n_dim=6)
+    z = torch.randn(4, 6)
+    for chunk in (-1, 0, 2.5, True):
+        calls = (lambda c: cc.predict(z, "cossim", chunk_size=c), lambda c: cc.predict(z, "euclidean", chunk_size=c),
+                 lambda c: cc.top_labels(z, 3, chunk_size=c))  # fmt: skip
+        for call in calls:
+            with pytest.raises(ValueError, match=r"chunk_size must be a positive integer"):
+                call(chunk)
+    for scale in (0, -2.0, math.nan, math.inf, torch.tensor(0.0)):
+        with pytest.raises(ValueError, match=r"scale must be a finite positive number"):
+            cc.log_prob(z, torch.arange(4), scale)
+    with pytest.raises(ValueError, match=r"loss\.scale must be a finite positive number"):
+        SoftmaxLoss(scale=math.inf)
+    with pytest.raises(ValueError, match=r"labels must be integers .* got torch\.bool"):
+        cc(torch.tensor([True, False]))
+    with pytest.raises(ValueError, match=r"a centers spec needs system, n_classes, seed, shuffle"):
+        ClassCenters.from_spec({})
+    assert torch.equal(cc.predict(z, "cossim", chunk_size=3), cc.predict(z, "cossim"))  # a valid chunk changes nothing
+
+
+def test_model_and_data_values_are_checked(tmp_path):
+    from lsc.models.partial_fc import PartialFCHead
+
+    for d in (0, -3, 2.0):
+        with pytest.raises(ValueError, match=r"model\.embed_dim must be a positive integer"):
+            PartialFCHead(10, d)
+    for size in (0, -5, 1.5):
+        with pytest.raises(ValueError, match=r"data\.img_size must be a positive integer .* or null"):
+            DigitsDataModule(img_size=size)
+    for keep, gone in (([5, 99], r"\[99\]"), ([10, 11], r"\[10, 11\]")):
+        with pytest.raises(
+            ValueError, match=rf"data\.keep_classes names classes the training data does not have: {gone}"
+        ):
+            DigitsDataModule(keep_classes=keep).num_classes  # noqa: B018
+    assert DigitsDataModule(keep_classes=[3, 4]).num_classes == 5  # labels unchanged: 0..4
+
+
+def test_eval_of_data_without_a_test_split(tmp_path):
+    lsc.train.train(make_cfg(tmp_path / "run", "data=digits", "data.limit=200"))
+    ckpt = str(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    with pytest.raises(ValueError, match=r"split=test: DigitsDataModule has no test split .* use split=val"):
+        lsc.eval.evaluate(make_cfg(tmp_path / "e1", "split=test", config_name="eval"), ckpt)
+    got = lsc.eval.evaluate(make_cfg(tmp_path / "e2", config_name="eval"), ckpt)  # default: the validation split
+    assert "val/acc" in got and not any(k.startswith("test/") for k in got)

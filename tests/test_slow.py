@@ -281,9 +281,9 @@ def test_eval_cli(tmp_path):
     assert p.returncode == 0, p.stderr[-4000:]
     want, got = (json.loads((d / "metrics.json").read_text()) for d in (train, ev))
     for k in ("acc_cossim", "acc_topk"):
-        assert got[f"test/{k}"] == pytest.approx(want[f"val/{k}"], abs=1e-6)  # rebuilt from the stored config
-    line = [ln for ln in p.stdout.splitlines() if ln.startswith("lsc:")][-1]
-    assert f"test/acc_topk={want['val/acc_topk']:.4f}" in line
+        assert got[f"val/{k}"] == pytest.approx(want[f"val/{k}"], abs=1e-6)  # rebuilt from the stored config
+    line = [ln for ln in p.stdout.splitlines() if ln.startswith("lsc:")][-1]  # digits: no test split, val scored
+    assert f"val/acc_topk={want['val/acc_topk']:.4f}" in line
     # a centers override on top of the stored config is refused
     p = subprocess.run(
         [*cmd, "centers.seed=1", f"hydra.run.dir={bad}", *common], env=env, cwd=tmp_path, capture_output=True, text=True

@@ -10,6 +10,8 @@ n_classes or count is allocated. Predictors (all exact, ties -> lowest label):
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -29,6 +31,18 @@ SMALL_BANK = 1 << 21  # n_classes * n_dim up to which the labeled centers are ca
 
 def _fmt(x: int) -> str:
     return f"{x:,}"
+
+
+def check_chunk_size(chunk_size) -> None:
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive integer (centers scored per chunk), got {chunk_size!r}")
+
+
+def check_scale(scale) -> None:
+    """A softmax scale: finite and > 0 (a learned scale arrives as a tensor)."""
+    v = float(scale.detach().reshape(-1)[0]) if isinstance(scale, torch.Tensor) else scale
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+        raise ValueError(f"scale must be a finite positive number, got {scale!r}")
 
 
 class ClassCenters:
@@ -109,8 +123,8 @@ class ClassCenters:
 
     def _check_labels(self, labels) -> torch.Tensor:
         labels = torch.as_tensor(labels)
-        if labels.is_floating_point():
-            raise ValueError("labels must be integers (a LongTensor)")
+        if labels.is_floating_point() or labels.dtype == torch.bool:
+            raise ValueError(f"labels must be integers (a LongTensor), got {labels.dtype}")
         labels = labels.long()
         if labels.numel() and (labels.min() < 0 or labels.max() >= self.n_classes):
             lo, hi = labels.min().item(), labels.max().item()
@@ -198,6 +212,10 @@ class ClassCenters:
     @classmethod
     def from_spec(cls, spec: dict, assignment: torch.Tensor | None = None) -> ClassCenters:
         """Rebuild from `spec`; a data-assigned spec needs its table (index_of_label), verified by digest."""
+        missing = [k for k in ("system", "n_classes", "seed", "shuffle") if not isinstance(spec, dict) or k not in spec]
+        if missing:
+            raise ValueError(f"a centers spec needs {', '.join(missing)} (ClassCenters.spec and a checkpoint's "
+                             f"lsc_centers have them), got {spec!r}")  # fmt: skip
         system = system_from_spec(spec["system"])
         table = None
         if spec.get("assignment") is not None:
@@ -224,6 +242,7 @@ class ClassCenters:
 
     def log_prob(self, z: torch.Tensor, labels, scale: float | torch.Tensor) -> torch.Tensor:
         """log p(label | z) [B] under the softmax over the whole system: scale * cos(z, C_y) - log Z(z)."""
+        check_scale(scale)
         z = check_embeddings(z, self.n_dim)
         z = z if z.dtype == torch.float64 else z.float()
         c = self(labels).to(z.device, z.dtype)
@@ -238,6 +257,7 @@ class ClassCenters:
 
     def predict(self, z: torch.Tensor, method: str = "topk", *, chunk_size: int = 65536, bank=None) -> torch.Tensor:
         """Predicted labels [B] for embeddings z [B, n_dim]. `bank`: optional materialized centers (`bank()`)."""
+        check_chunk_size(chunk_size)
         z = check_embeddings(z, self.n_dim)
         if method == "cossim":
             return self._scan(z, chunk_size, bank)
@@ -251,6 +271,7 @@ class ClassCenters:
         """The k closest labeled centers of each row: (labels [B, k] int64, cosines [B, k] float64), by decreasing
         cosine, exact ties by lowest label. Large label spaces walk the system best-first (arXiv 2604.00779,
         Algorithm 2), skipping unlabeled vectors, so nothing n_classes-sized is built; few or sparse labels scan."""
+        check_chunk_size(chunk_size)
         z = check_embeddings(z, self.n_dim)
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")

@@ -216,6 +216,9 @@ class LSCDataModule(L.LightningDataModule):
                 f"data.val_fraction must lie strictly between 0 and 1 (the share of training images held out for "
                 f"validation), got {val_fraction!r}"
             )
+        if img_size is not None and (isinstance(img_size, bool) or not isinstance(img_size, int) or img_size < 1):
+            raise ValueError(f"data.img_size must be a positive integer (pixels a side) or null (native), got "
+                             f"{img_size!r}")  # fmt: skip
         if copies > 1 and not instance_labels:
             raise ValueError("data.copies > 1 needs data.instance_labels=true (copies get distinct labels)")
         if keep_classes is not None and (
@@ -258,6 +261,8 @@ class LSCDataModule(L.LightningDataModule):
             idx = idx[split.targets[idx] < self.classes]
         if self.keep_classes is not None:
             t = split.targets[idx]
+            if split is self.raw()[0]:
+                self._check_keep(t)
             keep = torch.isin(t, torch.tensor(self.keep_classes))
             if self.replay_per_class:  # the first N images of every class not kept
                 for c in t[~keep].unique().tolist():
@@ -269,6 +274,14 @@ class LSCDataModule(L.LightningDataModule):
                 log.warning(f"data.limit={self.limit:,} exceeds the {len(idx):,} training images; using all of them")
             idx = idx[: self.limit]
         return idx
+
+    def _check_keep(self, targets: torch.Tensor) -> None:
+        have = set(targets.unique().tolist())
+        gone = [c for c in self.keep_classes if c not in have]
+        if gone:
+            after = " after data.classes / data.limit" if self.classes or self.limit else ""
+            raise ValueError(f"data.keep_classes names classes the training data does not have{after}: {gone} (its "
+                             f"labels: {sorted(have)[:3]}...{sorted(have)[-1:]})")  # fmt: skip
 
     @property
     def num_classes(self) -> int:

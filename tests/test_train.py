@@ -150,7 +150,7 @@ EXPECT = {
     "enc_cinic": ("a_n", 3, 16),
     "fmnist_enc": ("v21", 10, 16),
     "fmnist_inst": ("v22", 500, 0),
-    "han_glyphs": ("v21", 4, "128"),
+    "han_glyphs": ("v21", 4, "256"),
     "vit_1m": ("v22", 12, 16),
     "vit_cifar": ("v21", 10, 16),
     "vit_i1k": ("a_n", 3, "384"),
@@ -194,12 +194,11 @@ def test_experiment_fast_dev_run(tmp_path, spy_build, name):
     n_dim = int(dim) if isinstance(dim, str) else expected_n_dim(system, n_classes, floor=dim)
     assert cc.n_dim == n_dim
     # the many_classes study's recipe: data-aware assignment + full-system softmax for the instance-label runs;
-    # han_glyphs (experiments/han_glyphs): keyed assignment + the margin softmax
-    data_aware = name in ("fmnist_inst", "vit_1m")
-    assert (cc.assignment is not None) == data_aware
-    assert isinstance(module.loss_fn, SoftmaxLoss) == (data_aware or name == "han_glyphs")
-    if name == "fmnist_inst":  # the 60,000-class study's flat head: 1,024 hidden units
-        assert module.backbone.trunk.head[0].out_features == 1024
+    # and for han_glyphs (experiments/han_glyphs: data-aware + the margin softmax, a 2,048-wide hidden layer)
+    recipe = name in ("fmnist_inst", "vit_1m", "han_glyphs")
+    assert (cc.assignment is not None) == recipe and isinstance(module.loss_fn, SoftmaxLoss) == recipe
+    if name in ("fmnist_inst", "han_glyphs"):  # the studies' flat heads: 1,024 / 2,048 hidden units
+        assert module.backbone.trunk.head[0].out_features == {"fmnist_inst": 1024, "han_glyphs": 2048}[name]
     x, _ = next(iter(dm.train_dataloader()))
     module.eval()
     with torch.no_grad():

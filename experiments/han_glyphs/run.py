@@ -182,7 +182,7 @@ def part_baselines(a, out: Path) -> dict:
 
     f = out / ("baselines_smoke.json" if a.smoke else "baselines.json")
     done = json.loads(f.read_text()) if f.exists() else {}
-    sizes = ["smoke"] if a.smoke else [str(s) for s in a.sizes] + ["full"]
+    sizes = ["smoke"] if a.smoke else [str(s) for s in a.sizes] + (["full"] if a.full_baselines else [])
     for tag in sizes:
         if tag in done:
             continue
@@ -308,6 +308,8 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, default=3, help="seeds of the headline rows (seeds and full parts)")
     p.add_argument("--full-rows", nargs="+", default=["lsc", "pfc", "ce"], choices=["lsc", "pfc", "ce", "lsc2"])
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--no-full-baselines", dest="full_baselines", action="store_false",
+                   help="baselines at --sizes only (the full set's 1-NN takes minutes)")  # fmt: skip
     p.add_argument("--smoke", action="store_true")
     p.add_argument("--out", default=str(HERE / "results"))
     a = p.parse_args(argv)

@@ -54,7 +54,7 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, path, device: str = "cpu") -> Predictor:
-        from lsc.train import build_backbone
+        from lsc.models import build_backbone
 
         try:
             ckpt = load_checkpoint(path)

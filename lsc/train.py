@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from lsc.centers import METHODS, ClassCenters, n_min
 from lsc.centers.assignment import Assignment, assign_global_greedy, assign_nearest_free, check_assignable
 from lsc.data.prototypes import class_prototypes
+from lsc.models import build_backbone
 from lsc.models.module import init_weights_from
 from lsc.runconfig import (
     ASSIGNMENT_KEY,
@@ -138,13 +139,6 @@ def is_lsc(cfg: DictConfig) -> bool:
 
 def is_partial_fc(cfg: DictConfig) -> bool:
     return str(cfg.model._target_).endswith("PartialFCModule")
-
-
-def build_backbone(cfg: DictConfig, dm, out_dim: int):
-    bb_kw = {"out_dim": out_dim, "in_chans": dm.channels}
-    if "img_size" in cfg.model.backbone and cfg.model.backbone.img_size is None:
-        bb_kw["img_size"] = dm.out_size
-    return hydra.utils.instantiate(cfg.model.backbone, **bb_kw)
 
 
 def build(cfg: DictConfig, ckpt: dict | None = None, init: dict | None = None):

@@ -178,7 +178,9 @@ def case_fallback():
     old, _triton.MAX_DIM = _triton.MAX_DIM, 4
     try:
         assert not _triton.triton_topk_covers(cc)
-        got = _triton.fast_labels_triton(cc, z)
+        got = kernels.fast_labels(cc, z, backend="triton")  # the dispatcher takes the torch path
+        with pytest.raises(ValueError, match=r"does not cover"):
+            _triton.fast_labels_triton(cc, z)
     finally:
         _triton.MAX_DIM = old
     want = kernels.fast_labels_torch(cc, z)

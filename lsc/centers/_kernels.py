@@ -52,9 +52,9 @@ def fast_labels(cc, z: torch.Tensor, backend: str = "auto") -> tuple[torch.Tenso
         else:
             backend = "numba" if (HAVE_NUMBA and z.device.type == "cpu") else "torch"
     if backend == "triton":
-        from ._triton import fast_labels_triton
+        from ._triton import fast_labels_triton, triton_topk_covers
 
-        return fast_labels_triton(cc, z)
+        return fast_labels_triton(cc, z) if triton_topk_covers(cc) else fast_labels_torch(cc, z)
     if backend == "numba":
         return fast_labels_numba(cc, z)
     if backend != "torch":

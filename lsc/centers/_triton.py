@@ -450,14 +450,14 @@ _UPCAST = {torch.float16: 1, torch.bfloat16: 2}  # widened to float32 in registe
 def fast_labels_triton(cc, z: torch.Tensor, block_rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """`_kernels.fast_labels_torch` in one fused kernel: (labels [B] int64, -1 where slow; slow [B] bool).
 
-    CUDA tensors run compiled, CPU tensors under the Triton interpreter (for tests). Falls back to
-    `fast_labels_torch` where `triton_topk_covers` is False (n_dim > MAX_DIM, more than MAX_SLOTS nonzeros).
+    CUDA tensors run compiled, CPU tensors under the Triton interpreter (for tests). Only where `triton_topk_covers`
+    (n_dim <= MAX_DIM, at most MAX_SLOTS nonzeros); `_kernels.fast_labels`, the one dispatcher, takes the torch path
+    elsewhere (this module imports nothing from `_kernels`: the dependency runs one way).
     float32 / float64 / bfloat16 / float16 inputs (half types are widened to float32 in registers).
     """
-    from ._kernels import fast_labels_torch
-
-    if not triton_topk_covers(cc):
-        return fast_labels_torch(cc, z)
+    if not triton_topk_covers(cc):  # the dispatcher (`_kernels.fast_labels`) sends these to the torch path
+        raise ValueError(f"the Triton top-k kernel does not cover {cc.system.display} (n_dim > {MAX_DIM} or more than "
+                         f"{MAX_SLOTS} nonzeros); call lsc.centers._kernels.fast_labels")  # fmt: skip
     cc.system._check_int64()
     if z.dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
         z = z.float()

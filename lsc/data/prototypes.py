@@ -86,8 +86,8 @@ def _ckpt_embedder(path: str | None, n_dim: int):
     import hydra
     from omegaconf import OmegaConf
 
+    from lsc.models import build_backbone
     from lsc.runconfig import CENTERS_KEY, CONFIG_KEY, load_checkpoint
-    from lsc.train import build_backbone
 
     ckpt = load_checkpoint(path, "centers.prototype_ckpt")
     stored, spec = ckpt.get(CONFIG_KEY), ckpt.get(CENTERS_KEY)

@@ -1,4 +1,4 @@
-from .backbones import Backbone, encoder_backbone, timm_backbone
+from .backbones import Backbone, build_backbone, encoder_backbone, timm_backbone
 from .encoder import Encoder, encoder_small
 from .module import CEModule, LSCModule
 from .partial_fc import PartialFCHead, PartialFCModule
@@ -10,6 +10,7 @@ __all__ = [
     "LSCModule",
     "PartialFCHead",
     "PartialFCModule",
+    "build_backbone",
     "encoder_backbone",
     "encoder_small",
     "timm_backbone",

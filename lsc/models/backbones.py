@@ -71,3 +71,14 @@ def encoder_backbone(out_dim: int, in_chans: int = 3, size: str = "base", **kwar
     else:
         enc = Encoder(out_dim, in_chans, **sizes[size], **kwargs)
     return Backbone(enc, out_dim, out_dim)
+
+
+def build_backbone(cfg, dm, out_dim: int) -> nn.Module:
+    """The run config's `model.backbone`, sized for the data (`dm`: channels, image size) and `out_dim` outputs.
+    Model construction lives here, with the models: training, prediction and the prototype pass all call it."""
+    import hydra
+
+    bb_kw = {"out_dim": out_dim, "in_chans": dm.channels}
+    if "img_size" in cfg.model.backbone and cfg.model.backbone.img_size is None:
+        bb_kw["img_size"] = dm.out_size
+    return hydra.utils.instantiate(cfg.model.backbone, **bb_kw)

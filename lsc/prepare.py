@@ -30,6 +30,7 @@ import json
 import logging
 import multiprocessing as mp
 import os
+import re
 import shutil
 import sys
 import threading
@@ -300,6 +301,22 @@ def open_manifest(out: Path, new: dict) -> dict:
     return new
 
 
+BYTES = re.compile(r"^\s*\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)?\s*$", re.I)
+
+
+def check_chunking(cfg: DictConfig) -> None:
+    """num_workers, chunk_size and chunk_bytes refused before anything is written."""
+    w, n, b = cfg.get("num_workers"), cfg.get("chunk_size"), cfg.get("chunk_bytes", "64MB")
+    if w is not None and (isinstance(w, bool) or not isinstance(w, int) or w < 1):
+        raise ValueError(f"num_workers must be a positive integer or null (min(cores, 8)), got {w!r}")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ValueError(f"chunk_size must be a positive number of images per chunk or null, got {n!r}")
+    if n is None and not (
+        isinstance(b, int) and not isinstance(b, bool) and b > 0 or isinstance(b, str) and BYTES.match(b)
+    ):
+        raise ValueError(f"chunk_bytes must be a size like 64MB (or a positive number of bytes), got {b!r}")
+
+
 def prepare(cfg: DictConfig) -> dict:
     """Write (or finish) the prepared dir; returns its manifest."""
     if not cfg.get("out"):
@@ -310,6 +327,7 @@ def prepare(cfg: DictConfig) -> dict:
     quality = int(cfg.get("quality", 90))
     if not 1 <= quality <= 100:
         raise ValueError(f"quality must lie in 1..100, got {quality}")
+    check_chunking(cfg)
     out = Path(cfg.out).expanduser()
     t0 = time.time()
     quiet_litdata()

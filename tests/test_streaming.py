@@ -313,6 +313,10 @@ def test_prepare_bad_inputs(tmp_path):
         prepare(compose_cfg(["data=digits"], config_name="prepare"))
     with pytest.raises(ValueError, match=r"format must be auto or one of jpeg, raw"):
         run_prepare(tmp_path / "o", "data=digits", "format=png")
+    for bad, msg in (("num_workers=-2", "num_workers must be a positive integer"), ("chunk_size=0", "chunk_size must"),
+                     ("chunk_bytes=lots", "chunk_bytes must be a size like 64MB")):  # fmt: skip
+        with pytest.raises(ValueError, match=msg):
+            run_prepare(tmp_path / "o", "data=digits", bad)
     with pytest.raises(ValueError, match=r"has no training images"):
         run_prepare(tmp_path / "o", "data=synthetic", "data.num_samples=0")
     (tmp_path / "empty" / "train" / "class_00").mkdir(parents=True)

@@ -8,7 +8,7 @@ import shlex
 
 import pytest
 import torch
-from helpers import CONF, HAS_FMNIST, ROOT, compose_cfg, make_cfg, make_image_folder
+from helpers import CONF, HAN_TEST_FONTS, HAS_FMNIST, HAS_HAN_TEST_FONTS, ROOT, compose_cfg, make_cfg, make_image_folder
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import open_dict
 
@@ -139,7 +139,14 @@ def test_readme_command_builds(module, args, user_files, tmp_path):
         lsc.train.check_run(cfg)
         if "fashion" in str(cfg.data._target_).lower() and not HAS_FMNIST:
             continue
-        if cfg.centers.get("assign") == "data" and cfg.data.get("limit") is None:
+        if "HanGlyphs" in str(cfg.data._target_):  # the three small CJK fonts `make install` installs, 4 characters
+            if not HAS_HAN_TEST_FONTS:
+                continue
+            with open_dict(cfg):
+                cfg.data.update(font_dirs=list(HAN_TEST_FONTS), test_designs=["WenQuanYi Micro Hei"], val_designs=[],
+                                min_designs=2, codepoints=["U+4E00", "U+4E8C", "U+4E09", "U+5927"], n_classes=None,
+                                cache_dir=str(tmp_path / "glyphs"))  # fmt: skip
+        elif cfg.centers.get("assign") == "data" and cfg.data.get("limit") is None:
             # the data-aware assignment of every Fashion-MNIST image as a class takes minutes on this CPU: build on
             # 2,000 of them (the rule itself is tested against brute force in test_assignment)
             with open_dict(cfg):

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lsc.centers import ClassCenters
+from lsc.centers.class_centers import check_scale
 
 
 class CosineLoss(nn.Module):
@@ -74,8 +75,7 @@ class SoftmaxLoss(nn.Module):
             raise ValueError(f"loss.negatives must be system (every vector) or labeled (the class centers), got "
                              f"{negatives!r}")  # fmt: skip
         self.negatives, self.chunk_size = negatives, int(chunk_size)
-        if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not math.isfinite(scale) or scale <= 0:
-            raise ValueError(f"loss.scale must be a finite positive number, got {scale!r}")
+        check_scale(scale, "loss.scale")
         if not 0 <= margin < 1:
             raise ValueError(f"loss.margin must lie in [0, 1), got {margin!r}")
         if cos_weight < 0:

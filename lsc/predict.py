@@ -35,7 +35,7 @@ from torchvision.transforms import v2
 from lsc.centers import ClassCenters
 from lsc.data.transforms import make_transform
 from lsc.runconfig import ASSIGNMENT_KEY, CENTERS_KEY, CLASS_NAMES_KEY, CONFIG_KEY, load_checkpoint
-from lsc.utils import quiet_lightning, register_resolvers
+from lsc.utils import positive_int, quiet_lightning, register_resolvers
 
 log = logging.getLogger("lsc.predict")
 register_resolvers()
@@ -56,14 +56,7 @@ class Predictor:
     def from_checkpoint(cls, path, device: str = "cpu") -> Predictor:
         from lsc.models import build_backbone
 
-        try:
-            ckpt = load_checkpoint(path)
-        except FileNotFoundError:
-            raise
-        except Exception as e:
-            raise ValueError(f"ckpt_path={path} is not a checkpoint lsc.train wrote ({type(e).__name__}: {e})") from e
-        if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-            raise ValueError(f"ckpt_path={path} is not a checkpoint lsc.train wrote (no state_dict)")
+        ckpt = load_checkpoint(path)
         spec, stored = ckpt.get(CENTERS_KEY), ckpt.get(CONFIG_KEY)
         if spec is None or not stored:
             raise ValueError(
@@ -164,12 +157,6 @@ def columns(k: int, probs: bool, target: bool, names: bool = False) -> list[str]
     cols += [f"cos_{j}" for j in range(2, k + 1)]
     cols += [f"prob_{j}" for j in range(1, k + 1)] if probs else []
     return cols + (["target"] if target else []) + ["error"]
-
-
-def positive_int(name: str, v) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ValueError(f"{name} must be a positive integer, got {v!r}")
-    return v
 
 
 def check_out(out: Path, overwrite: bool, inputs=()) -> Path:
@@ -292,14 +279,11 @@ def main(cfg: DictConfig) -> None:
     out = Path(cfg.out)
     if not out.is_absolute():
         out = Path(HydraConfig.get().runtime.cwd) / out
-    items = None if cfg.input == "data" else list_inputs(cfg.input)
-    given = [cfg.input] if cfg.input == "data" else [cfg.input, *items]
-    csv_out = check_out(out, bool(cfg.get("overwrite", False)), given if cfg.input != "data" else [])
+    items, targets = (None, None) if cfg.input == "data" else (list_inputs(cfg.input), None)
+    csv_out = check_out(out, bool(cfg.get("overwrite", False)), [] if items is None else [cfg.input, *items])
     pred = Predictor.from_checkpoint(cfg.ckpt_path, device=cfg.device)
-    if cfg.input == "data":
+    if items is None:
         items, targets = data_items(load_checkpoint(cfg.ckpt_path)[CONFIG_KEY], cfg.split)
-    else:
-        targets = None
     n = predict_to_csv(pred, items, csv_out, cfg.k, cfg.batch_size, targets)
     print(f"lsc: predicted {n:,} images -> {out}", flush=True)
 

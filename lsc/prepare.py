@@ -44,7 +44,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lsc.data.base import BadImageError
 from lsc.data.streaming import FORMAT_VERSION, FORMATS, MANIFEST, quiet_litdata, sha256_array
-from lsc.utils import save_json
+from lsc.utils import positive_int, save_json
 
 log = logging.getLogger("lsc.prepare")
 # data-config keys that select views or loaders, not content: streaming applies them; the source ignores them
@@ -307,10 +307,8 @@ BYTES = re.compile(r"^\s*\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)?\s*$", re
 def check_chunking(cfg: DictConfig) -> None:
     """num_workers, chunk_size and chunk_bytes refused before anything is written."""
     w, n, b = cfg.get("num_workers"), cfg.get("chunk_size"), cfg.get("chunk_bytes", "64MB")
-    if w is not None and (isinstance(w, bool) or not isinstance(w, int) or w < 1):
-        raise ValueError(f"num_workers must be a positive integer or null (min(cores, 8)), got {w!r}")
-    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-        raise ValueError(f"chunk_size must be a positive number of images per chunk or null, got {n!r}")
+    positive_int("num_workers", w, allow_none=True, hint="null: min(cores, 8)")
+    positive_int("chunk_size", n, allow_none=True, hint="images per chunk")
     if n is None and not (
         isinstance(b, int) and not isinstance(b, bool) and b > 0 or isinstance(b, str) and BYTES.match(b)
     ):

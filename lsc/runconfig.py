@@ -50,7 +50,8 @@ def load_checkpoint(path, what: str = "ckpt_path") -> dict:
         )
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as e:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, KeyError, IndexError) as e:
+        # KeyError / IndexError: bytes that start like a pickle and reference memo slots that do not exist
         raise ValueError(
             f"{what}={path} is not a checkpoint written by lsc/Lightning (truncated, or another kind of file; "
             f"torch.load: {type(e).__name__}); pass a .ckpt from lsc.train, e.g. <run dir>/checkpoints/last.ckpt"

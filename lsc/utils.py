@@ -16,6 +16,16 @@ from omegaconf import OmegaConf
 log = logging.getLogger("lsc")
 
 
+def positive_int(name: str, value, allow_none: bool = False, hint: str = ""):
+    """value, if it is an int >= 1 (or None where allowed); else a ValueError naming the setting."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        what = " or null" if allow_none else ""
+        raise ValueError(f"{name} must be a positive integer{what}{f' ({hint})' if hint else ''}, got {value!r}")
+    return value
+
+
 def register_resolvers() -> None:
     # wandb never prompts: offline unless the user asked for online (WANDB_MODE=online)
     if not OmegaConf.has_resolver("lsc_wandb_offline"):

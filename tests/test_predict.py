@@ -324,7 +324,7 @@ def test_predictor_api_inputs(digits_ckpt, tmp_path):
     with pytest.raises(TypeError, match=r"must be float"):
         pred.predict([torch.zeros(1, 8, 8, dtype=torch.uint8)])
     (tmp_path / "junk.ckpt").write_bytes(b"\x80\x04junk" * 10)
-    with pytest.raises(ValueError, match=r"is not a checkpoint lsc\.train wrote"):
+    with pytest.raises(ValueError, match=r"junk\.ckpt is not a checkpoint written by lsc/Lightning"):
         Predictor.from_checkpoint(tmp_path / "junk.ckpt")
 
 

@@ -15,6 +15,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from lsc.utils import positive_int
+
 from . import _kernels
 from .assignment import Assignment
 from .label_map import FeistelPermutation, IdentityPermutation
@@ -33,16 +35,11 @@ def _fmt(x: int) -> str:
     return f"{x:,}"
 
 
-def check_chunk_size(chunk_size) -> None:
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive integer (centers scored per chunk), got {chunk_size!r}")
-
-
-def check_scale(scale) -> None:
+def check_scale(scale, name: str = "scale") -> None:
     """A softmax scale: finite and > 0 (a learned scale arrives as a tensor)."""
     v = float(scale.detach().reshape(-1)[0]) if isinstance(scale, torch.Tensor) else scale
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-        raise ValueError(f"scale must be a finite positive number, got {scale!r}")
+        raise ValueError(f"{name} must be a finite positive number, got {scale!r}")
 
 
 class ClassCenters:
@@ -257,7 +254,7 @@ class ClassCenters:
 
     def predict(self, z: torch.Tensor, method: str = "topk", *, chunk_size: int = 65536, bank=None) -> torch.Tensor:
         """Predicted labels [B] for embeddings z [B, n_dim]. `bank`: optional materialized centers (`bank()`)."""
-        check_chunk_size(chunk_size)
+        positive_int("chunk_size", chunk_size, hint="centers scored per chunk")
         z = check_embeddings(z, self.n_dim)
         if method == "cossim":
             return self._scan(z, chunk_size, bank)
@@ -271,7 +268,7 @@ class ClassCenters:
         """The k closest labeled centers of each row: (labels [B, k] int64, cosines [B, k] float64), by decreasing
         cosine, exact ties by lowest label. Large label spaces walk the system best-first (arXiv 2604.00779,
         Algorithm 2), skipping unlabeled vectors, so nothing n_classes-sized is built; few or sparse labels scan."""
-        check_chunk_size(chunk_size)
+        positive_int("chunk_size", chunk_size, hint="centers scored per chunk")
         z = check_embeddings(z, self.n_dim)
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")

@@ -25,6 +25,8 @@ from torch.multiprocessing import Value
 from torch.utils.data import Dataset, default_collate
 from torchdata.stateful_dataloader import StatefulDataLoader
 
+from lsc.utils import positive_int
+
 from .transforms import make_transform
 
 log = logging.getLogger("lsc.data")
@@ -156,12 +158,8 @@ class RawSplit:
         return self.images[i]
 
 
-def _positive_int(name: str, value, allow_none: bool = True):
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"data.{name} must be a positive integer{' or null' if allow_none else ''}, got {value!r}")
-    return value
+def _positive_int(name: str, value, allow_none: bool = True, hint: str = ""):
+    return positive_int(f"data.{name}", value, allow_none, hint)
 
 
 class LSCDataModule(L.LightningDataModule):
@@ -216,9 +214,7 @@ class LSCDataModule(L.LightningDataModule):
                 f"data.val_fraction must lie strictly between 0 and 1 (the share of training images held out for "
                 f"validation), got {val_fraction!r}"
             )
-        if img_size is not None and (isinstance(img_size, bool) or not isinstance(img_size, int) or img_size < 1):
-            raise ValueError(f"data.img_size must be a positive integer (pixels a side) or null (native), got "
-                             f"{img_size!r}")  # fmt: skip
+        _positive_int("img_size", img_size, hint="pixels a side; null: the native size")
         if copies > 1 and not instance_labels:
             raise ValueError("data.copies > 1 needs data.instance_labels=true (copies get distinct labels)")
         if keep_classes is not None and (

@@ -19,6 +19,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from lsc.utils import positive_int
+
 from .module import _Base
 
 MARGINS = ("cosface", "arcface")
@@ -119,8 +121,7 @@ class PartialFCHead(nn.Module):
         seed: int = 0,
     ):
         super().__init__()
-        if isinstance(embed_dim, bool) or not isinstance(embed_dim, int) or embed_dim < 1:
-            raise ValueError(f"model.embed_dim must be a positive integer (the embedding width), got {embed_dim!r}")
+        positive_int("model.embed_dim", embed_dim, hint="the embedding width")
         if margin_type not in MARGINS:
             raise ValueError(f"model.margin_type must be one of {', '.join(MARGINS)}, got {margin_type!r}")
         if not 0 < sample_rate <= 1:

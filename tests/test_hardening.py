@@ -393,6 +393,18 @@ def test_center_api_refuses_bad_values():
     assert torch.equal(cc.predict(z, "cossim", chunk_size=3), cc.predict(z, "cossim"))  # a valid chunk changes nothing
 
 
+@pytest.mark.parametrize(("system", "n_classes"), [("v21", 200), ("v22", 300), ("a_n", 50), ("v21", 50000)])
+def test_one_tie_rule_for_every_predictor(system, n_classes):
+    # a zero embedding ties with every vector: the lowest label, 0, from predict, top_labels and nearest alike
+    cc = ClassCenters(system, n_classes, seed=3)
+    z = torch.zeros(3, cc.n_dim)
+    for method in ("cossim", "topk"):
+        assert cc.predict(z, method).tolist() == [0, 0, 0], method
+    assert cc.top_labels(z, 2)[0].tolist() == [[0, 1]] * 3
+    idx, lab = cc.nearest(z)
+    assert lab.tolist() == [0, 0, 0] and torch.equal(idx, cc.index_of(lab))
+
+
 def test_model_and_data_values_are_checked(tmp_path):
     from lsc.models.partial_fc import PartialFCHead
 

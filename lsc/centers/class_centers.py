@@ -248,9 +248,20 @@ class ClassCenters:
     # ---- prediction -------------------------------------------------------------------------------------
 
     def nearest(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Raw Algorithm 1: (index of the nearest system vector, its label or -1 when unlabeled)."""
+        """(index of the nearest system vector, its label or -1 when unlabeled): Algorithm 1, with the predictors'
+        tie rule. Ties go to a labeled vector, the lowest label first, so a row whose nearest vector ties with a
+        center gets that center's label, the one `predict` gives (a zero embedding ties with every vector: label
+        0); among unlabeled vectors only, the lowest index. `system.nearest` is the raw algorithm."""
+        z = check_embeddings(z, self.n_dim)
         idx = self.system.nearest(z)
-        return idx, self.label_of(idx)
+        lab = self.label_of(idx)
+        top = self.predict(z, "topk")  # exact, lowest label on ties
+        z64 = z.detach().double()
+        v_near = self.system.vectors(idx, normalize=True, dtype=torch.float64).to(z.device)
+        v_top = self.system.vectors(self.index_of(top), normalize=True, dtype=torch.float64).to(z.device)
+        # the labeled center is as near (to float64 rounding of centers with other norms): it wins the tie
+        tie = (z64 * v_top).sum(1) >= (z64 * v_near).sum(1) - 1e-12 * z64.norm(dim=1)
+        return torch.where(tie, self.index_of(top), idx), torch.where(tie, top, lab)
 
     def predict(self, z: torch.Tensor, method: str = "topk", *, chunk_size: int = 65536, bank=None) -> torch.Tensor:
         """Predicted labels [B] for embeddings z [B, n_dim]. `bank`: optional materialized centers (`bank()`)."""

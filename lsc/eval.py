@@ -35,7 +35,7 @@ def evaluate(cfg: DictConfig, ckpt_path: str | None, overrides: list[str] = (), 
     path = Path(ckpt_path)
     ckpt = load_checkpoint(path)
     rc = stored_run_config(ckpt, cfg, list(overrides), set(groups))
-    dm, module, centers = build(rc, ckpt=ckpt)
+    dm, module, centers = build(rc, ckpt=ckpt, ckpt_path=path)
     module.on_load_checkpoint(ckpt)  # refuses a centers mismatch
     module.load_state_dict(ckpt["state_dict"])
     trainer = hydra.utils.instantiate(

@@ -24,6 +24,7 @@ import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 
 import hydra
 import torch
@@ -34,7 +35,7 @@ from torchvision.transforms import v2
 
 from lsc.centers import ClassCenters
 from lsc.data.transforms import make_transform
-from lsc.runconfig import ASSIGNMENT_KEY, CENTERS_KEY, CLASS_NAMES_KEY, CONFIG_KEY, load_checkpoint
+from lsc.runconfig import ASSIGNMENT_KEY, CENTERS_KEY, CLASS_NAMES_KEY, CONFIG_KEY, INPUT_KEY, load_checkpoint
 from lsc.utils import positive_int, quiet_lightning, register_resolvers
 
 log = logging.getLogger("lsc.predict")
@@ -64,7 +65,12 @@ class Predictor:
                 "model trained with model=lsc (evaluate CE / Partial FC checkpoints with lsc.eval)"
             )
         cfg = OmegaConf.create(stored)
-        dm = hydra.utils.instantiate(cfg.data)  # reads no files: the channels, size and normalization
+        spec_in = ckpt.get(INPUT_KEY)
+        if spec_in:  # the images it was trained on, as recorded: no data needed (a prepared folder may be gone)
+            dm = SimpleNamespace(out_size=spec_in["size"], **{k: spec_in[k] for k in ("channels", "native_size")})
+            dm.mean, dm.std, dm.large_images = tuple(spec_in["mean"]), tuple(spec_in["std"]), spec_in["large_images"]
+        else:  # an older checkpoint: the data module reads its channels, size and normalization
+            dm = hydra.utils.instantiate(cfg.data)
         centers = ClassCenters.from_spec(spec, ckpt.get(ASSIGNMENT_KEY))
         backbone = build_backbone(cfg, dm, centers.n_dim)
         sd = ckpt["state_dict"]

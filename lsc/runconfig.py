@@ -17,6 +17,7 @@ CONFIG_KEY = "lsc_config"
 CENTERS_KEY = "lsc_centers"
 ASSIGNMENT_KEY = "lsc_assignment"  # the data-aware class -> vector table (int64 [n_classes]), when there is one
 CLASS_NAMES_KEY = "lsc_class_names"  # the data's class names (label -> name), when its classes have names
+INPUT_KEY = "lsc_input"  # what the model saw: image size, channels, normalization (lsc.predict needs no data)
 
 # what a resumed run may change: where data lives and how fast it is read, and how it is evaluated
 RESUME_MAY_CHANGE = {
@@ -59,6 +60,37 @@ def load_checkpoint(path, what: str = "ckpt_path") -> dict:
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise ValueError(f"{what}={path} is not a Lightning checkpoint (no state_dict); pass a .ckpt from lsc.train")
     return ckpt
+
+
+def input_spec(dm) -> dict:
+    """The images a model was trained on, as the data module resolved them (a prepared folder's size comes from
+    its manifest): recorded in every checkpoint, checked when the checkpoint meets data again."""
+    return {
+        "size": int(dm.out_size),
+        "channels": int(dm.channels),
+        "mean": [float(m) for m in dm.mean],
+        "std": [float(s) for s in dm.std],
+        "native_size": int(dm.native_size),
+        "large_images": bool(getattr(dm, "large_images", False)),
+    }
+
+
+def check_input(ckpt: dict, dm, path) -> None:
+    """Refuse data whose images differ in size or channels from the ones the checkpoint was trained on (e.g. a
+    folder prepared at another size): the model would score, or keep training, on images it never saw."""
+    then = ckpt.get(INPUT_KEY)
+    if not then:  # a checkpoint older than the record
+        return
+    now = input_spec(dm)
+    diff = [f"{k} {then[k]} -> {now[k]}" for k in ("size", "channels") if then[k] != now[k]]
+    if diff:
+        root = getattr(dm, "root", None)
+        where = f" (data.root={root})" if root else ""
+        raise ValueError(
+            f"ckpt_path={path} was trained on {then['size']} px images with {then['channels']} channel(s), but this "
+            f"data{where} gives other images: {', '.join(diff)}; use data of the run's size (a prepared folder: "
+            f"python -m lsc.prepare ... data.img_size={then['size']}), or set data.img_size={then['size']}"
+        )
 
 
 def flat(d, prefix: str = "") -> dict:

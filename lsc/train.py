@@ -34,7 +34,9 @@ from lsc.runconfig import (
     CENTERS_KEY,
     CLASS_NAMES_KEY,
     INJECTED,
+    check_input,
     check_resume,
+    input_spec,
     load_checkpoint,
     stored_run_config,
     with_checkpoint_groups,
@@ -141,7 +143,7 @@ def is_partial_fc(cfg: DictConfig) -> bool:
     return str(cfg.model._target_).endswith("PartialFCModule")
 
 
-def build(cfg: DictConfig, ckpt: dict | None = None, init: dict | None = None):
+def build(cfg: DictConfig, ckpt: dict | None = None, init: dict | None = None, ckpt_path=None):
     """(datamodule, module, centers or None) from a composed config. `ckpt`: the checkpoint being resumed or
     evaluated; a data-aware assignment is then read from it instead of being computed again. `init`: the
     init_from checkpoint (weights only; its data-aware table is extended, never recomputed)."""
@@ -150,6 +152,8 @@ def build(cfg: DictConfig, ckpt: dict | None = None, init: dict | None = None):
             f"model.predictor={cfg.model.predictor!r} is not a predictor; choose one of {', '.join(METHODS)}"
         )
     dm = hydra.utils.instantiate(cfg.data)
+    if ckpt is not None:  # resume / eval: the images the model was trained on
+        check_input(ckpt, dm, ckpt_path or cfg.get("ckpt_path") or "<checkpoint>")
     names = (ckpt or {}).get(CLASS_NAMES_KEY)
     if names is not None and hasattr(dm, "pin_classes"):  # the checkpoint's label space, whatever the data holds now
         dm.pin_classes(names)
@@ -168,6 +172,7 @@ def build(cfg: DictConfig, ckpt: dict | None = None, init: dict | None = None):
     module = hydra.utils.instantiate(model_cfg, backbone=backbone, _convert_="all", **extra)
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
     module.class_names = dm.class_names
+    module.input_spec = input_spec(dm)
     return dm, module, centers
 
 
@@ -253,7 +258,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if any("Wandb" in str(c.get("_target_", "")) for c in (cfg.get("logger") or {}).values() if c):
         os.environ.setdefault("WANDB_MODE", "offline")  # never a login prompt
         os.environ.setdefault("WANDB_SILENT", "true")
-    dm, module, centers = build(cfg, ckpt=ckpt, init=init)
+    dm, module, centers = build(cfg, ckpt=ckpt, init=init, ckpt_path=ckpt_path)
     del ckpt  # Lightning loads it again (weights, optimizer, loops)
     if init is not None:
         grown = init_weights_from(module, init, init_path)

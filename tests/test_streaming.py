@@ -37,6 +37,7 @@ from helpers import (
 from PIL import Image
 from sklearn.datasets import load_digits
 
+import lsc.eval
 import lsc.train
 from lsc.callbacks import DataWaitMonitor
 from lsc.data import DigitsDataModule, ImageFolderDataModule, StreamingDataModule
@@ -654,3 +655,27 @@ def test_streamed_and_in_memory_runs_learn_alike(digits_raw, tmp_path):
     st = lsc.train.train(make_cfg(tmp_path / "s", *args, "data=streaming", f"data.root={digits_raw}", tiny=False))
     a, b = mem["val/acc"], st["val/acc"]
     assert a > 0.7 and b > 0.7 and abs(a - b) < 0.05, (a, b)
+
+
+def test_a_checkpoint_needs_images_of_its_size_and_predicts_without_its_folder(digits_raw, tmp_path):
+    from lsc.predict import Predictor
+
+    data = Path(shutil.copytree(digits_raw, tmp_path / "digits-8"))
+    lsc.train.train(make_cfg(tmp_path / "run", "data=streaming", f"data.root={data}", "trainer.max_epochs=1"))
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    other = tmp_path / "digits-16"
+    run_prepare(other, "data=digits", "format=raw", "size=16")
+    msg = rf"trained on 8 px images with 1 channel\(s\), but this data \(data\.root={other}\) .* size 8 -> 16"
+    with pytest.raises(ValueError, match=msg):  # eval: it would score 16 px images with an 8 px model
+        cfg = make_cfg(tmp_path / "e", "data=streaming", f"data.root={other}", config_name="eval")
+        lsc.eval.evaluate(cfg, str(ckpt), [f"data.root={other}"], set())
+    with pytest.raises(ValueError, match=msg):  # resume: it would keep training on them and replace last.ckpt
+        lsc.train.train(make_cfg(tmp_path / "r", "data=streaming", f"data.root={other}", f"ckpt_path={ckpt}"))
+    images, _ = digits_reference()
+    for i in range(4):
+        Image.fromarray(images[i]).save(tmp_path / f"{i}.png")
+    paths = [str(tmp_path / f"{i}.png") for i in range(4)]
+    before = Predictor.from_checkpoint(ckpt).predict(paths, k=3)
+    shutil.rmtree(data)  # the prepared folder is gone: the checkpoint records the transform
+    after = Predictor.from_checkpoint(ckpt).predict(paths, k=3)
+    assert torch.equal(before["labels"], after["labels"]) and torch.allclose(before["cos"], after["cos"])

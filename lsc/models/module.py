@@ -20,7 +20,7 @@ from torchmetrics import MaxMetric, MeanMetric, MetricCollection
 
 from lsc.centers import METHODS, ClassCenters
 from lsc.centers.assignment import Assignment
-from lsc.runconfig import ASSIGNMENT_KEY, CENTERS_KEY, CLASS_NAMES_KEY, CONFIG_KEY
+from lsc.runconfig import ASSIGNMENT_KEY, CENTERS_KEY, CLASS_NAMES_KEY, CONFIG_KEY, INPUT_KEY
 
 
 def _metrics():
@@ -60,6 +60,9 @@ class _Base(L.LightningModule):
     def on_save_checkpoint(self, checkpoint):
         # the resolved run config (plain dict): `python -m lsc.eval ckpt_path=...` rebuilds the run from it
         checkpoint[CONFIG_KEY] = getattr(self, "run_config", None)
+        spec = getattr(self, "input_spec", None)
+        if spec is not None:  # lsc.predict rebuilds the eval transform from it, without the data
+            checkpoint[INPUT_KEY] = spec
         names = getattr(self, "class_names", None)
         if names is not None:  # lsc.predict names its labels; lsc.eval on other data keeps this label space
             checkpoint[CLASS_NAMES_KEY] = list(names)

@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lsc.centers import METHODS, ClassCenters, n_min
 from lsc.centers.assignment import Assignment, assign_global_greedy, assign_nearest_free, check_assignable
-from lsc.data.prototypes import class_prototypes
+from lsc.centers.prototypes import class_prototypes
 from lsc.models import build_backbone
 from lsc.models.module import init_weights_from
 from lsc.runconfig import (
@@ -201,7 +201,7 @@ def instantiate_dict(cfg: DictConfig | None) -> list:
 def keep_csv_history(loggers: list) -> None:
     """Lightning's CSVLogger deletes a metrics.csv already in its directory, so a run resumed into its own output
     directory (hydra.run.dir) would lose the epochs before the resume: move it to metrics.1.csv (.2, ...) first;
-    `lsc.bench.runs.epochs` reads them back in order."""
+    `lsc.study.runs.epochs` reads them back in order."""
     for lg in loggers:
         if not isinstance(lg, CSVLogger):
             continue

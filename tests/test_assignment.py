@@ -12,8 +12,8 @@ import lsc.eval
 import lsc.train
 from lsc.centers import ClassCenters, _kernels, make_system
 from lsc.centers.assignment import Assignment, assign_nearest_free, brute_force_assignment
+from lsc.centers.prototypes import class_prototypes
 from lsc.data import SyntheticDataModule
-from lsc.data.prototypes import class_prototypes
 
 SYSTEMS = [("v22", 8), ("v21", 7), ("v11", 9), ("v31", 7), ("a_n", 6), ("a_n_interp", 5), ("v22p", 7), ("v21p", 6)]
 

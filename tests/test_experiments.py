@@ -70,7 +70,7 @@ def test_memory_probe_separates_batch_and_optimizer_memory():
     """The probes behind memory_vs_classes: per image, CE's forward+backward holds on the order of its n_classes
     logits more than LSC's (same backbone); the optimizer-step peak does not grow with the batch; LSC's parameter count
     does not depend on n_classes."""
-    from lsc.bench.points import run_probe
+    from lsc.bench.train_step import run_probe
 
     nc, b1, b2 = 100_000, 8, 40
     p = {(m, b): run_probe(m, nc, b, backbone="encoder_small", img=32, steps=1, threads=1) for m in ("lsc", "ce")

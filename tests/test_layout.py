@@ -44,3 +44,17 @@ def test_nothing_below_the_composition_roots_imports_them():
 def test_kernel_backends_do_not_import_their_dispatcher():
     for backend in ("_triton.py", "_partition_numba.py"):
         assert "lsc.centers._kernels" not in imports(PKG / "centers" / backend), backend
+
+
+def test_experiment_plumbing_has_its_own_home():
+    # lsc.bench holds benchmarks (each a CLI, plus the FAISS baseline they share); lsc.study the experiments' plumbing
+    for path in (PKG / "bench").glob("*.py"):
+        if path.name not in ("__init__.py", "faiss_search.py"):
+            assert '__name__ == "__main__"' in path.read_text(), f"{path.name} in lsc/bench is not a benchmark CLI"
+    for path in (PKG / "study").glob("*.py"):
+        assert not {m for m in imports(path) if m.startswith("lsc.bench")}, f"lsc.study.{path.stem} imports lsc.bench"
+
+
+def test_the_prototype_pass_lives_with_the_assignment_it_feeds():
+    assert (PKG / "centers" / "prototypes.py").is_file() and not (PKG / "data" / "prototypes.py").exists()
+    assert "lsc.train" not in imports(PKG / "centers" / "prototypes.py")

@@ -365,8 +365,8 @@ def test_csv_logger(tmp_path):
 
 def test_resume_into_the_same_dir_keeps_the_earlier_csv_log(tmp_path):
     # Lightning's CSVLogger deletes a metrics.csv already in its directory; the epochs before a resume into the
-    # same output dir must survive (metrics.1.csv) and lsc.bench.runs.epochs must read both back, in order
-    from lsc.bench.runs import epochs
+    # same output dir must survive (metrics.1.csv) and lsc.study.runs.epochs must read both back, in order
+    from lsc.study.runs import epochs
 
     args = ("logger=csv", "data=digits", "data.batch_size=64")
     lsc.train.train(make_cfg(tmp_path, *args, "trainer.max_epochs=1"))
@@ -386,7 +386,7 @@ def test_resume_into_the_same_dir_keeps_the_earlier_csv_log(tmp_path):
 def test_final_validation_scores_the_last_epoch(tmp_path):
     # validating every 2nd of 3 epochs leaves the last epoch unscored: final_validation scores last.ckpt on the
     # validation split (lsc.eval split=val); the reference is the same run validating every epoch
-    from lsc.bench.runs import epochs, final_validation
+    from lsc.study.runs import epochs, final_validation
 
     args = ("logger=csv", "data=digits", "data.batch_size=64", "trainer.max_epochs=3")
     every = lsc.train.train(make_cfg(tmp_path / "every", *args, "trainer.check_val_every_n_epoch=1"))

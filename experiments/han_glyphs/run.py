@@ -27,9 +27,9 @@ from pathlib import Path
 
 import torch
 
-from lsc.bench.report import fmt_bytes, machine, md_table, pyplot, save_figure, write_results
-from lsc.bench.runs import run_many
 from lsc.centers import n_min
+from lsc.study.report import fmt_bytes, machine, md_table, pyplot, save_figure, write_results
+from lsc.study.runs import run_many
 
 HERE = Path(__file__).parent
 SEEDS = (0, 1, 2)
@@ -398,7 +398,7 @@ def main(argv=None):
 
 def _cached(runs: Path, jobs) -> list:
     """Finished runs only (report): None for a job that has not run."""
-    from lsc.bench.runs import epochs, run_dir
+    from lsc.study.runs import epochs, run_dir
 
     res = []
     for name, ov in jobs:

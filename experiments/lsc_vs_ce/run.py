@@ -16,8 +16,8 @@ import statistics
 import time
 from pathlib import Path
 
-from lsc.bench.report import machine, md_table, pyplot, save_figure, write_results
-from lsc.bench.runs import run_many
+from lsc.study.report import machine, md_table, pyplot, save_figure, write_results
+from lsc.study.runs import run_many
 
 HERE = Path(__file__).parent
 CONFIGS = [

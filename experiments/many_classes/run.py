@@ -25,9 +25,9 @@ import statistics
 import time
 from pathlib import Path
 
-from lsc.bench.report import fmt_bytes, machine, md_table, plot_curves, write_results
-from lsc.bench.runs import final_validation, run_many
 from lsc.centers import n_min
+from lsc.study.report import fmt_bytes, machine, md_table, plot_curves, write_results
+from lsc.study.runs import final_validation, run_many
 
 HERE = Path(__file__).parent
 STOP_AT_95 = [  # --part full: stop a row once its running training accuracy reaches 95%

@@ -20,9 +20,9 @@ import argparse
 import time
 from pathlib import Path
 
-from lsc.bench.points import ADAM_BYTES_PER_PARAM, head_params, run_probe
-from lsc.bench.report import fmt_bytes, machine, md_table, pyplot, save_figure, write_results
+from lsc.bench.train_step import ADAM_BYTES_PER_PARAM, head_params, run_probe
 from lsc.centers import n_min
+from lsc.study.report import fmt_bytes, machine, md_table, pyplot, save_figure, write_results
 
 NAMES = {"lsc": "LSC", "ce": "CE", "pfc1.0": "Partial FC r1.0", "pfc0.1": "Partial FC r0.1"}
 PAPER_T10 = {

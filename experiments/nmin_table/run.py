@@ -12,8 +12,8 @@ import argparse
 import time
 from pathlib import Path
 
-from lsc.bench.report import md_table, pyplot, save_figure, write_results
 from lsc.centers import make_system, n_min
+from lsc.study.report import md_table, pyplot, save_figure, write_results
 
 SYSTEMS = ["v11", "v21", "v22", "v31", "v32", "v33", "a_n", "a_np", "a_n_interp", "v21p", "v22p"]
 CLASSES = [

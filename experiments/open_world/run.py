@@ -29,9 +29,9 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from lsc.bench.report import machine, md_table, pyplot, save_figure, write_results
-from lsc.bench.runs import run_many
 from lsc.runconfig import CONFIG_KEY, load_checkpoint
+from lsc.study.report import machine, md_table, pyplot, save_figure, write_results
+from lsc.study.runs import run_many
 
 HERE = Path(__file__).parent
 SEEN, ALL = 8, 10

@@ -36,9 +36,9 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from lsc.bench import faiss_search
-from lsc.bench.report import fmt_bytes, machine, md_table, pyplot, save_figure, write_results
 from lsc.centers import ClassCenters, n_min
 from lsc.models import encoder_backbone, timm_backbone
+from lsc.study.report import fmt_bytes, machine, md_table, pyplot, save_figure, write_results
 
 PAPER_T3 = {  # n_classes -> (n_dim, t_d, t_f, t_c, t_n, K_s, K_t), batch 256, seconds per 1M images
     1_000_000: (47, 4411, 33, 97, 3.1, 31, 1.02),

@@ -24,9 +24,9 @@ import statistics
 import time
 from pathlib import Path
 
-from lsc.bench.report import machine, md_table, plot_curves, write_results
-from lsc.bench.runs import run_many
 from lsc.centers import n_min
+from lsc.study.report import machine, md_table, plot_curves, write_results
+from lsc.study.runs import run_many
 
 HERE = Path(__file__).parent
 

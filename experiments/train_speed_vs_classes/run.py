@@ -17,9 +17,9 @@ import argparse
 import time
 from pathlib import Path
 
-from lsc.bench.points import ADAM_BYTES_PER_PARAM, head_params, run_probe
-from lsc.bench.report import machine, md_table, pyplot, save_figure, write_results
+from lsc.bench.train_step import ADAM_BYTES_PER_PARAM, head_params, run_probe
 from lsc.centers import n_min
+from lsc.study.report import machine, md_table, pyplot, save_figure, write_results
 
 
 def main(argv=None):

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from lsc.bench.report import fmt_bytes, machine, md_table, write_results
 from lsc.centers import make_system, n_min
 from lsc.centers.assignment import Assignment, assign_nearest_free
+from lsc.study.report import fmt_bytes, machine, md_table, write_results
 
 OUT = Path(__file__).resolve().parents[2] / "experiments" / "bench_assign" / "results"
 

@@ -29,10 +29,10 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from lsc.bench.report import machine, md_table, write_results
 from lsc.data import ImageFolderDataModule
 from lsc.data.base import BadImageError
 from lsc.data.datasets import _FolderSplit
+from lsc.study.report import machine, md_table, write_results
 
 OUT = Path(__file__).resolve().parents[2] / "experiments" / "bench_data" / "results"
 CACHE = Path.home() / ".cache" / "lsc" / "bench_data"

@@ -23,10 +23,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from lsc.bench.report import fmt_bytes, machine, md_table, write_results
 from lsc.centers import ClassCenters, n_min
 from lsc.losses import CosineLoss, SoftmaxLoss
 from lsc.models import encoder_backbone
+from lsc.study.report import fmt_bytes, machine, md_table, write_results
 
 OUT = Path(__file__).resolve().parents[2] / "experiments" / "bench_loss" / "results"
 

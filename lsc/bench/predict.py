@@ -35,8 +35,8 @@ import numpy as np
 import torch
 
 from lsc.bench import faiss_search
-from lsc.bench.report import machine as report_machine
 from lsc.centers import ClassCenters, n_min
+from lsc.study.report import machine as report_machine
 
 NOT_INSTALLED = "not installed"
 FAISS_KINDS = ("flat", "ivf", "hnsw")

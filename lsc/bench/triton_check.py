@@ -22,10 +22,10 @@ from pathlib import Path
 
 import torch
 
-from lsc.bench.report import machine, md_table
 from lsc.centers import ClassCenters, n_min
 from lsc.centers import _kernels as kernels
 from lsc.losses import CosineLoss, SoftmaxLoss
+from lsc.study.report import machine, md_table
 
 OUT = Path(__file__).resolve().parents[2] / "experiments" / "bench_predict" / "results" / "triton_check_cuda.json"
 

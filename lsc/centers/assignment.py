@@ -3,7 +3,7 @@
 The keyed Feistel order (`label_map`) gives every class a random vector, so classes whose images look alike get
 centers far apart and the network has to pull similar images to distant points. Giving each class instead the
 vector nearest to a prototype of its data (by default a fixed random projection of its mean image:
-`lsc.data.prototypes`) starts every class where the data already is. DL2PA (CVPR 2024) learns such an assignment
+`lsc.centers.prototypes`) starts every class where the data already is. DL2PA (CVPR 2024) learns such an assignment
 with the Hungarian algorithm (O(K^3)); here it is a greedy matching that scales to 10^8 classes, because the
 vectors of a system can be enumerated in order of cosine to a query in O(n_dim) each (arXiv 2604.00779, Alg. 2).
 

@@ -86,7 +86,7 @@ def _ckpt_embedder(path: str | None, n_dim: int):
     import hydra
     from omegaconf import OmegaConf
 
-    from lsc.models import build_backbone
+    from lsc.models.backbones import build_backbone
     from lsc.runconfig import CENTERS_KEY, CONFIG_KEY, load_checkpoint
 
     ckpt = load_checkpoint(path, "centers.prototype_ckpt")

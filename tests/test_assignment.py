@@ -153,3 +153,23 @@ def test_train_with_data_assignment_round_trip(tmp_path):
     ckpt["lsc_assignment"] = table.flip(0)
     with pytest.raises(ValueError, match="does not match the spec"):
         lsc.train.build(make_cfg(tmp_path / "c", *args), ckpt=ckpt)
+
+
+def test_checkpoint_prototypes_are_class_mean_embeddings_and_refuse_other_images(tmp_path):
+    from lsc.predict import Predictor
+
+    data = ["data=synthetic", "data.num_samples=40", "data.num_classes=4", "data.image_size=8", "data.channels=3"]
+    lsc.train.train(make_cfg(tmp_path / "run", *data, "centers.n_dim=6", "trainer.max_epochs=1"))
+    ckpt = str(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    dm = SyntheticDataModule(num_samples=40, num_classes=4, image_size=8, channels=3)
+    p = class_prototypes(dm, 6, "checkpoint", ckpt=ckpt)
+    ds = dm.prototype_set()
+    xs = torch.stack([ds[i][0] for i in range(len(ds))])
+    ys = torch.tensor([ds[i][1] for i in range(len(ds))])
+    with torch.no_grad():  # the second implementation: the predictor's backbone over the same images
+        e = Predictor.from_checkpoint(ckpt).backbone(xs).double()
+    torch.testing.assert_close(p, torch.stack([e[ys == c].mean(0) for c in range(4)]))
+    gray = SyntheticDataModule(num_samples=40, num_classes=4, image_size=8, channels=1)
+    msg = r"prototype_ckpt=.* was trained on 8 px images with 3 channel\(s\), but this data gives 8 px with 1; use"
+    with pytest.raises(ValueError, match=msg):
+        class_prototypes(gray, 6, "checkpoint", ckpt=ckpt)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +38,7 @@ def class_prototypes(
     dm.setup("fit")
     ds = dm.prototype_set()
     n_classes = dm.num_classes
-    embed = _pixel_embedder(n_dim, seed, size, dm.channels) if kind == "pixels" else _ckpt_embedder(ckpt, n_dim)
+    embed = _pixel_embedder(n_dim, seed, size, dm.channels) if kind == "pixels" else _ckpt_embedder(ckpt, n_dim, dm)
     sums = torch.zeros(n_classes, n_dim, dtype=torch.float64)
     counts = torch.zeros(n_classes, dtype=torch.float64)
     total = torch.zeros(n_dim, dtype=torch.float64)
@@ -80,14 +81,14 @@ def _pixel_embedder(n_dim: int, seed: int, size: int, channels: int):
     return embed
 
 
-def _ckpt_embedder(path: str | None, n_dim: int):
+def _ckpt_embedder(path: str | None, n_dim: int, dm):
     if not path:
         raise ValueError("centers.prototype=checkpoint needs centers.prototype_ckpt=<an LSC checkpoint>")
     import hydra
     from omegaconf import OmegaConf
 
     from lsc.models.backbones import build_backbone
-    from lsc.runconfig import CENTERS_KEY, CONFIG_KEY, load_checkpoint
+    from lsc.runconfig import CENTERS_KEY, CONFIG_KEY, INPUT_KEY, load_checkpoint
 
     ckpt = load_checkpoint(path, "centers.prototype_ckpt")
     stored, spec = ckpt.get(CONFIG_KEY), ckpt.get(CENTERS_KEY)
@@ -99,7 +100,18 @@ def _ckpt_embedder(path: str | None, n_dim: int):
             f"n_dim={n_dim}; use a checkpoint trained at the same n_dim"
         )
     cfg = OmegaConf.create(stored)
-    backbone = build_backbone(cfg, hydra.utils.instantiate(cfg.data), n_dim)
+    seen = ckpt.get(INPUT_KEY)  # the images its backbone was trained on (older checkpoints: its data config)
+    if seen:
+        trained = SimpleNamespace(channels=seen["channels"], out_size=seen["size"])
+    else:
+        trained = hydra.utils.instantiate(cfg.data)
+    if (trained.channels, trained.out_size) != (dm.channels, dm.out_size):
+        raise ValueError(
+            f"centers.prototype_ckpt={path} was trained on {trained.out_size} px images with {trained.channels} "
+            f"channel(s), but this data gives {dm.out_size} px with {dm.channels}; use a checkpoint trained on "
+            "images like these (same channels and size), or centers.prototype=pixels"
+        )
+    backbone = build_backbone(cfg, trained, n_dim)
     backbone.load_state_dict(
         {k[len("backbone.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("backbone.")}
     )

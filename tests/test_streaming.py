@@ -396,6 +396,10 @@ def test_streaming_bad_settings(digits_raw, tmp_path):
         StreamingDataModule(root=str(digits_raw), decode="gpu").setup("fit")
     with pytest.raises(FileNotFoundError, match=r"prepared data not found at data\.root="):
         StreamingDataModule(root=str(tmp_path / "nowhere")).num_classes  # noqa: B018
+    with pytest.raises(ValueError, match=r"data\.img_size must be a positive integer or null"):
+        StreamingDataModule(root=str(digits_raw), img_size=0)
+    with pytest.raises(ValueError, match=r"data\.keep_classes names classes the training data does not have: \[42\]"):
+        StreamingDataModule(root=str(digits_raw), keep_classes=[3, 42]).setup("fit")
 
 
 def test_remote_side_files_are_fetched_and_refreshed(digits_raw, tmp_path, monkeypatch):
@@ -675,7 +679,13 @@ def test_a_checkpoint_needs_images_of_its_size_and_predicts_without_its_folder(d
     for i in range(4):
         Image.fromarray(images[i]).save(tmp_path / f"{i}.png")
     paths = [str(tmp_path / f"{i}.png") for i in range(4)]
-    before = Predictor.from_checkpoint(ckpt).predict(paths, k=3)
-    shutil.rmtree(data)  # the prepared folder is gone: the checkpoint records the transform
+    moved = data.rename(tmp_path / "moved")  # the documented data.root= override, from the command line
+    for mod, extra in (("lsc.eval", []), ("lsc.train", ["trainer.max_epochs=2"])):
+        run = [sys.executable, "-m", mod, f"ckpt_path={ckpt}", f"data.root={moved}", *extra,
+               f"hydra.run.dir={tmp_path / mod}"]  # fmt: skip
+        p = subprocess.run(run, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0 and "val/acc" in p.stdout, (mod, p.stderr[-1500:])
+    before = Predictor.from_checkpoint(ckpt).predict(paths, k=3)  # (last.ckpt now holds epoch 2)
+    shutil.rmtree(moved)  # the prepared folder is gone: the checkpoint records the transform
     after = Predictor.from_checkpoint(ckpt).predict(paths, k=3)
     assert torch.equal(before["labels"], after["labels"]) and torch.allclose(before["cos"], after["cos"])

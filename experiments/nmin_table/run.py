@@ -13,7 +13,27 @@ import time
 from pathlib import Path
 
 from lsc.centers import make_system, n_min
-from lsc.study.report import md_table, pyplot, save_figure, write_results
+from lsc.study.report import md_table, pyplot, save_figure, write_readme, write_results
+
+HERE = Path(__file__).parent
+README = """
+# n_min and max_cos per system
+
+n_min is the smallest n_dim whose system holds n_classes vectors; max_cos the largest cosine between two of its
+vectors (how close two class centers may sit). Printed from the library, no training: n_min from
+`lsc.centers.n_min`, max_cos from the system itself (exact best-first search), the papers' numbers beside ours.
+
+```bash
+python experiments/nmin_table/run.py          # seconds; --smoke: three systems, three class counts (CI)
+```
+
+Every n_min the papers print is reproduced (V^22 for 1k…100M classes; A_n + interpolation 67/85/109).
+
+<!-- RESULT results/nmin_table.md -->
+<!-- /RESULT -->
+
+![n_min vs n_classes](results/nmin_table.png)
+"""
 
 SYSTEMS = ["v11", "v21", "v22", "v31", "v32", "v33", "a_n", "a_np", "a_n_interp", "v21p", "v22p"]
 CLASSES = [
@@ -51,8 +71,11 @@ PAPER = {
 def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("--smoke", action="store_true", help="three class counts, three systems (CI)")
-    p.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    p.add_argument("--out", default=str(HERE / "results"))
+    p.add_argument("--readme", action="store_true", help="only rewrite README.md from the committed results")
     args = p.parse_args(argv)
+    if args.readme:
+        return write_readme(HERE, README)
     systems, classes = (SYSTEMS[:3], CLASSES[:3]) if args.smoke else (SYSTEMS, CLASSES)
     t0 = time.time()
     raw, rows, mismatches = [], [], []
@@ -79,6 +102,8 @@ def main(argv=None):
     name = "nmin_table_smoke" if args.smoke else "nmin_table"
     write_results(Path(args.out), name, md, raw)
     plot(raw, Path(args.out) / f"{name}.png")
+    if not args.smoke and Path(args.out) == HERE / "results":
+        write_readme(HERE, README)
     if mismatches:
         raise SystemExit(f"n_min differs from the papers: {mismatches}")
 

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import platform
+import re
 from pathlib import Path
 
 import torch
@@ -68,6 +69,36 @@ def write_results(out_dir: Path, name: str, markdown: str, raw) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"{name}.md").write_text(markdown + "\n")
     (out_dir / f"{name}.json").write_text(json.dumps(raw, indent=1, default=str) + "\n")
+
+
+RESULT_BLOCK = re.compile(r"(<!-- RESULT (\S+) -->\n)(.*?)(<!-- /RESULT -->)", re.S)
+
+
+def fill_results(text: str, base: Path) -> str:
+    """Every `<!-- RESULT path -->` ... `<!-- /RESULT -->` block of `text` replaced by that table file (path
+    relative to `base`), its own heading turned into a bold caption; a missing file says so in place."""
+
+    def fill(m):
+        src = base / m.group(2)
+        body = src.read_text().strip() if src.exists() else f"(missing: {m.group(2)}: run the experiment)"
+        body = re.sub(r"^###+ ", "**", body, count=1, flags=re.M)
+        first, _, rest = body.partition("\n")
+        if first.startswith("**"):
+            body = first + "**\n" + rest
+        return m.group(1) + body + "\n" + m.group(4)
+
+    return RESULT_BLOCK.sub(fill, text)
+
+
+def write_readme(exp_dir: Path, text: str) -> Path:
+    """experiments/<name>/README.md: the experiment's own text (what it measures, how to run it, its readings) with
+    its result tables filled in from the files it wrote next to its JSON. Written atomically (tmp + rename)."""
+    exp_dir = Path(exp_dir)
+    out = exp_dir / "README.md"
+    tmp = out.with_suffix(".md.tmp")
+    tmp.write_text(fill_results(text.strip() + "\n", exp_dir))
+    os.replace(tmp, out)
+    return out
 
 
 def plot_curves(curves: dict, path, style, title: str = "", ylabel: str = "training accuracy") -> None:

@@ -4,6 +4,7 @@ training app's `centers.assign=data` (checkpoint round trip, resume, eval)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from helpers import make_cfg
@@ -37,6 +38,33 @@ def test_rule_matches_brute_force(name, n, fill):
     assert got.unique().numel() == C  # a bijection onto distinct vectors
     if fill == 1.0:
         assert stats["walks"] > 0 and stats["scans"] > 0  # a full system forces walks past taken vectors, and scans
+
+
+@pytest.mark.parametrize(("name", "n"), SYSTEMS)
+def test_compiled_walk_gives_the_reference_table(name, n, tmp_path):
+    """The numba walk against this module's Python walk: spread, clustered and integer (tie-heavy) prototypes, a
+    nearly full system, walk-only and budgets that force the scan fallback; pops equal too (the same best-first
+    order). A float32 np.memmap of the prototypes gives the same table as the tensor."""
+    s = make_system(name, n)
+    g = torch.Generator().manual_seed(7)
+    C = int(0.9 * s.count)
+    spread = torch.randn(C, n, generator=g, dtype=torch.float64)
+    clustered = torch.randn(3, n, generator=g, dtype=torch.float64)[torch.randint(0, 3, (C,), generator=g)]
+    clustered += 0.05 * torch.randn(C, n, generator=g, dtype=torch.float64)
+    ints = torch.randint(-2, 3, (C, n), generator=g).double()
+    ints[ints.abs().sum(1) == 0, 0] = 1
+    for p in (spread, clustered, ints):
+        for budget in (None, 3, 0):
+            want, ref = assign_nearest_free(s, p, walk_budget=budget, compiled=False)
+            got, st = assign_nearest_free(s, p, walk_budget=budget, compiled=True, progress=False)
+            assert torch.equal(got, want), budget
+            assert (st["walks"], st["scans"]) == (ref["walks"], ref["scans"]) and (budget or st["pops"] == ref["pops"])
+    mm = np.lib.format.open_memmap(tmp_path / "p.npy", mode="w+", dtype=np.float32, shape=(C, n))
+    mm[:] = spread.float().numpy()
+    mm.flush()
+    from_file = np.load(tmp_path / "p.npy", mmap_mode="r")
+    got, _ = assign_nearest_free(s, from_file, compiled=True, progress=False)
+    assert torch.equal(got, assign_nearest_free(s, spread.float(), compiled=False)[0])
 
 
 def test_rule_with_tied_prototypes():

@@ -119,15 +119,26 @@ def assign_nearest_free(
     log_every: int = 0,
     taken_already: torch.Tensor | None = None,
     walk_budget: int | None = WALK_BUDGET,
+    compiled: bool | None = None,
+    progress: bool | None = None,
 ) -> tuple[torch.Tensor, dict]:
-    """The greedy rule of the module docstring. prototypes: [C, n_dim] (float64 recommended).
+    """The greedy rule of the module docstring. prototypes: [C, n_dim] (float64 recommended; a numpy array,
+    e.g. an np.memmap of a prototype file, is read row by row and never copied whole).
 
     taken_already: vector indices owned by existing classes (growing a label space: `ClassCenters.grow`); the
     new classes take free vectors only.
     walk_budget: pops before scanning the free vectors (None: walk only; 0: scan whenever the nearest is taken).
+    compiled: the numba walk (`_assign_numba`; None: when numba is there); False: this module's Python walk, the
+    reference (same table). progress: a progress bar with ETA on stderr (None: when the walk runs past 5 s).
     Returns (index_of_label [C] int64, stats: walks = classes whose nearest vector was taken, pops = vectors
     enumerated by those walks, scans = walks that ended in a scan of the free vectors, seconds).
     """
+    from lsc.centers import _assign_numba
+
+    if compiled is None:
+        compiled = _assign_numba.HAVE_NUMBA
+    if compiled:
+        return _assign_compiled(system, prototypes, taken_already, walk_budget, progress)
     import time
 
     check_assignable(system)
@@ -177,12 +188,76 @@ def assign_nearest_free(
     return torch.from_numpy(out), stats
 
 
-def _nearest_with_scores(system, p: torch.Tensor, block: int = 1 << 16):
+def _check_prototypes(system, prototypes, n_old: int):
+    p = prototypes if isinstance(prototypes, np.ndarray) else torch.as_tensor(prototypes).detach().cpu().numpy()
+    if not np.issubdtype(p.dtype, np.floating):
+        p = p.astype(np.float64)
+    if p.ndim != 2 or p.shape[1] != system.n_dim:
+        raise ValueError(f"prototypes must be [n_classes, {system.n_dim}], got {tuple(p.shape)}")
+    if p.shape[0] + n_old > system.count:
+        raise ValueError(f"{p.shape[0] + n_old:,} classes do not fit in {system.display}'s {system.count:,} vectors")
+    return p
+
+
+def _assign_compiled(system, prototypes, taken_already, walk_budget, progress, batch: int = 1 << 14):
+    """assign_nearest_free with the compiled walk: the same rule and table; a bitmap of taken vectors (count / 8
+    bytes), the prototypes read per row (an np.memmap stays on disk), 8 bytes per class for the table plus 16
+    while ordering (the nearest vector and its cosine), a progress bar with ETA past 5 s."""
+    import time
+
+    from tqdm import tqdm
+
+    from lsc.centers import _assign_numba as nb
+
+    check_assignable(system)
+    t0 = time.perf_counter()
+    old = np.asarray(torch.as_tensor(taken_already if taken_already is not None else [], dtype=torch.int64))
+    p = _check_prototypes(system, prototypes, old.size)
+    n = p.shape[0]
+    nearest, cos = _nearest_with_scores(system, p)
+    order = np.lexsort((np.arange(n), -cos.numpy()))  # descending cosine, then lower label
+    del cos
+    bits = np.zeros((system.count + 7) // 8, dtype=np.uint8)
+    nb.set_taken(bits, old)
+    out = nearest.numpy().copy()
+    del nearest
+    arrays = nb.system_arrays(system)
+    budget = -1 if walk_budget is None else int(walk_budget)
+    stats = np.zeros(2, np.int64)
+    scans, i, bar = 0, 0, None
+    while i < n:
+        stop = min(n, i + batch)
+        j = nb.assign_range(p, order, out, bits, out, i, stop, budget, stats, arrays)
+        if j < stop:  # a walk past the budget: scan the free vectors for that class (the same answer)
+            c = int(order[j])
+            row = p[c].astype(np.float64).tolist()
+            v = _scan_free(system, row, nb.taken_mask(bits, system.count))
+            out[c] = v
+            nb.set_taken(bits, [v])
+            scans += 1
+            stop = j + 1
+        i = stop
+        if bar is None and (progress or (progress is None and time.perf_counter() - t0 > 5)):
+            bar = tqdm(total=n, initial=i, desc="assign", unit="class", unit_scale=True, mininterval=1)
+        elif bar is not None:
+            bar.update(i - bar.n)
+    if bar is not None:
+        bar.close()
+    stats_out = {"walks": int(stats[0]), "pops": int(stats[1]), "scans": scans,
+                 "seconds": time.perf_counter() - t0, "taken_state_bytes": bits.nbytes}  # fmt: skip
+    return torch.from_numpy(out), stats_out
+
+
+def _nearest_with_scores(system, p, block: int = 1 << 16):
     """Exact nearest vector (ties -> lowest index) and its cosine, in float64 blocks."""
     idx = torch.empty(p.shape[0], dtype=torch.int64)
     cos = torch.empty(p.shape[0], dtype=torch.float64)
     for a in range(0, p.shape[0], block):
-        z = p[a : a + block].double()
+        z = (
+            torch.as_tensor(np.asarray(p[a : a + block])).double()
+            if isinstance(p, np.ndarray)
+            else p[a : a + block].double()
+        )
         norm = z.norm(dim=1)
         if not torch.isfinite(z).all() or (norm == 0).any():
             raise ValueError("prototypes must be finite and nonzero (a class with no images? an all-constant image?)")

@@ -57,12 +57,13 @@ def system_arrays(system) -> tuple:
     for a in range(n + 1):
         for b in range(k_max + 1):
             binom[a, b] = math.comb(a, b)
+    if val0.min() < -8 or val0.max() > 7:
+        raise ValueError(f"{system.display}: entries outside [-8, 7] are not supported by the compiled walk")
     return pos0, val0, nnz, gval, gmul, ngroups, place, inv_norm, offsets, binom
 
 
-def _fsum(x, m):
-    """math.fsum of x[:m] (CPython's algorithm: Shewchuk partials, then a correctly rounded total)."""
-    p = np.empty(m + 1)
+def _fsum(x, m, p):
+    """math.fsum of x[:m] (CPython's algorithm: Shewchuk partials in p, then a correctly rounded total)."""
     n = 0
     for k in range(m):
         v = x[k]
@@ -129,6 +130,15 @@ def _rank(pos, val, k, o, order, gval, gmul, ngroups, place, offsets, binom, buf
     return offsets[o] + idx
 
 
+def _key(pos, val, k, o, pbits, vshift):
+    """A state's identity as one int64: its orbit, then each entry's position and value."""
+    key = o
+    for j in range(k):
+        key = (key << pbits) | pos[j]
+        key = (key << 4) | (val[j] + vshift)
+    return key
+
+
 def _is_taken(bits, j):
     return (bits[j >> 3] >> (j & 7)) & 1
 
@@ -136,6 +146,14 @@ def _is_taken(bits, j):
 def _walk(row, bits, budget, pos0, val0, nnz, gval, gmul, ngroups, place, inv_norm, offsets, binom):
     """(best free vector of one prototype row, pops); (-1, pops) once a level ends past `budget` pops."""
     n = row.shape[0]
+    pbits = 1
+    while (1 << pbits) < n:
+        pbits += 1
+    obits = 1
+    while (1 << obits) < pos0.shape[0]:
+        obits += 1
+    vshift = 8  # values lie in [-8, 7] (checked by system_arrays)
+    packed = obits + pos0.shape[1] * (pbits + 4) <= 62  # states keyed by their packed entries, ranked when popped
     order = np.argsort(-row, kind="mergesort")  # stable: ties by lower coordinate, as sorted() in search.py
     zs = row[order]
     n_orb, kk = pos0.shape
@@ -145,6 +163,7 @@ def _walk(row, bits, budget, pos0, val0, nnz, gval, gmul, ngroups, place, inv_no
     s_orb = np.empty(cap, np.int64)
     s_idx = np.empty(cap, np.int64)
     terms = np.empty(kk)
+    partials = np.empty(kk + 1)
     buf = np.empty(kk, np.int64)
     tk = np.empty(kk, np.int64)
     seen = set()
@@ -156,10 +175,10 @@ def _walk(row, bits, budget, pos0, val0, nnz, gval, gmul, ngroups, place, inv_no
     for o in range(n_orb):
         k = nnz[o]
         idx = _rank(pos0[o], val0[o], k, o, order, gval, gmul, ngroups, place, offsets, binom, buf, tk)
-        seen.add(idx)
+        seen.add(_key(pos0[o], val0[o], k, o, pbits, vshift) if packed else idx)
         for j in range(k):
             terms[j] = val0[o, j] * zs[pos0[o, j]]
-        score = _fsum(terms, k) * inv_norm[o]
+        score = _fsum(terms, k, partials) * inv_norm[o]
         s_pos[n_states, :k] = pos0[o, :k]
         s_val[n_states, :k] = val0[o, :k]
         s_orb[n_states], s_idx[n_states] = o, idx
@@ -179,11 +198,13 @@ def _walk(row, bits, budget, pos0, val0, nnz, gval, gmul, ngroups, place, inv_no
             if budget >= 0 and pops > budget:
                 return -1, pops
         level_score, have_level = score, True
-        idx = s_idx[sid]
-        if not _is_taken(bits, idx) and (best < 0 or idx < best):
-            best = idx
         o = s_orb[sid]
         k = nnz[o]
+        idx = s_idx[sid]
+        if idx < 0:  # keyed by its entries: ranked now
+            idx = _rank(s_pos[sid], s_val[sid], k, o, order, gval, gmul, ngroups, place, offsets, binom, buf, tk)
+        if not _is_taken(bits, idx) and (best < 0 or idx < best):
+            best = idx
         for a in range(k):  # successors: adjacent swaps moving a larger value down the frame, in search.py's order
             p = s_pos[sid, a]
             for side in range(2):
@@ -212,13 +233,18 @@ def _walk(row, bits, budget, pos0, val0, nnz, gval, gmul, ngroups, place, inv_no
                         cand_val[m + 1] = cand_val[m]
                         m -= 1
                     cand_pos[m + 1], cand_val[m + 1] = q, w
-                nidx = _rank(cand_pos, cand_val, k, o, order, gval, gmul, ngroups, place, offsets, binom, buf, tk)
-                if nidx in seen:
+                if packed:  # rank only when popped
+                    nidx = -1
+                    key = _key(cand_pos, cand_val, k, o, pbits, vshift)
+                else:
+                    nidx = _rank(cand_pos, cand_val, k, o, order, gval, gmul, ngroups, place, offsets, binom, buf, tk)
+                    key = nidx
+                if key in seen:
                     continue
-                seen.add(nidx)
+                seen.add(key)
                 for j in range(k):
                     terms[j] = cand_val[j] * zs[cand_pos[j]]
-                nscore = _fsum(terms, k) * inv_norm[o]
+                nscore = _fsum(terms, k, partials) * inv_norm[o]
                 if n_states == cap:
                     cap *= 2
                     s_pos = _grow2(s_pos, cap)
@@ -270,6 +296,7 @@ if HAVE_NUMBA:
     _fsum = numba.njit(cache=True)(_fsum)
     _rank = numba.njit(cache=True)(_rank)
     _is_taken = numba.njit(cache=True)(_is_taken)
+    _key = numba.njit(cache=True)(_key)
     _grow1 = numba.njit(cache=True)(_grow1)
     _grow2 = numba.njit(cache=True)(_grow2)
     _walk = numba.njit(cache=True)(_walk)

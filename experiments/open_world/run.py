@@ -30,10 +30,62 @@ import torch
 from omegaconf import OmegaConf
 
 from lsc.runconfig import CONFIG_KEY, load_checkpoint
-from lsc.study.report import machine, md_table, pyplot, save_figure, write_results
+from lsc.study.report import machine, md_table, pyplot, save_figure, write_readme, write_results
 from lsc.study.runs import run_many
 
 HERE = Path(__file__).parent
+README = r"""
+# Open world: predict, detect new classes, grow the label space
+
+Two open-world uses of a fixed vector system, on Fashion-MNIST: detecting images of classes never trained on (a
+model trained on classes 0-7 scores the test images of 8-9; AUROC and FPR at 95% TPR per score, LSC against CE and
+Partial FC), and growing the label space (classes 0-4, then 5-9 added from that checkpoint) without moving the old
+centers (old- and new-class test accuracy).
+
+```bash
+python experiments/open_world/run.py            # CPU, ~30 min (Fashion-MNIST, 3 seeds)
+python experiments/open_world/run.py --smoke    # seconds (CI)
+python experiments/open_world/run.py --readme   # only this README, from the committed results
+```
+
+```bash
+python -m lsc.predict ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt input=/data/imagenet/val k=5 out=preds.csv
+python -m lsc.train init_from=logs/train/runs/<run>/checkpoints/last.ckpt data.keep_classes=[5,6,7,8,9] \
+  data.replay_per_class=50
+```
+
+`lsc.predict` (and `lsc.predict.Predictor.from_checkpoint(path).predict(images, k=5)`) applies the run's own eval
+transform and writes one CSV row per image in input order, as they are produced (Parquet too with pyarrow):
+`path, label, cos, nearest_unlabeled, open_set_score, label_2..label_k, cos_2..cos_k` (`prob_1..prob_k`: exact
+full-system probabilities for a `loss=softmax` checkpoint), `error` (an unreadable image gets a row saying why;
+the run goes on). The k closest labeled centers come from a best-first walk over the system (k = 1: the fused topk
+kernel), so they need nothing n_classes-sized. `ClassCenters.grow(n_new)` adds classes without moving any old
+center (the keyed bijection does not depend on n_classes; a data-aware table gives the new classes free vectors);
+`init_from=` starts a run from another's weights and accepts centers that differ only by more classes; CE and
+Partial FC get new head rows, old rows kept.
+
+## Results
+
+`python experiments/open_world/run.py` (Fashion-MNIST: train on classes 0-7, score the test images of 8-9 as
+never seen; then grow 0-4 to 0-9):
+
+<!-- RESULT results/open_world.md -->
+<!-- /RESULT -->
+
+![AUROC per model and score, held-out vs seen classes](results/open_world.png)
+
+What this shows, plainly: on this small task LSC's open-set detection is **no better than the learned-weight
+peers**. The unlabeled-nearest signal is real but weak: held-out images land nearest an unlabeled vector 35-42%
+of the time at n_dim 16 against 8-9% for seen-class images (AUROC 63-66%; at n_min = 4 only 15-17% vs 3%, the
+system has few spare vectors), and as a binary flag it cannot reach 95% TPR (FPR 100%). The graded score
+`1 - cos` (75.8% AUROC for the cosine loss at 16) is level with CE's max softmax (73.8%) and below Partial FC's
+max cosine (78.4%, which had the best seen-class accuracy too); the full-system probability `1 - p` did not help
+(74.5%). Growth works mechanically for LSC with no head change (old centers bit-for-bit the same), but old-class
+accuracy collapses exactly as CE's does: fine-tuning on the new classes alone forgets the old ones entirely
+(0.0%, both), a 50-image-per-class replay buffer keeps 24% (both); the fixed centers do not by themselves prevent
+forgetting in the backbone. What LSC offers here is the mechanics (no resize, no new parameters, the label space
+can grow to the system's size), not better accuracy.
+"""
 SEEN, ALL = 8, 10
 
 
@@ -117,7 +169,10 @@ def main(argv=None):
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--smoke", action="store_true")
     p.add_argument("--out", default=str(HERE / "results"))
+    p.add_argument("--readme", action="store_true", help="only rewrite README.md from the committed results")
     a = p.parse_args(argv)
+    if a.readme:
+        return write_readme(HERE, README)
     if a.smoke:
         a.seeds, a.limit, a.epochs = [0], 400, 1
     out, t0 = Path(a.out), time.time()
@@ -208,6 +263,8 @@ def main(argv=None):
     name = "open_world" + ("_smoke" if a.smoke else "")
     write_results(out, name, text, {"detection": raw, "growth": grow_raw})
     plot(raw, out / f"{name}.png")
+    if not a.smoke and out == HERE / "results":
+        write_readme(HERE, README)
 
 
 def _sd(xs):

@@ -16,10 +16,40 @@ import statistics
 import time
 from pathlib import Path
 
-from lsc.study.report import machine, md_table, pyplot, save_figure, write_results
+from lsc.study.report import machine, md_table, pyplot, save_figure, write_readme, write_results
 from lsc.study.runs import run_many
 
 HERE = Path(__file__).parent
+README = """
+# LSC systems vs CE on Fashion-MNIST
+
+Fashion-MNIST (10 classes) test accuracy of each LSC system against CE with the same encoder, data, epochs and
+schedule, 3 seeds each: accuracy on the 10k test images under `topk` and `cossim` (they agree), mean ± sd over
+seeds, and wall time per run. V^21 at n_dim 4 (its n_min for 10 classes), 8, 16 and 32 decides what `n_dim: auto`
+means for few classes.
+
+```bash
+make lsc_vs_ce                                             # CPU, about 25 min: first 10k training images, 4 epochs
+python experiments/lsc_vs_ce/run.py --limit 0 --epochs 10  # the full 60k training set
+python experiments/lsc_vs_ce/run.py --smoke                # seconds (CI)
+python experiments/lsc_vs_ce/run.py --readme               # only this README, from the committed results
+```
+
+Reading: with the same encoder, data (the first 10k training images, 10% of them held out for model selection), 4 epochs
+and schedule, and the test split scored once, every LSC system at n_dim 16 is at or above CE (V^21 85.9%, V^11 85.9%,
+A_nr 85.4%, V^22 84.9%; CE 84.8% ± 1.1), `topk` equals `cossim` in every run, and V^21's n_min (4) costs 7.5 points: the
+rule behind `n_dim: auto`. The full-system softmax (scale 16) changes nothing here (85.97% vs 85.86% at 16, 78.3% vs
+78.4% at n_min): with 10 classes there are almost no confusable negatives. These numbers replace ones selected on the
+test split (V^21 86.4%, CE 85.6% before). The full-data runs (8 epochs, medium encoder, `+experiment=fmnist_enc`) give
+LSC 93.45% vs CE 93.39% (table under [Training](../../README.md#training)), at the top of the public 2-conv-net range
+(91.6–93.4%).
+
+<!-- RESULT results/lsc_vs_ce.md -->
+<!-- /RESULT -->
+
+![test accuracy per config, mean ± sd over seeds](results/lsc_vs_ce.png)
+"""
+
 CONFIGS = [
     ("v21 @ 4 (n_min)", ["centers=v21", "centers.n_dim=4"]),
     ("v21 @ 8", ["centers=v21", "centers.n_dim=8"]),
@@ -49,7 +79,10 @@ def main(argv=None):
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--smoke", action="store_true")
     p.add_argument("--out", default=str(HERE / "results"))
+    p.add_argument("--readme", action="store_true", help="only rewrite README.md from the committed results")
     a = p.parse_args(argv)
+    if a.readme:
+        return write_readme(HERE, README)
     cfgs = CONFIGS
     if a.smoke:
         a.limit, a.epochs, a.seeds, cfgs = 300, 1, [0], [CONFIGS[2], CONFIGS[-2], CONFIGS[-1]]
@@ -105,6 +138,8 @@ def main(argv=None):
     name = "lsc_vs_ce" + ("_smoke" if a.smoke else "")
     write_results(Path(a.out), name, text, raw)
     plot(raw, Path(a.out) / f"{name}.png")
+    if not a.smoke and Path(a.out) == HERE / "results":
+        write_readme(HERE, README)
 
 
 def plot(raw, path):

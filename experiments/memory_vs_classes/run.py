@@ -22,7 +22,50 @@ from pathlib import Path
 
 from lsc.bench.train_step import ADAM_BYTES_PER_PARAM, head_params, run_probe
 from lsc.centers import n_min
-from lsc.study.report import fmt_bytes, machine, md_table, pyplot, save_figure, write_results
+from lsc.study.report import fmt_bytes, machine, md_table, pyplot, save_figure, write_readme, write_results
+
+HERE = Path(__file__).parent
+README = """
+# Memory vs n_classes, the A_n paper's Tables 9 and 10
+
+Parameters, peak training-step memory and the largest batch under a memory cap (16 GiB on CPU, 40 GiB on GPU: the
+paper's A100) for LSC vs CE (the same backbone with an n_classes-wide last layer) at 1k .. 100M classes (arXiv
+2510.04090 Tables 9 and 10), and Partial FC (128-dim embedding, learned class weights, sample rate 1.0 and 0.1)
+from 1M classes. Peak memory is the peak RSS growth of a subprocess running AdamW steps (CPU) or
+torch.cuda.max_memory_allocated (CUDA); a point whose weights, gradients and AdamW moments alone exceed the cap is
+"OOM" without running.
+
+```bash
+make memory_vs_classes                                     # CPU: conv encoder (9.7M) at 32 px, 16 GiB cap
+python experiments/memory_vs_classes/run.py --device cuda  # GPU: ViT-S/16 at 224 px, 40 GiB cap (the A100's)
+python experiments/memory_vs_classes/run.py --smoke        # seconds (CI)
+python experiments/memory_vs_classes/run.py --readme       # only this README, from the committed results
+make gpu-checks                                            # every GPU figure at once, this one included
+```
+
+Reading: LSC's parameters, step memory and largest batch do not depend on n_classes (the last layer grows only with
+n_dim ~ n_classes^{1/4}): ~7,300 images under 16 GiB on CPU at every class count, 704 under 40 GiB for ViT-S on the
+H200. CE's grow linearly: its largest batch falls to 6,979 at 100k and 1,436 at 1M classes (CPU), 540 at 1M (GPU), and
+it does not fit at 10M, the same shape as the paper's Table 10 (386 → 374 → 154 → —). Partial FC (128-d learned
+weights + AdamW; largest batch 5,175 / 6,239 at 1M classes with sample rate 1.0 / 0.1) needs 525 MiB of class state at
+1M classes and does not fit a 16 GiB budget at 10M (≥ 19 GiB: it is sharded over GPUs for that), where LSC's step still
+takes 258 MiB. The largest batch comes from a linear fit of the forward+backward peak at two batches, with the optimizer
+step's peak measured apart.
+
+## GPU: ViT-S/16 at 224 px, 40 GiB cap
+
+<!-- RESULT results/memory_vs_classes_cuda.md -->
+<!-- /RESULT -->
+
+![peak step memory and largest batch vs n_classes, GPU](results/memory_vs_classes_cuda.png)
+
+## CPU: conv encoder at 32 px, 16 GiB cap
+
+<!-- RESULT results/memory_vs_classes.md -->
+<!-- /RESULT -->
+
+![peak step memory and largest batch vs n_classes, CPU](results/memory_vs_classes.png)
+"""
 
 NAMES = {"lsc": "LSC", "ce": "CE", "pfc1.0": "Partial FC r1.0", "pfc0.1": "Partial FC r0.1"}
 PAPER_T10 = {
@@ -43,8 +86,11 @@ def main(argv=None):
     p.add_argument("--batches", type=int, nargs=2, default=None, help="two batch sizes for the linear fit")
     p.add_argument("--pfc-from", type=float, default=1e6, help="Partial FC rows from this many classes")
     p.add_argument("--smoke", action="store_true")
-    p.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    p.add_argument("--out", default=str(HERE / "results"))
+    p.add_argument("--readme", action="store_true", help="only rewrite README.md from the committed results")
     a = p.parse_args(argv)
+    if a.readme:
+        return write_readme(HERE, README)
     cuda = a.device.startswith("cuda")
     backbone, img, feats = ("vit_s", 224, 384) if cuda else ("encoder", 32, 512)
     cap = (a.cap_gb or (40.0 if cuda else 16.0)) * 2**30
@@ -134,6 +180,8 @@ def main(argv=None):
     out = Path(a.out)
     write_results(out, name, text, {"machine": machine(a.device), "cap_bytes": cap, "rows": raw})
     plot(raw, out / f"{name}.png")
+    if not a.smoke and out == HERE / "results":
+        write_readme(HERE, README)
 
 
 def plot(raw, path):

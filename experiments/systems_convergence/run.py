@@ -25,10 +25,53 @@ import time
 from pathlib import Path
 
 from lsc.centers import n_min
-from lsc.study.report import machine, md_table, plot_curves, write_results
+from lsc.study.report import machine, md_table, plot_curves, write_readme, write_results
 from lsc.study.runs import run_many
 
 HERE = Path(__file__).parent
+README = """
+# Convergence per vector system, many classes
+
+How fast each vector system trains, against CE, with many classes (arXiv 2512.07509 Figures 1 and 3 at CPU scale):
+Fashion-MNIST training images with instance labels (every image its own class; the first 2,000 or 5,000 images),
+the small conv encoder with a flattened 7x7 head, AdamW lr 1e-3, batch 64, 20 epochs, 3 seeds. Measured: training
+accuracy per epoch (the running accuracy of the epoch's training steps, what the papers plot), epochs to 50% and
+90%, and the final accuracy in eval mode on a fixed 1,000-image training sample.
+
+```bash
+make systems_convergence                                     # 2,000 classes, all configs (~25 min CPU)
+python experiments/systems_convergence/run.py --sizes 5000  # 5,000 classes, n_min systems vs CE (~20 min CPU)
+python experiments/systems_convergence/run.py --full-gpu    # the full 60k-class set, trainer=gpu
+python experiments/systems_convergence/run.py --smoke       # seconds (CI)
+python experiments/systems_convergence/run.py --readme      # only this README, from the committed results
+```
+
+Reading (the vector-systems paper's Figures 1 and 3 at CPU scale; the paper prints no numbers, only curves): with the
+cosine loss every *shuffled* system at n_min learns 2,000 instance classes to ≥ 99.6% training accuracy in 20 epochs;
+V^21 at n_min reaches 90% at epoch 15 and V^22 at epoch 17 (the issue's reference CNN: V^22 @ 12, epoch 22). A_n in its
+natural order at the A_n paper's fixed n_dim 384 is far behind (38%; neighbouring classes get 60-degree neighbours),
+while the same roots shuffled (`a_nr`) at n_min are as fast as V^21: "V^21 converges faster than A_n" holds for the
+unshuffled A_n, and order matters more than the system. Doubling n_dim over n_min (V^21 @ 34) did not slow convergence
+here (90% at epoch 14 vs 15). The Euclidean loss (A_n paper eq. 6–7, r_c = 1, raw center positions; the paper uses it in
+low dimensions) does not learn at this n_dim, lr and class count, and CE with the same backbone stays near chance at its
+best lr (1e-3: 12.5% ± 19.5 after 20 epochs), as the issue's quick test saw. At 5,000 classes V^21 @ 23 reaches 85% in
+20 epochs, V^22 @ 14 40%, CE 0%. CPU time: ~36 s per 2,000-class run, ~100 s per 5,000-class run, 2 runs in parallel
+(one thread each).
+
+## 2,000 classes
+
+<!-- RESULT results/systems_convergence.md -->
+<!-- /RESULT -->
+
+![training accuracy per epoch, 2,000 instance classes](results/systems_convergence.png)
+
+## 5,000 classes
+
+<!-- RESULT results/systems_convergence_5000.md -->
+<!-- /RESULT -->
+
+![training accuracy per epoch, 5,000 instance classes](results/systems_convergence_5000.png)
+"""
 
 
 def configs(n_classes: int, ce_lr: str | None = None):
@@ -83,7 +126,10 @@ def main(argv=None):
     p.add_argument("--smoke", action="store_true")
     p.add_argument("--full-gpu", action="store_true", help="the full 60k-class set on a GPU")
     p.add_argument("--out", default=str(HERE / "results"))
+    p.add_argument("--readme", action="store_true", help="only rewrite README.md from the committed results")
     a = p.parse_args(argv)
+    if a.readme:
+        return write_readme(HERE, README)
     base = [
         "data=fashion_mnist",
         "data.instance_labels=true",
@@ -179,6 +225,8 @@ def main(argv=None):
     name = "systems_convergence" + ("_smoke" if a.smoke else "".join(f"_{s}" for s in a.sizes if s != 2000))
     write_results(out, name, text, raw)
     plot(curves, out / f"{name}.png")
+    if not a.smoke and out == HERE / "results":
+        write_readme(HERE, README)
 
 
 def plot(curves, path):

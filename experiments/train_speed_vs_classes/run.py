@@ -19,7 +19,42 @@ from pathlib import Path
 
 from lsc.bench.train_step import ADAM_BYTES_PER_PARAM, head_params, run_probe
 from lsc.centers import n_min
-from lsc.study.report import machine, md_table, pyplot, save_figure, write_results
+from lsc.study.report import machine, md_table, pyplot, save_figure, write_readme, write_results
+
+HERE = Path(__file__).parent
+README = """
+# Training throughput vs n_classes
+
+Training-step throughput (images/s), LSC vs CE on the same backbone and batch, at 1k .. 100M classes: one AdamW step
+timed after a warm-up step (best of `--steps`), in a fresh subprocess on CPU. CE points whose weights + gradients +
+AdamW moments (16 bytes a parameter) exceed the memory cap are "OOM".
+
+```bash
+make train_speed_vs_classes                                       # CPU: conv encoder at 32 px, batch 32
+python experiments/train_speed_vs_classes/run.py --device cuda    # GPU: ViT-S/16 at 224 px, batch 128, bf16
+python experiments/train_speed_vs_classes/run.py --data prepared  # adds the fast input path's images/s
+python experiments/train_speed_vs_classes/run.py --smoke          # seconds (CI)
+python experiments/train_speed_vs_classes/run.py --readme         # only this README, from the committed results
+make gpu-checks                                                   # every GPU figure at once, this one included
+```
+
+Reading: LSC's step time is flat in n_classes; CE falls behind from 100k classes (CPU) / 1M (GPU) and cannot
+train at 10M.
+
+## GPU: ViT-S/16 at 224 px, bf16, batch 128
+
+<!-- RESULT results/train_speed_vs_classes_cuda.md -->
+<!-- /RESULT -->
+
+![training images/s vs n_classes, GPU](results/train_speed_vs_classes_cuda.png)
+
+## CPU: conv encoder at 32 px, fp32, batch 32
+
+<!-- RESULT results/train_speed_vs_classes.md -->
+<!-- /RESULT -->
+
+![training images/s vs n_classes, CPU](results/train_speed_vs_classes.png)
+"""
 
 
 def main(argv=None):
@@ -31,8 +66,11 @@ def main(argv=None):
     p.add_argument("--cap-gb", type=float, default=None)
     p.add_argument("--data", choices=["synthetic", "prepared"], default="synthetic", help="see above")
     p.add_argument("--smoke", action="store_true")
-    p.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    p.add_argument("--out", default=str(HERE / "results"))
+    p.add_argument("--readme", action="store_true", help="only rewrite README.md from the committed results")
     a = p.parse_args(argv)
+    if a.readme:
+        return write_readme(HERE, README)
     cuda = a.device.startswith("cuda")
     backbone, img, feats = ("vit_s", 224, 384) if cuda else ("encoder", 32, 512)
     batch = a.batch or (128 if cuda else 32)
@@ -82,6 +120,8 @@ def main(argv=None):
     raw_out = {"machine": machine(a.device), "batch": batch, "rows": raw, **({"loading": load} if load else {})}
     write_results(out, name, text, raw_out)
     plot(raw, out / f"{name}.png")
+    if not a.smoke and out == HERE / "results":
+        write_readme(HERE, README)
 
 
 # ---- --data prepared: the fast input path's images/s at this batch and image size -----------------------------

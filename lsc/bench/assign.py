@@ -74,68 +74,128 @@ def prototypes(kind: str, n: int, d: int, seed: int = 0) -> torch.Tensor:
     return centers[torch.randint(0, 1000, (n,), generator=g)] + 0.3 * torch.randn(n, d, generator=g)
 
 
+def point(nc: int, width: int, kind: str, compiled: bool) -> dict:
+    """One row, in this process: the assignment of nc classes in V^22 at width x n_min, and this process's peak RSS."""
+    import resource
+
+    d = width * n_min("v22", nc)
+    s = make_system("v22", d)
+    proto = prototypes(kind, nc, d)
+    idx, st = assign_nearest_free(s, proto, compiled=compiled, progress=False)
+    table = Assignment(idx, s.count)
+    return {
+        "n_classes": nc, "n_dim": d, "count": s.count, "kind": kind, "walk": "numba" if compiled else "python",
+        "seconds": st["seconds"], "walk_share": st["walks"] / nc, "pops_per_walk": st["pops"] / max(1, st["walks"]),
+        "scans": st["scans"], "prototype_bytes": proto.numel() * proto.element_size(),
+        "taken_state_bytes": st["taken_state_bytes"], "table_bytes": table.nbytes,
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "digest": table.digest,
+    }  # fmt: skip
+
+
+def run_point(nc: int, width: int, kind: str, compiled: bool, timeout: float) -> dict | None:
+    """`point` in a subprocess of its own (one thread): its peak RSS is that point's alone. None past timeout."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "lsc.bench.assign", "--point", str(nc), str(width), kind, str(int(compiled))]
+    try:
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, check=True)
+    except subprocess.TimeoutExpired:
+        return None
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+TARGETS = {(1_000_000, "clustered"): 60, (10_000_000, "clustered"): 900}  # seconds, one thread (the scale issue)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--classes", type=float, nargs="+", default=[1e5, 1e6, 1e7])
     p.add_argument("--kinds", nargs="+", default=["spread", "clustered"])
     p.add_argument("--widths", type=int, nargs="+", default=[1, 2], help="n_dim = width x n_min")
     p.add_argument("--max-width2", type=float, default=1e6, help="2 x n_min only up to this many classes")
+    p.add_argument("--max-reference", type=float, default=1e5, help="the Python walk beside it up to this many")
+    p.add_argument("--timeout", type=float, default=1800, help="seconds per point before it is reported as stopped")
     p.add_argument("--smoke", action="store_true")
     p.add_argument("--out", default=str(OUT))
     p.add_argument("--readme", action="store_true", help="only rewrite README.md from the committed results")
+    p.add_argument("--point", nargs=4, metavar=("CLASSES", "WIDTH", "KIND", "COMPILED"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.readme:
         return write_readme(HERE, README)
+    if a.point:
+        import json
+
+        print(json.dumps(point(int(a.point[0]), int(a.point[1]), a.point[2], bool(int(a.point[3])))))
+        return None
     if a.smoke:
-        a.classes, a.kinds, a.widths = [2e4], ["spread"], [1]
+        a.classes, a.kinds, a.widths, a.max_reference = [2e4], ["spread"], [1], 2e4
     rows, raw, t0 = [], [], time.time()
     for nc in map(int, a.classes):
         for w in a.widths:
             if w > 1 and nc > a.max_width2:
                 continue
-            d = w * n_min("v22", nc)
-            s = make_system("v22", d)
             for kind in a.kinds:
-                proto = prototypes(kind, nc, d)
-                idx, st = assign_nearest_free(s, proto)
-                table = Assignment(idx, s.count)
-                r = {
-                    "n_classes": nc,
-                    "n_dim": d,
-                    "count": s.count,
-                    "kind": kind,
-                    "seconds": st["seconds"],
-                    "walk_share": st["walks"] / nc,
-                    "pops_per_walk": st["pops"] / max(1, st["walks"]),
-                    "prototype_bytes": proto.numel() * proto.element_size(),
-                    "taken_state_bytes": st["taken_state_bytes"],
-                    "table_bytes": table.nbytes,
-                }
-                raw.append(r)
-                rows.append(
-                    [f"{nc:,}", d, f"{s.count:,}", kind, f"{st['seconds']:.1f}", f"{100 * r['walk_share']:.1f}%",
-                     f"{r['pops_per_walk']:.1f}", fmt_bytes(r["prototype_bytes"]), fmt_bytes(r["taken_state_bytes"]),
-                     fmt_bytes(r["table_bytes"])]
-                )  # fmt: skip
-                print("  ", rows[-1], flush=True)
+                for compiled in (True, False) if nc <= a.max_reference else (True,):
+                    r = run_point(nc, w, kind, compiled, a.timeout)
+                    if r is None:
+                        d = w * n_min("v22", nc)
+                        r = {"n_classes": nc, "n_dim": d, "count": make_system("v22", d).count, "kind": kind,
+                             "walk": "numba" if compiled else "python", "seconds": None}  # fmt: skip
+                    raw.append(r)
+                    done = r["seconds"] is not None
+                    rows.append(
+                        [f"{nc:,}", r["n_dim"], f"{r['count']:,}", kind, r["walk"],
+                         f"{r['seconds']:.1f}" if done else f"> {a.timeout:,.0f} (stopped)",
+                         f"{100 * r['walk_share']:.1f}%" if done else "—",
+                         f"{r['pops_per_walk']:.1f}" if done else "—", f"{r['scans']:,}" if done else "—",
+                         fmt_bytes(r["peak_rss_bytes"]) if done else "—",
+                         fmt_bytes(r["taken_state_bytes"]) if done else "—",
+                         fmt_bytes(r["table_bytes"]) if done else "—"]
+                    )  # fmt: skip
+                    print("  ", rows[-1], flush=True)
+    same = [
+        (x["n_classes"], x["n_dim"], x["kind"])
+        for x in raw
+        for y in raw
+        if x["walk"] == "numba" and y["walk"] == "python" and x.get("digest") and x.get("digest") == y.get("digest")
+        and (x["n_classes"], x["n_dim"], x["kind"]) == (y["n_classes"], y["n_dim"], y["kind"])
+    ]  # fmt: skip
+    lines = []
+    for (nc, kind), limit in TARGETS.items():
+        key = (nc, n_min("v22", nc), kind, "numba")
+        got = [x for x in raw if (x["n_classes"], x["n_dim"], x["kind"], x["walk"]) == key]
+        if got:
+            sec = got[0]["seconds"]
+            verdict = "not finished" if sec is None else ("meets" if sec <= limit else f"MISSES by {sec / limit:.1f}x")
+            lines.append(f"- {nc:,} {kind} classes at n_min: target <= {limit} s: {verdict}")
     text = (
-        f"### Data-aware assignment, V^22 ({machine()}, one thread; {time.time() - t0:.0f} s)\n\n"
+        f"### Data-aware assignment, V^22 ({machine()}, one thread per point; {time.time() - t0:.0f} s)\n\n"
         + md_table(
             [
                 "n_classes",
                 "n_dim",
                 "vectors",
                 "prototypes",
+                "walk",
                 "seconds",
                 "classes walked",
                 "vectors / walk",
-                "prototypes (fp32)",
+                "scans",
+                "peak RSS",
                 "taken bitmap",
                 "table (16 B/class)",
             ],
             rows,
         )  # fmt: skip
-        + "\n\nA walk enumerates a class's vectors best-first until a free one; the rest take their nearest vector."
+        + "\n\nA walk enumerates a class's vectors best-first until a free one (past 2,048: a scan of the free ones); "
+        "the rest take their nearest vector. numba: the compiled walk; python: the reference walk, beside it. "
+        f"Identical tables (digest) where both ran: {len(same)} of {sum(x['walk'] == 'python' for x in raw)}.\n"
+        + "\n".join(lines)
     )
     print(text)
     write_results(

@@ -1,34 +1,35 @@
-"""Copy the committed result tables into README.md, so every number there comes from a results file.
+"""Rewrite every experiment's README.md from its committed results, so every number there comes from a results file.
 
     python experiments/update_readme.py
 
-README holds blocks `<!-- RESULT path/to/table.md -->` ... `<!-- /RESULT -->`; each is replaced by that file.
+Each experiment writes its own `experiments/<name>/README.md` (its text, with `<!-- RESULT results/x.md -->` blocks
+filled from the tables it wrote next to its JSON) at the end of a full run; `--readme` does only that. This runs
+`--readme` for every one: `experiments/<name>/run.py`, and `python -m lsc.bench.<x>` for `experiments/bench_<x>`.
 """
 
 from __future__ import annotations
 
-import re
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BLOCK = re.compile(r"(<!-- RESULT (\S+) -->\n)(.*?)(<!-- /RESULT -->)", re.S)
+
+
+def readme_commands() -> list[list[str]]:
+    cmds = []
+    for d in sorted(p for p in (ROOT / "experiments").iterdir() if p.is_dir() and (p / "results").is_dir()):
+        if (d / "run.py").is_file():
+            cmds.append([sys.executable, str(d / "run.py"), "--readme"])
+        elif d.name.startswith("bench_"):
+            cmds.append([sys.executable, "-m", f"lsc.bench.{d.name.removeprefix('bench_')}", "--readme"])
+    return cmds
 
 
 def main() -> None:
-    readme = ROOT / "README.md"
-    text = readme.read_text()
-
-    def fill(m):
-        src = ROOT / m.group(2)
-        body = src.read_text().strip() if src.exists() else f"(missing: {m.group(2)})"
-        body = re.sub(r"^###+ ", "**", body, count=1, flags=re.M)  # the table's own heading -> bold caption
-        first, _, rest = body.partition("\n")
-        if first.startswith("**"):
-            body = first + "**\n" + rest
-        return m.group(1) + body + "\n" + m.group(4)
-
-    readme.write_text(BLOCK.sub(fill, text))
-    print(f"updated {readme}")
+    for cmd in readme_commands():
+        subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+        print("updated:", " ".join(cmd[1:]))
 
 
 if __name__ == "__main__":

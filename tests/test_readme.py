@@ -38,18 +38,29 @@ PREPARED = "/data/imagenet-jpeg256"  # ... for that folder prepared by lsc.prepa
 RUN_DIR = "logs/train/runs/<run>"  # ... and for one of their run dirs
 
 
+READMES = [ROOT / "README.md", *sorted((ROOT / "experiments").glob("*/README.md"))]
+
+
+def bash_lines(path) -> list[str]:
+    """The command lines of a markdown file's bash blocks (continued lines joined, comments dropped)."""
+    out = []
+    for block in re.findall(r"```bash\n(.*?)```", path.read_text(), re.S):
+        out += [line.split(" #")[0].strip() for line in block.replace("\\\n", " ").splitlines()]
+    return [line for line in out if line]
+
+
 def readme_commands() -> list[tuple[str, list[str]]]:
-    """(module, args) of every `python -m lsc.train|eval|predict|prepare ...` line in the README's bash blocks."""
-    text = (ROOT / "README.md").read_text()
+    """(module, args) of every `python -m lsc.train|eval|predict|prepare ...` line in the bash blocks of the README
+    and of every experiment's README."""
     cmds = []
-    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
-        for line in block.replace("\\\n", " ").splitlines():  # continued lines joined
-            line = line.split(" #")[0].strip()
+    for path in READMES:
+        for line in bash_lines(path):
             if line.startswith(
                 ("python -m lsc.train", "python -m lsc.eval", "python -m lsc.predict", "python -m lsc.prepare")
             ):
                 words = shlex.split(line)
-                cmds.append((words[2], words[3:]))
+                if (words[2], words[3:]) not in cmds:
+                    cmds.append((words[2], words[3:]))
     return cmds
 
 
@@ -153,3 +164,62 @@ def test_readme_command_builds(module, args, user_files, tmp_path):
                 cfg.data.limit = 2000
         dm, _, centers = lsc.train.build(cfg)
         assert dm.num_classes >= 2 and (centers is None or centers.n_classes == dm.num_classes)
+
+
+# ---- the experiments' READMEs: linked, written from their results, their scripts exist -------------------------
+
+
+def experiment_readme_text(exp_dir):
+    """The README.md an experiment's code writes now (its template with its committed tables filled in)."""
+    import importlib
+    import importlib.util
+
+    from lsc.study.report import fill_results
+
+    if (exp_dir / "run.py").is_file():
+        spec = importlib.util.spec_from_file_location(f"exp_{exp_dir.name}", exp_dir / "run.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    else:
+        mod = importlib.import_module(f"lsc.bench.{exp_dir.name.removeprefix('bench_')}")
+    return fill_results(mod.README.strip() + "\n", exp_dir)
+
+
+EXPERIMENTS = sorted(p.parent.name for p in (ROOT / "experiments").glob("*/results"))
+
+
+def test_every_experiment_has_a_readme_linked_from_the_top():
+    top = (ROOT / "README.md").read_text()
+    for name in EXPERIMENTS:
+        assert (ROOT / "experiments" / name / "README.md").is_file(), name
+        assert f"(experiments/{name}/README.md)" in top, f"README.md does not link experiments/{name}/README.md"
+    assert "<!-- RESULT" not in top  # results tables live with their experiments
+    assert len(top) < 84_000 / 3, f"README.md is {len(top):,} characters; keep it to what a newcomer needs"
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_readme_is_what_its_code_writes(name):
+    exp_dir = ROOT / "experiments" / name
+    got = (exp_dir / "README.md").read_text()
+    assert got == experiment_readme_text(exp_dir), f"run `python experiments/update_readme.py` ({name})"
+    assert "(missing:" not in got
+    for link in re.findall(r"\]\(([^)#]+)\)", got):  # relative links resolve
+        if not link.startswith(("http://", "https://")):
+            assert (exp_dir / link).exists(), f"{name}/README.md links {link}, which does not exist"
+
+
+def test_experiment_readme_scripts_exist():
+    for path in READMES:
+        for line in bash_lines(path):
+            words = shlex.split(line)
+            if words[:1] == ["python"] and words[1:2] and words[1].endswith(".py"):
+                script = ROOT / words[1]
+                assert script.is_file(), f"{path.name}: {line}"
+                src = script.read_text()
+                for flag in (w.split("=")[0] for w in words[2:] if w.startswith("--")):
+                    assert f'"{flag}"' in src, f"{path.relative_to(ROOT)}: {script.name} has no {flag}"
+            elif words[:2] == ["python", "-m"] and words[2].startswith("lsc.bench."):
+                mod = ROOT / (words[2].replace(".", "/") + ".py")
+                assert mod.is_file(), f"{path.name}: {line}"
+                for flag in (w.split("=")[0] for w in words[3:] if w.startswith("--")):
+                    assert f'"{flag}"' in mod.read_text(), f"{path.relative_to(ROOT)}: {words[2]} has no {flag}"

@@ -43,8 +43,9 @@ def test_every_group_has_options():
 # ---- data --------------------------------------------------------------------------------------------------
 
 NEEDS_ROOT = {"imagefolder", "cifar10", "cifar100", "streaming"}
-CLASSES = {"digits": 10, "synthetic": 10, "fashion_mnist": 10, "han_glyphs": 4}
-SHAPES = {"digits": (1, 8, 8), "synthetic": (3, 32, 32), "fashion_mnist": (1, 28, 28), "han_glyphs": (1, 32, 32)}
+CLASSES = {"digits": 10, "synthetic": 10, "fashion_mnist": 10, "han_glyphs": 4, "fmnist_grid": 10_000}
+SHAPES = {"digits": (1, 8, 8), "synthetic": (3, 32, 32), "fashion_mnist": (1, 28, 28), "han_glyphs": (1, 32, 32),
+          "fmnist_grid": (1, 28, 28)}  # fmt: skip
 
 
 @pytest.mark.parametrize("name", options("data"))
@@ -70,7 +71,7 @@ def test_data_option_instantiates(tmp_path, name):
         cfg = make_cfg(tmp_path, "data=han_glyphs", f"data.font_dirs=[{','.join(map(str, fonts))}]",
                        "data.test_designs=[WenQuanYi Micro Hei]", "data.val_designs=[]", "data.min_designs=2",
                        "data.codepoints=[U+4E00,U+4E8C,U+4E09,U+5927]")  # fmt: skip
-    if name == "fashion_mnist" and not HAS_FMNIST:
+    if name in ("fashion_mnist", "fmnist_grid") and not HAS_FMNIST:
         pytest.skip("Fashion-MNIST IDX files not installed (make data)")
     dm = hydra.utils.instantiate(cfg.data)
     assert isinstance(dm, LSCDataModule)

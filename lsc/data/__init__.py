@@ -8,6 +8,7 @@ from .datasets import (
     ImageFolderDataModule,
     SyntheticDataModule,
 )
+from .fmnist_grid import FashionMNISTGridDataModule
 from .han_glyphs import HanGlyphsDataModule
 
 __all__ = [
@@ -15,6 +16,7 @@ __all__ = [
     "DigitsDataModule",
     "EpochShuffleSampler",
     "FashionMNISTDataModule",
+    "FashionMNISTGridDataModule",
     "HanGlyphsDataModule",
     "ImageFolderDataModule",
     "LSCDataModule",

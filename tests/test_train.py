@@ -40,8 +40,8 @@ def spy_build(monkeypatch):
     built = []
     real = lsc.train.build
 
-    def spy(cfg, ckpt=None, init=None):
-        out = real(cfg, ckpt=ckpt, init=init)
+    def spy(cfg, ckpt=None, init=None, ckpt_path=None):
+        out = real(cfg, ckpt=ckpt, init=init, ckpt_path=ckpt_path)
         built.append(out)
         return out
 

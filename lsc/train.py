@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lsc.centers import METHODS, ClassCenters, n_min
 from lsc.centers.assignment import Assignment, assign_global_greedy, assign_nearest_free, check_assignable
-from lsc.centers.prototypes import class_prototypes
+from lsc.centers.prototypes import class_prototypes, default_cache_dir
 from lsc.models import build_backbone
 from lsc.models.module import init_weights_from
 from lsc.runconfig import (
@@ -112,6 +112,8 @@ def build_centers(
         seed=seed,
         size=cfg.get("prototype_size", 32),
         ckpt=cfg.get("prototype_ckpt"),
+        decode=cfg.get("prototype_decode", "draft"),
+        cache_dir=_prototype_cache(cfg.get("prototype_cache", "auto")),
     )
     if old is not None:  # grow: old classes keep their vectors, the new ones take free vectors nearest their data
         base = ClassCenters.from_spec({**cc.spec, "assignment": init[CENTERS_KEY].get("assignment")}, old)
@@ -133,6 +135,17 @@ def build_centers(
     return ClassCenters(
         cc.system, n_classes, seed=seed, shuffle=cc.shuffle, assignment=Assignment(index, cc.system.count)
     )
+
+
+def _prototype_cache(value):
+    """centers.prototype_cache: auto -> the default dir; null/false -> none; else a dir."""
+    if value in (None, False, "null", ""):
+        return None
+    if value == "auto":
+        return default_cache_dir()
+    if not isinstance(value, str):
+        raise ValueError(f"centers.prototype_cache must be auto, null or a directory, got {value!r}")
+    return value
 
 
 def is_lsc(cfg: DictConfig) -> bool:

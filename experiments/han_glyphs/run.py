@@ -212,6 +212,9 @@ def lever_rows() -> list[tuple[str, list[str]]]:
         ("LSC v21@128 sm32 m0.2 keyed aug", [*base, *AUG]),
         ("LSC v21@128 sm32 m0.2 data h2048", [*base, "centers.assign=data", H2048]),
         ("PFC cosface d128 r1.0 h2048", [*pfc(128), H2048]),
+        ("LSC v21@512 sm32 m0.2 data h2048", lsc("v21", 512, *sm(32, 0.2), "centers.assign=data", H2048)),
+        ("LSC v21@2048 sm32 m0.2 data h2048", lsc("v21", 2048, *sm(32, 0.2), "centers.assign=data", H2048)),
+        ("LSC v21@1024 sm32 m0.2 data h2048", lsc("v21", 1024, *sm(32, 0.2), "centers.assign=data", H2048)),
     ]
 
 

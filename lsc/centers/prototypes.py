@@ -6,20 +6,44 @@
               after a first run, or from a self-supervised backbone saved as an LSC checkpoint (A_n paper, 6.6)
 The projection is linear, so the mean of the projected images is the projection of the mean image: the pass keeps
 an [n_classes, n_dim] float64 sum, never a [n_classes, pixels] one (1M classes at n_dim 47: 376 MB).
+
+At scale (ImageNet's 1.28M JPEGs, 10^6..10^8 classes) the pass is the slow part of a data-aware start, so:
+  decode=draft  large images (ImageNet-style eval: resize + center crop) are decoded at reduced size (PIL's JPEG
+                draft mode: DCT scaling to 1/2..1/8) straight to the eval crop's field of view at `size` pixels,
+                instead of decoding at full size, resizing to 256 and pooling 224 px down to 32 (decode=full). Small
+                images (digits, Fashion-MNIST, glyphs, CIFAR) take the eval transform either way.
+  cache         the result is kept under `cache_dir`, keyed by the data's fingerprint (its class, selection, labels,
+                files' sizes and times or pixels), the kind, n_dim, seed, size and decode (and the checkpoint's file):
+                a second run on the same data reads it; other data never matches another's entry.
+  resume        the running sums are saved atomically every `save_every` seconds (`<key>.partial.pt`), and a pass
+                killed at any point (kill -9 included) continues from the last save, adding the same batches in
+                the same order: the same prototypes as an uninterrupted pass.
+  DDP           rank 0 computes; the other ranks wait for its cache entry and read it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 log = logging.getLogger("lsc.data")
 PROTOTYPES = ("pixels", "checkpoint")
+DECODES = ("draft", "full")
+CACHE_VERSION = 1
+
+
+def default_cache_dir() -> Path:
+    """$LSC_CACHE/prototypes, else ~/.cache/lsc/prototypes."""
+    return Path(os.environ.get("LSC_CACHE") or Path.home() / ".cache" / "lsc") / "prototypes"
 
 
 def class_prototypes(
@@ -31,25 +55,84 @@ def class_prototypes(
     ckpt: str | None = None,
     batch_size: int = 512,
     device: str | torch.device = "cpu",
+    decode: str = "draft",
+    cache_dir: str | Path | None = None,
+    save_every: float = 60.0,
+    progress: bool | None = None,
+    rank: int | None = None,
+    wait_s: float = 24 * 3600.0,
 ) -> torch.Tensor:
-    """[num_classes, n_dim] float64 prototypes from the DataModule's training images (eval transform)."""
+    """[num_classes, n_dim] float64 prototypes from the DataModule's training images (eval transform).
+
+    cache_dir: where results (and partial sums, for resume) are kept; None: no cache, no resume. rank: this
+    process's global rank (default: Lightning's, from the launcher's environment); a rank other than 0 waits up
+    to `wait_s` for rank 0's cache entry. progress: a progress bar with ETA (None: when the pass runs past 5 s)."""
     if kind not in PROTOTYPES:
         raise ValueError(f"centers.prototype must be one of {', '.join(PROTOTYPES)}, got {kind!r}")
+    if decode not in DECODES:
+        raise ValueError(f"centers.prototype_decode must be one of {', '.join(DECODES)}, got {decode!r}")
     dm.setup("fit")
     ds = dm.prototype_set()
     n_classes = dm.num_classes
     embed = _pixel_embedder(n_dim, seed, size, dm.channels) if kind == "pixels" else _ckpt_embedder(ckpt, n_dim, dm)
-    sums = torch.zeros(n_classes, n_dim, dtype=torch.float64)
-    counts = torch.zeros(n_classes, dtype=torch.float64)
-    total = torch.zeros(n_dim, dtype=torch.float64)
-    loader = DataLoader(ds, batch_size=batch_size, num_workers=dm.num_workers, shuffle=False)
-    t0 = time.perf_counter()
+    reduced = kind == "pixels" and decode == "draft" and bool(getattr(dm, "large_images", False))
+    if reduced:
+        ds = _reduced_view(ds, dm, min(size, dm.out_size))
+    if rank is None:
+        from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+        rank = int(getattr(rank_zero_only, "rank", 0) or 0)
+    cache = None
+    if cache_dir is not None:
+        key = _key(dm, ds, kind, n_dim, seed, size, "draft" if reduced else "full", ckpt)
+        cache = _Cache(Path(cache_dir).expanduser(), key, n_classes, n_dim)
+        hit = cache.load()
+        if hit is None and rank != 0:
+            hit = cache.wait(wait_s)
+        if hit is not None:
+            log.info(f"prototypes ({kind}): {n_classes:,} classes read from the cache {cache.final}")
+            return hit
+    elif rank != 0:
+        log.info(f"prototypes: rank {rank} computes its own (no centers.prototype_cache to share rank 0's)")
+    state = (cache.resume() if cache is not None else None) or {
+        "sums": torch.zeros(n_classes, n_dim, dtype=torch.float64),
+        "counts": torch.zeros(n_classes, dtype=torch.float64),
+        "total": torch.zeros(n_dim, dtype=torch.float64),
+        "done": 0,
+    }
+    sums, counts, total, start = state["sums"], state["counts"], state["total"], int(state["done"])
+    n = len(ds)
+    if start:
+        log.info(f"prototypes ({kind}): resuming at image {start:,} of {n:,} ({cache.partial})")
+    from lsc.data.base import Subset, collate_skipping_bad
+
+    rest = Subset(ds, np.arange(start, n)) if start else ds
+    loader = DataLoader(
+        rest, batch_size=batch_size, num_workers=dm.num_workers, shuffle=False, collate_fn=collate_skipping_bad
+    )
+    t0 = last = time.perf_counter()
+    done, bar = start, None
     with torch.no_grad():
-        for x, y in loader:
-            e = embed(x.to(device)).double().cpu()  # [B, n_dim]
-            sums.index_add_(0, y, e)
-            counts.index_add_(0, y, torch.ones_like(y, dtype=torch.float64))
-            total += e.sum(0)
+        for batch in loader:
+            done = min(n, done + batch_size)  # sequential batches: the first `done` images are counted
+            if batch is not None:  # None: every image of the batch unreadable (skipped, counted by the data)
+                x, y = batch
+                e = embed(x.to(device)).double().cpu()  # [B, n_dim]
+                sums.index_add_(0, y, e)
+                counts.index_add_(0, y, torch.ones_like(y, dtype=torch.float64))
+                total += e.sum(0)
+            now = time.perf_counter()
+            if bar is None and (progress or (progress is None and now - t0 > 5)):
+                from tqdm import tqdm
+
+                bar = tqdm(total=n, initial=done, desc="prototypes", unit="img", unit_scale=True, mininterval=1)
+            elif bar is not None:
+                bar.update(done - bar.n)
+            if cache is not None and done < n and now - last >= save_every:
+                cache.save_partial({"sums": sums, "counts": counts, "total": total, "done": done})
+                last = now
+    if bar is not None:
+        bar.close()
     missing = (counts == 0).nonzero()[:, 0]
     if missing.numel():
         raise ValueError(
@@ -60,8 +143,188 @@ def class_prototypes(
     if kind == "pixels":
         proto -= total / counts.sum()  # centred: the shared mean image carries no class information
     dt = time.perf_counter() - t0
-    log.info(f"prototypes ({kind}): {n_classes:,} classes from {int(counts.sum()):,} images in {dt:.1f} s")
+    rate = (done - start) / max(dt, 1e-9)
+    log.info(
+        f"prototypes ({kind}{', draft decode' if reduced else ''}): {n_classes:,} classes from "
+        f"{int(counts.sum()):,} images in {dt:.1f} s ({rate:,.0f} images/s)"
+    )
+    if cache is not None:
+        cache.save(proto)
     return proto
+
+
+# ---- reduced-size decoding ---------------------------------------------------------------------------------------
+
+
+class _Reduced:
+    """A split whose images are decoded at reduced size: `split.image(i, draft=(w, h))` where the split supports it
+    (JPEG files and prepared JPEG chunks), else its full-size image."""
+
+    def __init__(self, split, px: int):
+        self.split, self.px, self.targets = split, px, split.targets
+        self.want = int(np.ceil(2 * px / 0.875))  # the eval crop at >= 2x px: box-averaged, not resampled 1:1
+        self.draft = bool(getattr(split, "supports_draft", False))
+
+    def __len__(self):
+        return len(self.split)
+
+    def image(self, i):
+        return self.split.image(i, draft=(self.want, self.want)) if self.draft else self.split.image(i)
+
+
+class _SmallEval:
+    """The eval transform of large images (resize the short side to size/0.875, center crop) followed by average
+    pooling to `px` pixels, computed in one step: the crop's region of the (draft-decoded) image, box-averaged to
+    px x px (PIL's BOX filter over a float box), what decode=full gives up to resampling."""
+
+    def __init__(self, px: int, mean, std, channels: int):
+        self.px = px
+        self.mean = torch.tensor(mean, dtype=torch.float32)[:, None, None]
+        self.std = torch.tensor(std, dtype=torch.float32)[:, None, None]
+        self.mode = "RGB" if channels == 3 else "L"
+
+    def __call__(self, img):
+        from PIL import Image
+
+        if isinstance(img, torch.Tensor):  # raw prepared images: crop, then average-pool
+            h, w = img.shape[-2:]
+            c = 0.875 * min(h, w)
+            top, left = int(round((h - c) / 2)), int(round((w - c) / 2))
+            x = img[..., top : top + int(round(c)), left : left + int(round(c))].float() / 255
+            x = F.adaptive_avg_pool2d(x[None], (self.px, self.px))[0]
+        else:
+            img = img.convert(self.mode)
+            w, h = img.size
+            half = 0.875 * min(w, h) / 2
+            box = (w / 2 - half, h / 2 - half, w / 2 + half, h / 2 + half)
+            img = img.resize((self.px, self.px), Image.BOX, box=box)
+            a = np.asarray(img, dtype=np.uint8)
+            x = torch.from_numpy(a.reshape(self.px, self.px, -1).copy()).permute(2, 0, 1).float() / 255
+        return (x - self.mean) / self.std
+
+
+def _reduced_view(ds, dm, px: int):
+    from lsc.data.base import LabeledView
+
+    if not isinstance(ds, LabeledView):
+        return ds
+    return LabeledView(
+        _Reduced(ds.base, px),
+        ds.index,
+        ds.labels,
+        _SmallEval(px, dm.mean, dm.std, dm.channels),
+        copies=ds.copies,
+        instance=ds.instance,
+        skip_bad=ds.skip_bad,
+        bad=ds.bad,
+    )
+
+
+# ---- the cache ---------------------------------------------------------------------------------------------------
+
+
+def data_fingerprint(dm, ds, samples: int = 8) -> str:
+    """The identity of the images a prototype pass reads: the DataModule's class and geometry, the selection (every
+    index and label), the split's own fingerprint (files' names, sizes and times; in-memory pixels; a prepared
+    dir's manifest) and the pixels of a few items."""
+    h = hashlib.sha256(type(dm).__qualname__.encode())
+    geo = (len(ds), dm.num_classes, dm.out_size, dm.channels, tuple(dm.mean), tuple(dm.std))
+    h.update(repr((geo, bool(getattr(dm, "large_images", False)))).encode())
+    base = getattr(ds, "base", None)
+    if base is not None:
+        base = getattr(base, "split", base)  # _Reduced
+        for arr in (ds.index, ds.labels):
+            h.update(np.asarray(arr, dtype=np.int64).tobytes())
+        h.update(repr((ds.copies, ds.instance)).encode())
+        h.update(_split_fingerprint(base).encode())
+    n = len(ds)
+    for i in sorted({int(j) for j in np.linspace(0, n - 1, min(samples, n))}) if n else ():
+        item = ds[i]
+        if item is not None:
+            h.update(np.ascontiguousarray(torch.as_tensor(item[0]).float().numpy()).tobytes())
+            h.update(str(int(item[1])).encode())
+    return h.hexdigest()
+
+
+def _split_fingerprint(split) -> str:
+    if hasattr(split, "fingerprint"):
+        return split.fingerprint()
+    images = getattr(split, "images", None)
+    if isinstance(images, torch.Tensor | np.ndarray):
+        return hashlib.sha256(np.ascontiguousarray(np.asarray(images)).tobytes()).hexdigest()
+    return type(split).__qualname__  # generated splits: their pixels are sampled above
+
+
+def _key(dm, ds, kind, n_dim, seed, size, decode, ckpt) -> str:
+    h = hashlib.sha256(data_fingerprint(dm, ds).encode())
+    h.update(repr((CACHE_VERSION, kind, int(n_dim), int(seed), int(size), decode)).encode())
+    if kind == "checkpoint":
+        st = Path(ckpt).stat()
+        h.update(repr((str(Path(ckpt).resolve()), st.st_size, st.st_mtime_ns)).encode())
+    return h.hexdigest()[:32]
+
+
+class _Cache:
+    """<dir>/<key>.pt (the prototypes) and <dir>/<key>.partial.pt (running sums), written atomically."""
+
+    def __init__(self, root: Path, key: str, n_classes: int, n_dim: int):
+        self.root, self.key, self.shape = root, key, (n_classes, n_dim)
+        self.final, self.partial = root / f"{key}.pt", root / f"{key}.partial.pt"
+
+    def _read(self, path: Path):
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            return None
+        except Exception as e:  # a truncated or foreign file: recompute, never trust it
+            log.warning(f"prototypes: ignoring unreadable cache file {path} ({type(e).__name__}: {e})")
+            return None
+        if not isinstance(obj, dict) or obj.get("key") != self.key:
+            log.warning(f"prototypes: {path} holds another dataset's prototypes; ignored")
+            return None
+        return obj
+
+    def load(self):
+        obj = self._read(self.final)
+        if obj is None:
+            return None
+        p = obj.get("prototypes")
+        if not isinstance(p, torch.Tensor) or tuple(p.shape) != self.shape:
+            log.warning(f"prototypes: {self.final} has shape {getattr(p, 'shape', None)}, not {self.shape}; ignored")
+            return None
+        return p
+
+    def wait(self, timeout: float):
+        t0 = time.perf_counter()
+        log.info(f"prototypes: waiting for rank 0 to write {self.final}")
+        while time.perf_counter() - t0 < timeout:
+            time.sleep(0.5)
+            p = self.load()
+            if p is not None:
+                return p
+        raise TimeoutError(
+            f"rank 0 did not write the prototype cache {self.final} within {timeout:.0f} s; is centers."
+            "prototype_cache on a filesystem every rank sees?"
+        )
+
+    def resume(self):
+        obj = self._read(self.partial)
+        if obj is None or tuple(obj["sums"].shape) != self.shape:
+            return None
+        return obj
+
+    def _write(self, path: Path, obj: dict) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        torch.save({**obj, "key": self.key}, tmp)
+        os.replace(tmp, path)
+
+    def save_partial(self, state: dict) -> None:
+        self._write(self.partial, state)
+
+    def save(self, proto: torch.Tensor) -> None:
+        self._write(self.final, {"prototypes": proto})
+        self.partial.unlink(missing_ok=True)
 
 
 def _pixel_embedder(n_dim: int, seed: int, size: int, channels: int):

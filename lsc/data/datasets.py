@@ -6,7 +6,9 @@ Nothing downloads unless `download: true`; a missing root raises FileNotFoundErr
 from __future__ import annotations
 
 import gzip
+import hashlib
 import logging
+import os
 import pickle
 from pathlib import Path
 
@@ -163,14 +165,32 @@ class _FolderSplit(RawSplit):
             raise FileNotFoundError(f"no images ({', '.join(IMG_EXTENSIONS)}) under {folder}")
         self.targets = torch.as_tensor([t for _, t in self.samples], dtype=torch.int64)
 
-    def image(self, i):
+    supports_draft = True  # image(i, draft=(w, h)): JPEGs decoded at reduced size (the prototype pass)
+
+    def image(self, i, draft: tuple[int, int] | None = None):
         path = self.samples[i][0]
         try:
-            img = self.loader(path)
-            img.load()
+            if draft is None:
+                img = self.loader(path)
+                img.load()
+            else:
+                from PIL import Image
+
+                with open(path, "rb") as f:
+                    img = Image.open(f)
+                    img.draft("RGB", draft)  # JPEG: DCT scaling to >= draft (1/2 .. 1/8); other formats: no-op
+                    img = img.convert("RGB")
         except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... for broken files
             raise BadImageError(path, e) from e
         return img
+
+    def fingerprint(self) -> str:
+        """Every file's path (relative to the split), label, size and modification time."""
+        h = hashlib.sha256()
+        for path, label in self.samples:
+            st = os.stat(path)
+            h.update(f"{os.path.relpath(path, self.folder)}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        return h.hexdigest()
 
     def bad_images(self) -> list[str]:
         """Paths of the files that fail to decode (full decode of every image)."""

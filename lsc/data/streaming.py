@@ -124,14 +124,17 @@ def check_chunks(split_dir: Path, index: dict) -> None:
             )
 
 
-def decode_image(img: bytes, fmt: str, channels: int, size: int, where: str):
-    """A stored image: raw -> uint8 tensor [C, size, size]; jpeg -> PIL image (what the image-folder loader gives)."""
+def decode_image(img: bytes, fmt: str, channels: int, size: int, where: str, draft: tuple[int, int] | None = None):
+    """A stored image: raw -> uint8 tensor [C, size, size]; jpeg -> PIL image (what the image-folder loader gives),
+    decoded at reduced size (>= draft, DCT scaling) when draft is given."""
     try:
         if fmt == "raw":
             return torch.from_numpy(np.frombuffer(img, np.uint8).reshape(channels, size, size).copy())
         from PIL import Image
 
         im = Image.open(io.BytesIO(img))
+        if draft is not None:
+            im.draft("RGB" if channels == 3 else "L", draft)
         im = im.convert("RGB" if channels == 3 else "L")
         im.load()
         return im
@@ -152,7 +155,7 @@ class PreparedSplit:
         self.root, self.name, self.uri = str(root), name, f"{str(root).rstrip('/')}/{name}"
         self.fmt, self.size, self.channels = manifest["format"], int(manifest["size"]), int(manifest["channels"])
         self.src_key, self.cache, self.storage_options = int(manifest["src_key"]), cache, storage_options
-        self.encoded = False
+        self.encoded, self.source_fingerprint = False, str(manifest.get("fingerprint", ""))
         files = {k: fetch(root, f"{name}/{k}", cache, storage_options) for k in ("index.json", "labels.npy", "ids.npy")}
         for f in files.values():
             if not f.exists():
@@ -207,14 +210,24 @@ class PreparedSplit:
                 "data again into a new out=<dir>"
             )
 
-    def decode(self, item: dict, k: int):
+    def decode(self, item: dict, k: int, draft: tuple[int, int] | None = None):
         if self.encoded:
             return encoded(item["img"])
         return decode_image(
-            item["img"], self.fmt, self.channels, self.size, f"{self.chunk_path(k)} (sample {item['id']})"
+            item["img"], self.fmt, self.channels, self.size, f"{self.chunk_path(k)} (sample {item['id']})", draft
         )
 
-    def image(self, i: int):
+    supports_draft = True  # image(i, draft=(w, h)): JPEG chunks decoded at reduced size (the prototype pass)
+
+    def fingerprint(self) -> str:
+        """The prepared source's fingerprint (lsc.prepare), this split's name, chunks and the images presented."""
+        h = hashlib.sha256(f"{self.source_fingerprint}\0{self.name}\0{self.fmt}\0{self.size}".encode())
+        h.update(repr(self.files).encode())
+        h.update(self.sizes.tobytes())
+        h.update(np.asarray(self.src_ids, dtype=np.int64).tobytes())
+        return h.hexdigest()
+
+    def image(self, i: int, draft: tuple[int, int] | None = None):
         p = int(self.ppos[i])
         k = int(np.searchsorted(self.starts, p, side="right") - 1)
         if self._ds is None:
@@ -223,7 +236,7 @@ class PreparedSplit:
             )
         item = _read(self._ds, ChunkedIndex(index=p, chunk_index=k), self, k)
         self.check(item, int(self.src_ids[i]), k)
-        return self.decode(item, k)
+        return self.decode(item, k, draft)
 
 
 def _cache_arg(split: PreparedSplit) -> str | None:

@@ -1,0 +1,222 @@
+"""The prototype pass at scale (lsc.centers.prototypes): reduced-size JPEG decoding against the full decode, the cache
+(hit, keyed by the data, refused for other data), resume after kill -9 (the same sums as an uninterrupted pass) and
+DDP (rank 0 computes, the others read its entry)."""
+
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import make_cfg
+
+from lsc.centers.prototypes import _reduced_view, class_prototypes
+from lsc.data import ImageFolderDataModule, SyntheticDataModule
+
+N_CLASSES, PER_CLASS = 4, 5
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """400x300 JPEGs (the benchmark's generated photos), N_CLASSES folders."""
+    from lsc.bench.data import photo
+
+    root = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(0)
+    for i in range(N_CLASSES * PER_CLASS):
+        d = root / "train" / f"c{i % N_CLASSES}"
+        d.mkdir(parents=True, exist_ok=True)
+        photo(rng).save(d / f"{i:03d}.jpg", quality=90)
+    return root
+
+
+def folder_dm(root, **kw):
+    return ImageFolderDataModule(
+        root=str(root), val_dir=None, check_images=False, img_size=224, transforms="none", num_workers=0,
+        batch_size=8, val_fraction=0.05, seed=0, **kw,
+    )  # fmt: skip
+
+
+def test_draft_decoding_reads_small_images_and_gives_the_full_decodes_prototypes(photos):
+    """decode=draft: each JPEG is decoded at 1/4 (100x75 for the eval crop at 32 px), never at full size, and the
+    prototypes match decode=full's (eval transform at 224 px + average pooling to 32) to cosine >= 0.95 per class;
+    per image >= 0.95 too (centred, as the pass uses them)."""
+    dm = folder_dm(photos)
+    dm.setup("fit")
+    full = class_prototypes(dm, 24, decode="full", size=32)
+    draft = class_prototypes(dm, 24, decode="draft", size=32)
+    assert F.cosine_similarity(full, draft, dim=1).min() > 0.95
+    assert not torch.equal(full, draft)  # the draft path really ran
+    ds = dm.prototype_set()
+    small = _reduced_view(ds, dm, 32)
+    img = small.base.image(0)
+    assert max(img.size) <= 400 // 4 and min(img.size) >= round(2 * 32 / 0.875)  # DCT-scaled, >= 2x the crop
+    a = torch.stack([F.adaptive_avg_pool2d(ds[i][0][None], 32)[0] for i in range(len(ds))]).flatten(1).double()
+    b = torch.stack([small[i][0] for i in range(len(ds))]).flatten(1).double()
+    assert F.cosine_similarity(a - a.mean(0), b - b.mean(0), dim=1).min() > 0.95
+
+
+def test_small_images_take_the_eval_transform_either_way():
+    """Datasets of small images (not large_images) have nothing to draft: both settings give the same sums."""
+    dm = SyntheticDataModule(num_samples=40, num_classes=4, image_size=8, batch_size=8, val_fraction=0.1)
+    assert torch.equal(class_prototypes(dm, 6, decode="draft"), class_prototypes(dm, 6, decode="full"))
+
+
+def test_the_cache_is_read_back_and_keyed_by_the_data(photos, tmp_path, caplog):
+    cache = tmp_path / "cache"
+    dm = folder_dm(photos)
+    first = class_prototypes(dm, 8, cache_dir=cache)
+    entries = list(cache.glob("*.pt"))
+    assert len(entries) == 1 and not list(cache.glob("*.partial.pt"))
+    # a second pass on the same data reads the entry: it decodes only the few images its fingerprint samples
+    dm2 = folder_dm(photos)
+    dm2.setup("fit")
+    split, calls = dm2.prototype_set().base, []
+    read = split.image
+    split.image = lambda i, **k: calls.append(i) or read(i, **k)
+    with caplog.at_level(logging.INFO, logger="lsc.data"):
+        again = class_prototypes(dm2, 8, cache_dir=cache)
+    assert torch.equal(first, again) and "read from the cache" in caplog.text
+    assert len(calls) <= 8 < len(dm2.prototype_set())
+    # another n_dim, seed or decode is another entry
+    assert class_prototypes(folder_dm(photos), 8, seed=1, cache_dir=cache).shape == first.shape
+    assert len(list(cache.glob("*.pt"))) == 2
+    # changed data (one file rewritten: other pixels) never reads the old entry
+    victim = sorted((photos / "train" / "c1").glob("*.jpg"))[-1]
+    keep = victim.read_bytes()
+    try:
+        from lsc.bench.data import photo
+
+        photo(np.random.default_rng(99)).save(victim, quality=90)
+        changed = class_prototypes(folder_dm(photos), 8, cache_dir=cache)
+        assert not torch.allclose(changed, first)
+        assert torch.allclose(changed, class_prototypes(folder_dm(photos), 8))  # = an uncached pass
+    finally:
+        victim.write_bytes(keep)
+
+
+def test_a_cache_entry_of_other_data_is_refused(tmp_path, caplog):
+    """An entry whose recorded key is not the data's (copied in, renamed) or a truncated file is ignored, recomputed
+    and replaced."""
+    dm = SyntheticDataModule(num_samples=40, num_classes=4, image_size=8, batch_size=8, val_fraction=0.1)
+    ref = class_prototypes(dm, 6)
+    class_prototypes(dm, 6, cache_dir=tmp_path)
+    (entry,) = tmp_path.glob("*.pt")
+    torch.save({"prototypes": torch.zeros_like(ref), "key": "another dataset"}, entry)
+    with caplog.at_level(logging.WARNING, logger="lsc.data"):
+        assert torch.equal(class_prototypes(dm, 6, cache_dir=tmp_path), ref)
+    assert "another dataset's prototypes" in caplog.text
+    entry.write_bytes(entry.read_bytes()[:50])  # truncated
+    assert torch.equal(class_prototypes(dm, 6, cache_dir=tmp_path), ref)
+
+
+KILLED = """
+import os, signal, sys, torch
+torch.set_num_threads(1)
+import lsc.centers.prototypes as P
+from lsc.data import SyntheticDataModule
+real, calls = P._pixel_embedder, [0]
+def embedder(*a, **k):
+    f = real(*a, **k)
+    def g(x):
+        calls[0] += 1
+        if calls[0] == 4:  # mid-pass, after three batches were saved
+            os.kill(os.getpid(), signal.SIGKILL)
+        return f(x)
+    return g
+P._pixel_embedder = embedder
+dm = SyntheticDataModule(num_samples=80, num_classes=5, image_size=8, batch_size=8, val_fraction=0.1)
+P.class_prototypes(dm, 6, batch_size=8, cache_dir=sys.argv[1], save_every=0)
+"""
+
+
+def test_a_pass_killed_with_sigkill_resumes_where_it_stopped(tmp_path, caplog):
+    """kill -9 during the pass: the partial sums saved so far survive (atomic writes), the next pass continues at the
+    first unsaved batch and gives exactly the prototypes of an uninterrupted pass."""
+    cache = tmp_path / "cache"
+    p = subprocess.run([sys.executable, "-c", textwrap.dedent(KILLED), str(cache)], capture_output=True, text=True)
+    assert p.returncode == -9, p.stderr[-2000:]
+    (partial,) = cache.glob("*.partial.pt")
+    assert torch.load(partial, weights_only=True)["done"] == 24  # three batches of 8
+    assert not [f for f in cache.iterdir() if f.name.endswith(".pt") and ".partial" not in f.name]
+    dm = SyntheticDataModule(num_samples=80, num_classes=5, image_size=8, batch_size=8, val_fraction=0.1)
+    with caplog.at_level(logging.INFO, logger="lsc.data"):
+        resumed = class_prototypes(dm, 6, batch_size=8, cache_dir=cache, save_every=0)
+    assert "resuming at image 24 of 72" in caplog.text
+    assert torch.equal(resumed, class_prototypes(dm, 6, batch_size=8))  # bit for bit: the same additions in order
+    assert not list(cache.glob("*.partial.pt"))
+
+
+def test_under_ddp_rank_0_computes_and_the_other_ranks_read_its_entry(tmp_path):
+    dm = SyntheticDataModule(num_samples=40, num_classes=4, image_size=8, batch_size=8, val_fraction=0.1)
+    ref = class_prototypes(dm, 6)
+    got = {}
+
+    def rank1():
+        other = SyntheticDataModule(num_samples=40, num_classes=4, image_size=8, batch_size=8, val_fraction=0.1)
+        other.setup("fit")
+        split, calls = other.prototype_set().base, []  # rank 1 reads only its fingerprint's few images
+        read = split.image
+        split.image = lambda i: calls.append(i) or read(i)
+        got["p"] = class_prototypes(other, 6, cache_dir=tmp_path, rank=1)
+        got["calls"] = len(calls)
+
+    t = threading.Thread(target=rank1)
+    t.start()
+    time.sleep(1.0)
+    assert t.is_alive() and not list(tmp_path.glob("*.pt"))  # waiting
+    class_prototypes(dm, 6, cache_dir=tmp_path, rank=0)
+    t.join(30)
+    assert not t.is_alive() and torch.equal(got["p"], ref) and got["calls"] <= 8
+    with pytest.raises(TimeoutError, match="rank 0 did not write the prototype cache"):
+        class_prototypes(dm, 7, cache_dir=tmp_path, rank=1, wait_s=0.6)
+
+
+def test_prepared_jpeg_chunks_are_drafted_too(photos, tmp_path):
+    """data=streaming on JPEG chunks: the prepared split decodes at reduced size, and its prototypes match its own
+    full decode (cosine >= 0.95) and the folder's."""
+    from helpers import compose_cfg
+
+    from lsc.data import StreamingDataModule
+    from lsc.prepare import prepare
+
+    out = tmp_path / "prep"
+    ov = [f"out={out}", "data=imagefolder", f"data.root={photos}", "data.val_dir=null", "format=jpeg", "size=256"]
+    prepare(compose_cfg([*ov, "num_workers=1"], config_name="prepare"))
+    dm = StreamingDataModule(
+        root=str(out), img_size=224, transforms="none", batch_size=8, val_fraction=0.05, seed=0, num_workers=1
+    )
+    dm.setup("fit")
+    split = dm.prototype_set().base
+    assert split.image(0).size != split.image(0, draft=(73, 73)).size
+    assert min(split.image(0, draft=(73, 73)).size) >= 73
+    full = class_prototypes(dm, 12, decode="full", size=32)
+    draft = class_prototypes(dm, 12, decode="draft", size=32)
+    assert F.cosine_similarity(full, draft, dim=1).min() > 0.95
+    folder = class_prototypes(folder_dm(photos), 12, decode="draft", size=32)
+    assert F.cosine_similarity(folder, draft, dim=1).min() > 0.9
+
+
+def test_train_uses_the_cache_dir_from_the_config(tmp_path):
+    from lsc.train import build
+
+    def centers(*ov):
+        return build(make_cfg(tmp_path, "centers.assign=data", "data=synthetic", "data.num_samples=32", *ov))[2]
+
+    a = centers(f"centers.prototype_cache={tmp_path / 'c'}")
+    assert len(list((tmp_path / "c").glob("*.pt"))) == 1
+    b = centers("centers.prototype_cache=null")
+    assert torch.equal(a.assignment.index_of_label, b.assignment.index_of_label)
+    assert len(list((tmp_path / "c").glob("*.pt"))) == 1
+    auto = centers()  # auto: $LSC_CACHE/prototypes (conftest points it at a temp dir)
+    assert torch.equal(auto.assignment.index_of_label, a.assignment.index_of_label)
+    assert list((Path(os.environ["LSC_CACHE"]) / "prototypes").glob("*.pt"))
+    with pytest.raises(ValueError, match="prototype_cache must be auto, null or a directory"):
+        centers("centers.prototype_cache=3")

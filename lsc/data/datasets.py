@@ -174,12 +174,14 @@ class _FolderSplit(RawSplit):
                 img = self.loader(path)
                 img.load()
             else:
+                import io
+
                 from PIL import Image
 
-                with open(path, "rb") as f:
-                    img = Image.open(f)
-                    img.draft("RGB", draft)  # JPEG: DCT scaling to >= draft (1/2 .. 1/8); other formats: no-op
-                    img = img.convert("RGB")
+                with open(path, "rb") as f:  # one read: PIL's own reads of a file come in small blocks
+                    img = Image.open(io.BytesIO(f.read()))
+                img.draft("RGB", draft)  # JPEG: DCT scaling to >= draft (1/2 .. 1/8); other formats: no-op
+                img = img.convert("RGB")
         except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... for broken files
             raise BadImageError(path, e) from e
         return img

@@ -197,10 +197,20 @@ def small_rows(size: int) -> list[tuple[str, list[str]]]:
     return rows + [(f"LSC v22@{m22} cos keyed", lsc("v22", m22))]
 
 
-def lever_rows() -> list[tuple[str, list[str]]]:
-    """Short runs (3 epochs at 5,000 classes): which lever closes LSC's gap to Partial FC, in the order tried."""
+def lever_rows(runs: Path | None = None, size: int = 5000, epochs: int = 3) -> list[tuple[str, list[str]]]:
+    """Short runs (3 epochs at 5,000 classes): which lever closes LSC's gap to Partial FC, in the order tried.
+    `reassigned`: the data-aware assignment from the class-mean embeddings of the "data h2048" row's trained model
+    (its last checkpoint under `runs`: the A_n paper's re-assignment), then trained from scratch."""
     base = lsc("v21", 128, *sm(32, 0.2))
     H2048 = "model.backbone.hidden=2048"
+    source = ("LSC v21@128 sm32 m0.2 data h2048", [*base, "centers.assign=data", H2048])
+    ckpt = "missing.ckpt"
+    if runs is not None:
+        from lsc.study.runs import run_dir
+
+        jobs, _ = jobs_for(size, [source], [0], epochs, prefix="levers")
+        ckpt = str(run_dir(runs, *jobs[0]) / "checkpoints" / "last.ckpt")
+    reassigned = ["centers.assign=data", "centers.prototype=checkpoint", f"centers.prototype_ckpt={ckpt}"]
     return [
         ("LSC v21@128 sm32 m0.2 keyed", base),
         ("PFC cosface d128 r1.0", pfc(128)),
@@ -213,8 +223,8 @@ def lever_rows() -> list[tuple[str, list[str]]]:
         ("LSC v21@128 sm32 m0.2 data h2048", [*base, "centers.assign=data", H2048]),
         ("PFC cosface d128 r1.0 h2048", [*pfc(128), H2048]),
         ("LSC v21@512 sm32 m0.2 data h2048", lsc("v21", 512, *sm(32, 0.2), "centers.assign=data", H2048)),
-        ("LSC v21@2048 sm32 m0.2 data h2048", lsc("v21", 2048, *sm(32, 0.2), "centers.assign=data", H2048)),
-        ("LSC v21@1024 sm32 m0.2 data h2048", lsc("v21", 1024, *sm(32, 0.2), "centers.assign=data", H2048)),
+        ("LSC v21@128 sm32 m0.2 data h4096", [*base, "centers.assign=data", "model.backbone.hidden=4096"]),
+        ("LSC v21@128 sm32 m0.2 reassigned h2048", [*base, *reassigned, H2048]),
     ]
 
 
@@ -422,7 +432,8 @@ def main(argv=None):
         jobs, keys = j, [("smoke", lab) for _, lab in k]
     small = [1000] if 1000 in a.sizes else []
     sweep_size = max(s for s in a.sizes) if a.sizes else 5000
-    lever_jobs = jobs_for(sweep_size, lever_rows(), [0], a.lever_epochs, prefix="levers") if not a.smoke else ([], [])
+    levers = lever_rows(runs, sweep_size, a.lever_epochs)
+    lever_jobs = jobs_for(sweep_size, levers, [0], a.lever_epochs, prefix="levers") if not a.smoke else ([], [])
     if "levers" in parts or a.part == "report":
         jobs, keys = jobs + lever_jobs[0], keys + lever_jobs[1]
     if "small" in parts:
@@ -449,7 +460,7 @@ def main(argv=None):
         # the headline rows: the best LSC and Partial FC rows of the lever runs (same short budget), else the sweep's
         pool = [r for r in raw if r["size"] == f"{tag} (levers)"] or [r for r in raw if r["size"] == tag]
         picks = [best(pool, "LSC"), best(pool, "PFC")] if pool else [LSC_ROW, PFC_ROW]
-        every = dict(sweep_rows(sweep_size) + lever_rows())
+        every = dict(sweep_rows(sweep_size) + levers)
         seeds = SEEDS[: a.seeds]
         jobs, keys = jobs_for(sweep_size, [(p, every[p]) for p in picks], seeds, a.epochs)
         if "seeds" in parts or a.part == "report":

@@ -199,32 +199,38 @@ def small_rows(size: int) -> list[tuple[str, list[str]]]:
 
 def lever_rows(runs: Path | None = None, size: int = 5000, epochs: int = 3) -> list[tuple[str, list[str]]]:
     """Short runs (3 epochs at 5,000 classes): which lever closes LSC's gap to Partial FC, in the order tried.
-    `reassigned`: the data-aware assignment from the class-mean embeddings of the "data h2048" row's trained model
-    (its last checkpoint under `runs`: the A_n paper's re-assignment), then trained from scratch."""
+    `reassigned`: the data-aware assignment from the class-mean embeddings of an earlier row's trained model (its
+    last checkpoint under `runs`: the A_n paper's re-assignment), then trained from scratch."""
     base = lsc("v21", 128, *sm(32, 0.2))
-    H2048 = "model.backbone.hidden=2048"
-    source = ("LSC v21@128 sm32 m0.2 data h2048", [*base, "centers.assign=data", H2048])
-    ckpt = "missing.ckpt"
-    if runs is not None:
-        from lsc.study.runs import run_dir
+    H2048, H4096 = "model.backbone.hidden=2048", "model.backbone.hidden=4096"
+    data = [*base, "centers.assign=data"]
 
-        jobs, _ = jobs_for(size, [source], [0], epochs, prefix="levers")
-        ckpt = str(run_dir(runs, *jobs[0]) / "checkpoints" / "last.ckpt")
-    reassigned = ["centers.assign=data", "centers.prototype=checkpoint", f"centers.prototype_ckpt={ckpt}"]
+    def reassigned(hidden: str, label: str) -> list[str]:
+        """Data-aware from the class means of the row `label` (data, `hidden`), trained with `hidden`."""
+        ckpt = "missing.ckpt"
+        if runs is not None:
+            from lsc.study.runs import run_dir
+
+            jobs, _ = jobs_for(size, [(label, [*data, hidden])], [0], epochs, prefix="levers")
+            ckpt = str(run_dir(runs, *jobs[0]) / "checkpoints" / "last.ckpt")
+        return [*data, "centers.prototype=checkpoint", f"centers.prototype_ckpt={ckpt}", hidden]
+
     return [
         ("LSC v21@128 sm32 m0.2 keyed", base),
         ("PFC cosface d128 r1.0", pfc(128)),
         ("LSC v21@512 sm32 m0.2 keyed", lsc("v21", 512, *sm(32, 0.2))),
         ("LSC v21@128 sm32 m0.2 keyed h2048", [*base, H2048]),
         ("LSC v21@128 lsm32 m0.2 keyed", lsc("v21", 128, *sm(32, 0.2, "labeled"))),
-        ("LSC v21@128 sm32 m0.2 data", [*base, "centers.assign=data"]),
+        ("LSC v21@128 sm32 m0.2 data", data),
         ("LSC v21@128 sm32 m0.2 keyed lr3e-3", [*base, "model.optimizer.lr=3e-3"]),
         ("LSC v21@128 sm32 m0.2 keyed aug", [*base, *AUG]),
-        ("LSC v21@128 sm32 m0.2 data h2048", [*base, "centers.assign=data", H2048]),
+        ("LSC v21@128 sm32 m0.2 data h2048", [*data, H2048]),
         ("PFC cosface d128 r1.0 h2048", [*pfc(128), H2048]),
         ("LSC v21@512 sm32 m0.2 data h2048", lsc("v21", 512, *sm(32, 0.2), "centers.assign=data", H2048)),
-        ("LSC v21@128 sm32 m0.2 data h4096", [*base, "centers.assign=data", "model.backbone.hidden=4096"]),
-        ("LSC v21@128 sm32 m0.2 reassigned h2048", [*base, *reassigned, H2048]),
+        ("LSC v21@128 sm32 m0.2 data h4096", [*data, H4096]),
+        ("LSC v21@128 sm32 m0.2 reassigned h2048", reassigned(H2048, "LSC v21@128 sm32 m0.2 data h2048")),
+        ("LSC v21@128 sm32 m0.2 data h8192", [*data, "model.backbone.hidden=8192"]),
+        ("LSC v21@128 sm32 m0.2 reassigned h4096", reassigned(H4096, "LSC v21@128 sm32 m0.2 data h4096")),
     ]
 
 

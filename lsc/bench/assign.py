@@ -82,11 +82,12 @@ def prototypes(kind: str, n: int, d: int, seed: int = 0) -> torch.Tensor:
     return centers[torch.randint(0, 1000, (n,), generator=g)] + 0.3 * torch.randn(n, d, generator=g)
 
 
-def point(nc: int, width: int, kind: str, compiled: bool) -> dict:
-    """One row, in this process: the assignment of nc classes in V^22 at width x n_min, and this process's peak RSS."""
+def point(nc: int, width: int, kind: str, compiled: bool, plus: int = 0) -> dict:
+    """One row, in this process: the assignment of nc classes in V^22 at width x n_min + plus, and this process's
+    peak RSS."""
     import resource
 
-    d = width * n_min("v22", nc)
+    d = width * n_min("v22", nc) + plus
     s = make_system("v22", d)
     proto = prototypes(kind, nc, d)
     idx, st = assign_nearest_free(s, proto, compiled=compiled, progress=False)
@@ -101,7 +102,7 @@ def point(nc: int, width: int, kind: str, compiled: bool) -> dict:
     }  # fmt: skip
 
 
-def run_point(nc: int, width: int, kind: str, compiled: bool, timeout: float) -> dict | None:
+def run_point(nc: int, width: int, kind: str, compiled: bool, timeout: float, plus: int = 0) -> dict | None:
     """`point` in a subprocess of its own (one thread): its peak RSS is that point's alone. None past timeout."""
     import json
     import os
@@ -110,11 +111,41 @@ def run_point(nc: int, width: int, kind: str, compiled: bool, timeout: float) ->
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "lsc.bench.assign", "--point", str(nc), str(width), kind, str(int(compiled))]
+    cmd += ["--plus", str(plus)]
     try:
         out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, check=True)
     except subprocess.TimeoutExpired:
         return None
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def scaling(a) -> None:
+    """Whether the rule or the system is the wall: the compiled walk for clustered prototypes at n_min + k."""
+    nc = int(a.classes[0]) if a.classes != [1e5, 1e6, 1e7] else 1_000_000
+    rows, raw, t0 = [], [], time.time()
+    for k in a.plus:
+        r = run_point(nc, 1, "clustered", True, a.timeout, plus=k)
+        d = n_min("v22", nc) + k
+        if r is None:
+            r = {"n_classes": nc, "n_dim": d, "count": make_system("v22", d).count, "seconds": None}
+        raw.append(r)
+        done = r["seconds"] is not None
+        rows.append([f"{nc:,}", f"{d} (n_min + {k})", f"{r['count']:,}", f"{100 * nc / r['count']:.0f}%",
+                     f"{r['seconds']:.1f}" if done else f"> {a.timeout:,.0f} (stopped)",
+                     f"{100 * r['walk_share']:.1f}%" if done else "—", f"{r['pops_per_walk']:.1f}" if done else "—",
+                     f"{r['scans']:,}" if done else "—", fmt_bytes(r["peak_rss_bytes"]) if done else "—"])  # fmt: skip
+        print("  ", rows[-1], flush=True)
+    text = (
+        f"### Data-aware assignment vs n_dim, clustered prototypes, V^22 ({machine()}, compiled walk, one thread per "
+        f"point; {time.time() - t0:.0f} s)\n\n"
+        + md_table(["n_classes", "n_dim", "vectors", "full", "seconds", "classes walked", "vectors / walk", "scans",
+                    "peak RSS"], rows)  # fmt: skip
+    )
+    print(text)
+    name = "bench_assign_scaling" + ("_smoke" if a.smoke else "")
+    write_results(Path(a.out), name, text, {"machine": machine(), "rows": raw})
+    if not a.smoke and Path(a.out).resolve() == OUT:
+        write_readme(HERE, README)
 
 
 TARGETS = {(1_000_000, "clustered"): 60, (10_000_000, "clustered"): 900}  # seconds, one thread (the scale issue)
@@ -131,6 +162,8 @@ def main(argv=None):
     p.add_argument("--smoke", action="store_true")
     p.add_argument("--out", default=str(OUT))
     p.add_argument("--readme", action="store_true", help="only rewrite README.md from the committed results")
+    p.add_argument("--scaling", action="store_true", help="only the n_dim sweep at n_min + k (clustered, 1M)")
+    p.add_argument("--plus", type=int, nargs="+", default=[0, 1, 2, 4, 8], help="--scaling: n_dim = n_min + k")
     p.add_argument("--point", nargs=4, metavar=("CLASSES", "WIDTH", "KIND", "COMPILED"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.readme:
@@ -138,8 +171,10 @@ def main(argv=None):
     if a.point:
         import json
 
-        print(json.dumps(point(int(a.point[0]), int(a.point[1]), a.point[2], bool(int(a.point[3])))))
+        print(json.dumps(point(int(a.point[0]), int(a.point[1]), a.point[2], bool(int(a.point[3])), a.plus[0])))
         return None
+    if a.scaling:
+        return scaling(a)
     if a.smoke:
         a.classes, a.kinds, a.widths, a.max_reference = [2e4], ["spread"], [1], 2e4
     rows, raw, t0 = [], [], time.time()

@@ -139,7 +139,7 @@ def run_point(nc: int, width: int, kind: str, compiled: bool, timeout: float, pl
 
 def scaling(a) -> None:
     """Whether the rule or the system is the wall: the compiled walk for clustered prototypes at n_min + k."""
-    nc = int(a.classes[0]) if a.classes != [1e5, 1e6, 1e7] else 1_000_000
+    nc = int(a.classes[0]) if a.classes else 1_000_000
     rows, raw, t0 = [], [], time.time()
     for k in a.plus:
         r = run_point(nc, 1, "clustered", True, a.timeout, plus=k)
@@ -183,7 +183,7 @@ TARGETS = {(1_000_000, "clustered"): 60, (10_000_000, "clustered"): 900}  # seco
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--classes", type=float, nargs="+", default=[1e5, 1e6, 1e7])
+    p.add_argument("--classes", type=float, nargs="+", help="default: 1e5 1e6 1e7 (--scaling: 1e6)")
     p.add_argument("--kinds", nargs="+", default=["spread", "clustered"])
     p.add_argument("--widths", type=int, nargs="+", default=[1, 2], help="n_dim = width x n_min")
     p.add_argument("--max-width2", type=float, default=1e6, help="2 x n_min only up to this many classes")
@@ -205,6 +205,7 @@ def main(argv=None):
         return None
     if a.scaling:
         return scaling(a)
+    a.classes = a.classes or [1e5, 1e6, 1e7]
     if a.smoke:
         a.classes, a.kinds, a.widths, a.max_reference = [2e4], ["spread"], [1], 2e4
     rows, raw, t0 = [], [], time.time()

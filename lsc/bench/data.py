@@ -285,10 +285,7 @@ def prototype_pass(folder: Path, images: int, n_dim: int = 64, size: int = 224) 
 
     dm = None
     for decode in ("full", "draft"):
-        dm = ImageFolderDataModule(
-            root=str(folder), val_dir=None, check_images=False, img_size=size, transforms="none", num_workers=0,
-            batch_size=256, limit=images, val_fraction=1 / images, seed=0,
-        )  # fmt: skip
+        dm = make_dm(PIL_ROW, {"folder": folder}, size, 0, 256, images)
         dm.setup("fit")
         n = len(dm.prototype_set())
         dt, cpu = timed(lambda d=dm, k=decode: class_prototypes(d, n_dim, decode=k, progress=False))

@@ -96,7 +96,7 @@ def main(argv=None):
     cap = (a.cap_gb or (40.0 if cuda else 16.0)) * 2**30
     b1, b2 = a.batches or ((32, 128) if cuda else (8, 32))
     if a.smoke:
-        a.classes, b1, b2, backbone, a.pfc_from = [1e3, 1e5], 2, 4, "encoder_small", 1e5
+        a.classes, b1, b2, backbone, a.pfc_from = [1e4], 2, 4, "encoder_small", 1e4  # every method, 8 probes
         feats = 128
     t0 = time.time()
     rows, raw = [], []

@@ -372,7 +372,8 @@ def main(argv=None):
     if args.mem_cap_gb is None:
         args.mem_cap_gb = 40.0 if device.type == "cuda" else 8.0
     if args.smoke:
-        args.classes, args.batches, args.cossim_queries, args.workers, args.batch = [1e5, 1e6], 1, 32, 0, 32
+        args.classes, args.batches, args.cossim_queries, args.workers, args.batch = [1e4, 1e5], 1, 32, 0, 32
+        args.mem_cap_gb = 1.0
     net, size, crop = model_and_images(args, device)
     args.model_bytes = sum(p.numel() * p.element_size() for p in net.parameters())
     args.act_bytes = activation_bytes(net, crop, device)

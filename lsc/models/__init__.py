@@ -1,17 +1,32 @@
-from .backbones import Backbone, build_backbone, encoder_backbone, timm_backbone
-from .encoder import Encoder, encoder_small
-from .module import CEModule, LSCModule
-from .partial_fc import PartialFCHead, PartialFCModule
+"""Networks and LightningModules. Names load on first use (PEP 562): the conv encoder and the Partial FC head do
+not pull in Lightning and timm (seconds of imports that a memory probe or a CPU benchmark subprocess never needs)."""
 
-__all__ = [
-    "Backbone",
-    "CEModule",
-    "Encoder",
-    "LSCModule",
-    "PartialFCHead",
-    "PartialFCModule",
-    "build_backbone",
-    "encoder_backbone",
-    "encoder_small",
-    "timm_backbone",
-]
+from __future__ import annotations
+
+import importlib
+
+_WHERE = {
+    "Backbone": "backbones",
+    "build_backbone": "backbones",
+    "encoder_backbone": "backbones",
+    "timm_backbone": "backbones",
+    "Encoder": "encoder",
+    "encoder_small": "encoder",
+    "CEModule": "module",
+    "LSCModule": "module",
+    "PartialFCHead": "partial_fc",
+    "PartialFCModule": "module",
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

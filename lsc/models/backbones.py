@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import timm
 from torch import nn
 
 from .encoder import Encoder, encoder_small
@@ -43,6 +42,8 @@ def timm_backbone(
             f"ViT img_size={img_size} is not divisible by patch_size={patch_size}; "
             f"pick e.g. model.backbone.patch_size={_divisor(img_size, patch_size)}"
         )
+    import timm  # noqa: PLC0415 -- ~2 s of imports that the conv encoder's users (probes, CPU runs) never need
+
     if name not in timm.list_models() and not timm.is_model(name):
         raise ValueError(f"unknown timm model {name!r}; see timm.list_models('*vit*') for names")
     extra = {k: v for k, v in dict(img_size=img_size, patch_size=patch_size).items() if v is not None}

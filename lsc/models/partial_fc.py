@@ -8,6 +8,9 @@ shard, and the row max and sum of exponentials are all-reduced (no rank ever hol
 
 Memory of the class-dependent state: n_classes x embed_dim float32 weights plus AdamW's two moments, i.e.
 12 * embed_dim bytes per class (564 B at embed_dim 47), against LSC's 0 (keyed) or 16 (data-assigned).
+
+The LightningModule around the head, `lsc.models.PartialFCModule`, lives in module.py beside LSC's and CE's (this
+file imports neither Lightning nor timm).
 """
 
 from __future__ import annotations
@@ -20,8 +23,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from lsc.utils import positive_int
-
-from .module import _Base
 
 MARGINS = ("cosface", "arcface")
 INIT_ROWS = 1 << 14  # weights are initialized in seeded chunks of rows: a shard draws only its own chunks
@@ -227,70 +228,3 @@ def _gather_padded(x: torch.Tensor) -> torch.Tensor:
     out = [torch.empty(m, *x.shape[1:], dtype=x.dtype, device=x.device) for _ in range(world)]
     dist.all_gather(out, torch.cat([x, pad]))
     return torch.cat(out)
-
-
-class PartialFCModule(_Base):
-    """Backbone -> embed_dim embedding -> PartialFCHead: the learned-weight peer of LSC (same hooks and metrics).
-
-    Under DDP the head is sharded by class range in `setup` (DDP ignores its weight: every rank owns another
-    shard); checkpoints hold the full weight, gathered on save and sliced again on load.
-    """
-
-    def __init__(
-        self,
-        backbone: nn.Module,
-        n_classes: int,
-        optimizer,
-        embed_dim: int = 128,
-        scale: float = 32.0,
-        margin: float = 0.2,
-        margin_type: str = "cosface",
-        sample_rate: float = 1.0,
-        scheduler: dict | None = None,
-        compile: bool = False,
-        seed: int = 0,
-        channels_last: bool = False,
-    ):
-        super().__init__(backbone, optimizer, scheduler, compile, channels_last)
-        self.save_hyperparameters(ignore=["backbone", "optimizer"])
-        self.head = PartialFCHead(n_classes, embed_dim, scale, margin, margin_type, sample_rate, seed)
-        self.centers = None
-        # DDP must not average the head: each rank holds another shard (names are relative to this module)
-        self._ddp_params_and_buffers_to_ignore = ["head.weight"]
-
-    def setup(self, stage: str) -> None:
-        world = self.trainer.world_size if self._trainer is not None else 1
-        if world > 1 and not self.head.distributed:
-            self.head.shard(self.trainer.global_rank, world)
-
-    def compute_loss(self, z, y):
-        return self.head(z, y)
-
-    def class_rows(self) -> list[str]:
-        return ["head.weight"]
-
-    def predict_labels(self, z):
-        return self.head.predict(z)
-
-    def top_labels(self, z, k: int) -> torch.Tensor:
-        """The k classes whose weights are nearest in cosine [B, k], best first (single process)."""
-        if self.head.distributed:
-            raise NotImplementedError("top_labels of a sharded Partial FC head: evaluate in a single process")
-        w = F.normalize(self.head.weight.float(), dim=1)
-        return (F.normalize(z.float(), dim=1) @ w.T).topk(k, dim=1).indices
-
-    def on_save_checkpoint(self, checkpoint):
-        super().on_save_checkpoint(checkpoint)
-        if self.head.distributed:  # every rank's shard, in class order
-            full, world = _gather_padded(self.head.weight.detach()), self.head.world
-            sizes = [b - a for a, b in (shard_range(self.head.n_classes, r, world) for r in range(world))]
-            m = max(sizes)
-            full = torch.cat([full[r * m : r * m + sizes[r]] for r in range(world)])
-            checkpoint["state_dict"]["head.weight"] = full.cpu()
-
-    def on_load_checkpoint(self, checkpoint):
-        w = checkpoint["state_dict"].get("head.weight")
-        if w is not None and w.shape[0] != self.head.n_classes:
-            raise ValueError(f"checkpoint has {w.shape[0]:,} class weights, this run {self.head.n_classes:,} classes")
-        if w is not None and self.head.distributed:
-            checkpoint["state_dict"]["head.weight"] = w[self.head.start : self.head.stop]

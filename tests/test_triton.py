@@ -325,6 +325,67 @@ def test_log_z_without_grad_and_empty_batch(interp):
     interp(case_log_z_no_grad_and_empty)
 
 
+# ---- the class-center lookup (`_lookup`: one kernel from label to unit center) --------------------------------
+
+LOOKUP = [("v11", 12, 100), ("v21", 9, 200), ("v22", 12, 400), ("v22", 4, 6), ("v33", 11, 300), ("v22p", 10, 300),
+          ("a_n", 8, 60), ("a_np", 9, 40), ("a_n_interp", 6, 150), ("v10", 5, 5), ("v10_1", 12, 100),
+          ("v31", 52, 1_000_000)]  # fmt: skip
+
+
+def case_lookup(name, n_dim, n_classes, order, device="cpu"):
+    """The Triton lookup (the interpreter for CPU tensors) against the torch path, bit for bit; labels that walk."""
+    from lsc.centers import _lookup
+
+    if order == "data" and name == "a_np":
+        system = make_system(name, n_dim)
+        cc = ClassCenters(system, n_classes, assignment=Assignment(torch.randperm(system.count)[:n_classes],
+                                                                    system.count))  # fmt: skip
+    else:
+        cc = make_cc(name, n_dim, n_classes, shuffle=order == "keyed", assign=order == "data")
+    if device == "cpu":
+        assert _lookup._interpreting(), "the worker must run the interpreter"
+    labels = torch.randint(0, n_classes, (min(n_classes, 3000),), generator=torch.Generator().manual_seed(0))
+    if order == "keyed":  # every label whose Feistel rounds leave [0, count) (cycle-walks), up to 500
+        every = torch.arange(min(n_classes, 1 << 20))
+        labels = torch.cat([labels, every[cc.perm._rounds(every, True) >= cc.perm.count][:500]])
+    ref = cc.system.vectors(cc.index_of(labels), normalize=True)
+    got = _lookup.lookup(cc, labels.to(device)).cpu()
+    assert torch.equal(got, ref), f"{name} {order}: max |diff| {(got - ref).abs().max():.3g}"
+    return len(labels)
+
+
+def case_lookup_table_and_bad_labels():
+    from lsc.centers import _lookup
+
+    t = torch.randn(30, 7, generator=torch.Generator().manual_seed(0))
+    for cc in (ClassCenters("table", 25, table=t, shuffle=True),
+               ClassCenters("table", 20, table=t, assignment=Assignment(torch.randperm(30)[:20], 30))):  # fmt: skip
+        labels = torch.arange(cc.n_classes).flip(0)
+        assert torch.equal(_lookup.lookup(cc, labels), cc.system.vectors(cc.index_of(labels), normalize=True))
+    cc = make_cc("v22", 8, 300)
+    for bad in ([0, 300], [-1, 2]):
+        try:
+            cc(torch.tensor(bad))
+        except ValueError as e:
+            assert "labels must lie in [0, 300)" in str(e)
+        else:
+            raise AssertionError(f"labels {bad} were accepted")
+    assert cc(torch.empty(0, dtype=torch.int64)).shape == (0, 8)
+
+
+# every system in every order (the data-aware walk at 1M classes is bench_assign's, not these tests')
+LOOKUP_CASES = [(c, o) for c in LOOKUP for o in ("keyed", "identity", "data") if c[2] <= 10_000 or o != "data"]
+
+
+@pytest.mark.parametrize("cfg,order", LOOKUP_CASES, ids=lambda c: c if isinstance(c, str) else f"{c[0]}-{c[1]}")
+def test_lookup_equals_torch_path(interp, cfg, order):
+    assert interp(case_lookup, *cfg, order) > 0
+
+
+def test_lookup_tables_and_bad_labels(interp):
+    interp(case_lookup_table_and_bad_labels)
+
+
 # ---- CPU: dispatch (this process; nothing is launched) -----------------------------------------------------
 
 
@@ -424,6 +485,13 @@ def test_cuda_log_z_stable_and_auto(monkeypatch):
     torch.testing.assert_close(zr.grad.double().cpu(), z64.grad, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize("cfg,order", LOOKUP_CASES, ids=lambda c: c if isinstance(c, str) else f"{c[0]}-{c[1]}")
+def test_cuda_lookup(cfg, order):
+    case_lookup(*cfg, order, device="cuda")
+
+
 # ---- the compiled path without a GPU -----------------------------------------------------------------------
 
 
@@ -456,3 +524,8 @@ def test_kernels_compile_for_sm90():
     build(T._logz_fwd_kernel, fwd, dict(dp, BLOCK_N=64, STORE=True), num_warps=1)
     bwd = dict(common, **dict.fromkeys(["aux_ptr", "f_ptr", "g_ptr", "dz_ptr", "dcoef_ptr", "proj_ptr"], "*fp32"))
     build(T._logz_bwd_kernel, bwd, dp, num_warps=1)
+    look = dict.fromkeys(["labels_ptr", "p_ptr", "binom_ptr", "sidx_ptr"], "*i64") | dict(B="i32", n="i32")
+    look |= dict(out_ptr="*fp32", flag_ptr="*i32", inv_ptr="*fp64", vtab_ptr="*fp32", pos_ptr="*i32")
+    for kind in (0, 1, 2):
+        for order in (0, 1, 2):
+            build(T._lookup_kernel, look, dict(BLOCK_B=16, NPAD=64, KIND=kind, ORDER=order, LOG=8), num_warps=4)

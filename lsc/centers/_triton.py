@@ -109,6 +109,96 @@ if HAVE_TRITON:
         return y
 
     @triton.jit
+    def _feistel_rounds_fwd(x, keys_ptr, a, b, ROUNDS: tl.constexpr):
+        """FeistelPermutation._rounds(x, forward=True); 0 <= l < a and 0 <= F < a, so a mod is one subtract."""
+        lft = x // b
+        rgt = x - lft * b
+        for r in tl.static_range(ROUNDS):
+            k = tl.load(keys_ptr + r)
+            if r % 2 == 0:
+                lft = lft + _feistel_f(rgt, k, a)
+                lft = tl.where(lft >= a, lft - a, lft)
+            else:
+                rgt = rgt + _feistel_f(lft, k, b)
+                rgt = tl.where(rgt >= b, rgt - b, rgt)
+        return lft * b + rgt
+
+    @triton.jit
+    def _lookup_kernel(
+        labels_ptr, out_ptr, flag_ptr, B, n, p_ptr, binom_ptr, inv_ptr, vtab_ptr, sidx_ptr, pos_ptr,
+        BLOCK_B: tl.constexpr, NPAD: tl.constexpr, KIND: tl.constexpr, ORDER: tl.constexpr, LOG: tl.constexpr,
+    ):  # fmt: skip
+        """`_lookup._kernel` for a block of rows: the unit centers of labels, one [BLOCK_B, NPAD] tile in registers.
+        An orbit's group takes its positions among those earlier groups left free: the c-th free position is where
+        the running count of free columns reaches c (a cumsum per group, no sorting)."""
+        rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+        rmask = rows < B
+        cols = tl.arange(0, NPAD)
+        cmask = cols < n
+        lab = tl.load(labels_ptr + rows, mask=rmask, other=0)
+        bad = rmask & ((lab < 0) | (lab >= tl.load(p_ptr + 5)))
+        tl.store(flag_ptr + rows * 0, 1, mask=bad)  # every writer stores the same 1: no atomics needed
+        lab = tl.where(bad | ~rmask, 0, lab)
+        if ORDER == 1:
+            pa, pb, count = tl.load(p_ptr + 2), tl.load(p_ptr + 3), tl.load(p_ptr + 4)
+            idx = _feistel_rounds_fwd(lab, p_ptr + 6, pa, pb, 6)
+            while tl.max((idx >= count).to(tl.int32), axis=0) > 0:  # cycle-walking: rare
+                idx = tl.where(idx >= count, _feistel_rounds_fwd(idx, p_ptr + 6, pa, pb, 6), idx)
+        elif ORDER == 2:
+            idx = tl.load(sidx_ptr + tl.load(pos_ptr + lab).to(tl.int64))
+        else:
+            idx = lab
+        if KIND == 2:  # table rows
+            v = tl.load(vtab_ptr + idx[:, None] * n + cols[None, :], mask=cmask[None, :], other=0.0)
+            out = v * tl.load(inv_ptr + idx).to(tl.float32)[:, None]
+        elif KIND == 1:  # a_np
+            n_pairs = tl.load(p_ptr + 13)
+            pair = idx < n_pairs
+            j = ((tl.sqrt(8.0 * idx.to(tl.float64) + 1.0) + 1.0) / 2.0).to(tl.int64)
+            j = tl.where(j * (j - 1) // 2 > idx, j - 1, j)
+            j = tl.where((j + 1) * j // 2 <= idx, j + 1, j)
+            i = tl.where(pair, idx - j * (j - 1) // 2, idx - n_pairs)
+            s_pair = tl.load(inv_ptr).to(tl.float32)
+            s_one = tl.load(inv_ptr + 1).to(tl.float32)
+            out = tl.where(cols[None, :] == i[:, None], tl.where(pair, s_pair, s_one)[:, None], 0.0)
+            out = tl.where(pair[:, None] & (cols[None, :] == j[:, None]), -s_pair, out)
+        else:  # orbits
+            out = tl.zeros([BLOCK_B, NPAD], dtype=tl.float32)
+            kc = tl.load(p_ptr + 14)
+            g_base = tl.load(p_ptr + 15)
+            for o in range(tl.load(p_ptr + 12)):
+                off = tl.load(p_ptr + 16 + 4 * o)
+                in_o = (idx >= off) & (idx < off + tl.load(p_ptr + 17 + 4 * o))
+                loc = tl.where(in_o, idx - off, 0)
+                g0 = tl.load(p_ptr + 18 + 4 * o)
+                tile = tl.zeros([BLOCK_B, NPAD], dtype=tl.float32)
+                free_n = off * 0 + n  # int64, as the groups' multiplicities it is reduced by
+                for g in range(g0, g0 + tl.load(p_ptr + 19 + 4 * o)):
+                    gq = g_base + 4 * g
+                    val = tl.load(p_ptr + gq).to(tl.float32)
+                    c = tl.load(p_ptr + gq + 1)
+                    rr = (loc // tl.load(p_ptr + gq + 2)) % tl.load(p_ptr + gq + 3)
+                    free = (tile == 0.0) & cmask[None, :]
+                    rank = tl.cumsum(free.to(tl.int32), axis=1) - 1  # index of each free column among the free
+                    hi = tl.zeros_like(rr) + free_n
+                    for jj in range(c):
+                        j = c - jj
+                        lo = tl.zeros_like(rr) + (j - 1)
+                        top = hi - 1
+                        for _ in tl.static_range(LOG):  # largest x in [j - 1, hi) with C(x, j) <= rr
+                            mid = (lo + top + 1) >> 1
+                            ok = tl.load(binom_ptr + mid * kc + j) <= rr
+                            active = lo < top
+                            lo = tl.where(active & ok, mid, lo)
+                            top = tl.where(active & ~ok, mid - 1, top)
+                        rr = rr - tl.load(binom_ptr + lo * kc + j)
+                        hi = lo
+                        tile = tl.where(free & (rank == lo[:, None]), val, tile)
+                    free_n = free_n - c
+                out = tl.where(in_o[:, None], tile * tl.load(inv_ptr + o).to(tl.float32), out)
+        tl.store(out_ptr + rows[:, None] * n + cols[None, :], out, mask=rmask[:, None] & cmask[None, :])
+
+    @triton.jit
     def _topk_kernel(
         z_ptr, stride, B, n, table_ptr, KC, n_orb,
         dot_val, dot_src, n_dot, drop_val, drop_a, drop_b, n_drop, inv_norm, offset, slot_src, slot_grp, slot_place,
@@ -576,3 +666,26 @@ def orbit_log_z_triton(z: torch.Tensor, scale, orbit) -> torch.Tensor:
 
 def logz_covers(system) -> bool:
     return HAVE_TRITON and all(len(o.values) <= LOGZ_MAX_GROUPS for o in system.orbits)
+
+
+# ---- class-center lookup ------------------------------------------------------------------------------------
+
+
+def center_lookup_triton(labels, params, binom, inv, vtable, sorted_idx, pos_of, n_dim, kind, order, log_steps):
+    """`_lookup`'s op on the device of labels: (unit centers [B, n_dim] float32, flag [1] int32: 1 when a label was
+    out of range). kind and order (`_lookup.Plan`) are the kernel's compile-time constants."""
+    B, dev = labels.shape[0], labels.device
+    out = torch.empty(B, n_dim, dtype=torch.float32, device=dev)
+    flag = torch.zeros(1, dtype=torch.int32, device=dev)
+    if B:
+        npad = _pow2(n_dim)
+        block = max(1, min(32, 2048 // npad)) if dev.type != "cpu" else max(1, min(4096, (1 << 18) // npad))
+        _check_device(dev)
+        dummy = params
+        with _on(dev):
+            _lookup_kernel[(triton.cdiv(B, block),)](
+                labels, out, flag, B, n_dim, params, binom, inv, vtable if vtable is not None else inv,
+                sorted_idx if sorted_idx is not None else dummy, pos_of if pos_of is not None else dummy,
+                BLOCK_B=block, NPAD=npad, KIND=kind, ORDER=order, LOG=log_steps, num_warps=4,
+            )  # fmt: skip
+    return out, flag

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from lsc.utils import positive_int
 
-from . import _kernels
+from . import _kernels, _lookup
 from .assignment import Assignment
 from .label_map import FeistelPermutation, IdentityPermutation
 from .partition import log_partition
@@ -118,11 +118,14 @@ class ClassCenters:
 
     # ---- mapping ----------------------------------------------------------------------------------------
 
-    def _check_labels(self, labels) -> torch.Tensor:
+    def _label_tensor(self, labels) -> torch.Tensor:
         labels = torch.as_tensor(labels)
         if labels.is_floating_point() or labels.dtype == torch.bool:
             raise ValueError(f"labels must be integers (a LongTensor), got {labels.dtype}")
-        labels = labels.long()
+        return labels.long()
+
+    def _check_labels(self, labels) -> torch.Tensor:
+        labels = self._label_tensor(labels)
         if labels.numel() and (labels.min() < 0 or labels.max() >= self.n_classes):
             lo, hi = labels.min().item(), labels.max().item()
             raise ValueError(
@@ -143,7 +146,12 @@ class ClassCenters:
         return torch.where(lab < self.n_classes, lab, -1)
 
     def __call__(self, labels) -> torch.Tensor:
-        """Unit center vectors [B, n_dim] of the labels (the gather of arXiv 2510.04090's Algorithm 1)."""
+        """Unit center vectors [B, n_dim] float32 of the labels (the gather of arXiv 2510.04090's Algorithm 1).
+
+        One fused kernel (`_lookup`: numba on CPU, Triton on CUDA) where available; the torch path otherwise."""
+        labels = self._label_tensor(labels)
+        if _lookup.backend(labels.device) is not None:
+            return _lookup.lookup(self, labels)
         return self.system.vectors(self.index_of(labels), normalize=True)
 
     def positions(self, labels) -> torch.Tensor:

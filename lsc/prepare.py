@@ -7,12 +7,12 @@
 
 Writes the source's training split (and its test split, when it has one) as <out>/train and <out>/test: litdata
 datasets (optimize) of {id, label, ok, src, img} items, img = JPEG bytes (`format=jpeg`, short side resized down to
-`size`, quality `quality`) or raw uint8 pixels (`format=raw`, resized and center-cropped to size x size: the
-small-image regime). The images are written in a seeded random order (`seed`), so every chunk mixes classes and
-litdata's chunk-wise shuffling shuffles well; <split>/ids.npy maps positions back to source indices. The label
-views (limit, classes, instance labels, copies, validation hold-out) are not applied here: data=streaming applies
-them when it reads. manifest.json records the source, format, size, counts, classes, the images that failed to
-decode (skipped, listed) and the labels' checksums.
+`size`, quality `quality`, 4:4:4 chroma unless `chroma=420`) or raw uint8 pixels (`format=raw`, resized and center-
+cropped to size x size: the small-image regime). The images are written in a seeded random order (`seed`), so every
+chunk mixes classes and litdata's chunk-wise shuffling shuffles well; <split>/ids.npy maps positions back to source
+indices. The label views (limit, classes, instance labels, copies, validation hold-out) are not applied here:
+data=streaming applies them when it reads. manifest.json records the source, format, size, counts, classes, the
+images that failed to decode (skipped, listed) and the labels' checksums.
 
 Resume: rerun the same command. Within a split, litdata's own checkpoints (optimize(use_checkpoint=True)) record
 after every chunk a worker writes which inputs its chunks hold, so the rerun encodes only what is missing (with
@@ -43,7 +43,15 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lsc.data.base import BadImageError
-from lsc.data.streaming import FORMAT_VERSION, FORMATS, MANIFEST, quiet_litdata, sha256_array
+from lsc.data.streaming import (
+    FORMAT_VERSION,
+    FORMATS,
+    MANIFEST,
+    SUBSAMPLING,
+    quiet_litdata,
+    sha256_array,
+    stored_chroma,
+)
 from lsc.utils import positive_int, save_json
 
 log = logging.getLogger("lsc.prepare")
@@ -78,9 +86,10 @@ def to_pil(img, channels: int):
     return img.convert("L" if channels == 1 else "RGB")
 
 
-def encode(img, fmt: str, size: int, quality: int, channels: int) -> bytes:
+def encode(img, fmt: str, size: int, quality: int, channels: int, chroma: int = 444) -> bytes:
     """raw: short side resized to `size`, center crop size x size, uint8 [C, size, size] bytes. jpeg: short side
-    resized down to `size` (never up), JPEG at `quality`. Resizes are torchvision's (bilinear, antialiased)."""
+    resized down to `size` (never up), JPEG at `quality` with 4:4:4 or 4:2:0 chroma (`chroma`). Resizes are
+    torchvision's (bilinear, antialiased)."""
     from torchvision.transforms.v2 import functional as TF
 
     im = to_pil(img, channels)
@@ -92,7 +101,7 @@ def encode(img, fmt: str, size: int, quality: int, channels: int) -> bytes:
     if min(im.size) > size:
         im = TF.resize(im, [size], antialias=True)
     buf = io.BytesIO()
-    im.save(buf, format="JPEG", quality=quality)
+    im.save(buf, format="JPEG", quality=quality, subsampling=SUBSAMPLING[chroma])
     return buf.getvalue()
 
 
@@ -137,15 +146,16 @@ class Encoder:
     """optimize's fn: source index -> item. An image that fails to decode becomes an `ok=0` placeholder (so every
     input still yields one item and litdata's resume offsets stay exact), listed in <split>/.bad/."""
 
-    def __init__(self, split, fmt, size, quality, channels, src_key, bad_dir: Path, counter):
+    def __init__(self, split, fmt, size, quality, channels, src_key, bad_dir: Path, counter, chroma=444):
         self.split, self.fmt, self.size, self.quality, self.channels = split, fmt, size, quality, channels
+        self.chroma = chroma
         self.src_key, self.bad_dir, self.counter = src_key, bad_dir, counter
         self.labels = np.asarray(split.targets, dtype=np.int64)
 
     def __call__(self, i: int) -> dict:
         ok, img = 1, b""
         try:
-            img = encode(self.split.image(i), self.fmt, self.size, self.quality, self.channels)
+            img = encode(self.split.image(i), self.fmt, self.size, self.quality, self.channels, self.chroma)
         except BadImageError as e:
             ok = 0
             with open(self.bad_dir / f"{os.getpid()}.jsonl", "a") as f:
@@ -232,7 +242,7 @@ def prepare_split(split, name: str, out: Path, manifest: dict, opts: dict) -> di
         ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
         counter = ctx.Value("q", 0)
         fn = Encoder(split, opts["format"], opts["size"], opts["quality"], opts["channels"], opts["src_key"],
-                     bad_dir, counter)  # fmt: skip
+                     bad_dir, counter, opts.get("chroma", 444))  # fmt: skip
         stop = threading.Event()
         bar = threading.Thread(target=_progress, args=(n, _done_before(d), counter, f"prepare {name}", stop))
         bar.start()
@@ -284,7 +294,8 @@ def open_manifest(out: Path, new: dict) -> dict:
     path = out / MANIFEST
     if path.exists():
         old = json.loads(path.read_text())
-        keys = ("src_key", "format", "size", "quality", "seed")
+        keys = ("src_key", "format", "size", "quality", "chroma", "seed")
+        old = {**old, "chroma": stored_chroma(old)}
         diff = [k for k in keys if old.get(k) != new[k]]
         if diff:
             settings = lambda m: ", ".join(f"{k}={m.get(k)}" for k in keys[1:])  # noqa: E731
@@ -325,6 +336,9 @@ def prepare(cfg: DictConfig) -> dict:
     quality = int(cfg.get("quality", 90))
     if not 1 <= quality <= 100:
         raise ValueError(f"quality must lie in 1..100, got {quality}")
+    chroma = cfg.get("chroma", 444)
+    if chroma not in SUBSAMPLING:
+        raise ValueError(f"chroma must be 444 (full-resolution colour) or 420 (halved), got {chroma!r}")
     check_chunking(cfg)
     out = Path(cfg.out).expanduser()
     t0 = time.time()
@@ -353,6 +367,7 @@ def prepare(cfg: DictConfig) -> dict:
             "format": fmt,
             "size": size,
             "quality": quality if fmt == "jpeg" else None,
+            "chroma": chroma if fmt == "jpeg" else None,
             "seed": int(cfg.get("seed", 0)),
             "channels": dm.channels,
             "mean": list(dm.mean),
@@ -368,7 +383,8 @@ def prepare(cfg: DictConfig) -> dict:
     )
     save_json(out / MANIFEST, manifest)
     opts = {
-        "format": fmt, "size": size, "quality": quality, "channels": dm.channels, "src_key": manifest["src_key"],
+        "format": fmt, "size": size, "quality": quality, "chroma": chroma, "channels": dm.channels,
+        "src_key": manifest["src_key"],
         "seed": manifest["seed"], "num_workers": cfg.get("num_workers"), "chunk_size": cfg.get("chunk_size"),
         "chunk_bytes": cfg.get("chunk_bytes", "64MB"),
     }  # fmt: skip

@@ -46,6 +46,20 @@ log = logging.getLogger("lsc.data")
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 FORMATS = ("jpeg", "raw")
+# JPEG chroma subsampling -> PIL's `subsampling`. 4:4:4 by default: decode=gpu (nvJPEG through torchvision, default
+# flags) upsamples 4:2:0 chroma by nearest neighbour where PIL and libjpeg-turbo interpolate, which moves textured
+# images by ~12 levels of 255 on average (a mean |difference| of 0.13 after normalization, measured on an H200);
+# full-resolution chroma needs no upsampling, so both decoders give the same pixels (up to IDCT rounding).
+SUBSAMPLING = {444: 0, 420: 2}
+
+
+def stored_chroma(manifest: dict) -> int | None:
+    """The chroma subsampling of a prepared dir's JPEGs; dirs prepared before the setting existed hold 4:2:0."""
+    if manifest.get("format") != "jpeg":
+        return None
+    return int(manifest.get("chroma") or 420)
+
+
 DECODERS = ("cpu", "gpu")
 # litdata deserializes a window of up to 256 neighbouring items per read ("auto" for small items) and keeps it for
 # the next read; items read in a shuffled order (and views that skip items) rarely hit it, so every image paid for
@@ -501,6 +515,14 @@ class StreamingDataModule(LSCDataModule):
             if self.decode == "gpu" and m["format"] != "jpeg":
                 raise ValueError(
                     f"data.decode=gpu decodes JPEG chunks; {self.root} holds format={m['format']} (use decode=cpu)"
+                )
+            if self.decode == "gpu" and int(m["channels"]) == 3 and stored_chroma(m) == 420:
+                warnings.warn(
+                    f"{self.root} holds 4:2:0 JPEGs: data.decode=gpu (nvJPEG) upsamples their chroma by nearest "
+                    "neighbour where the CPU path (PIL) interpolates, so training and evaluation see other colours "
+                    "(~12 of 255 levels on textured images); prepare again with chroma=444 (the default), or use "
+                    "data.decode=cpu",
+                    stacklevel=2,
                 )
             self._manifest = m
         return self._manifest

@@ -8,7 +8,7 @@ EXPERIMENTS = nmin_table predict_speed memory_vs_classes train_speed_vs_classes 
 	han_glyphs
 
 .PHONY: help install data data-han data-han-test test test-fast test-all test-gpu test-realdata lint fmt bench bench-gpu bench-loss bench-assign \
-	bench-data train clean \
+	bench-data train clean gpu-wheels \
 	experiments experiments-smoke gpu-checks $(EXPERIMENTS)
 
 help: ## this list
@@ -106,8 +106,17 @@ $(EXPERIMENTS):
 experiments-smoke: ## every experiment at smoke size (seconds each)
 	@for e in $(EXPERIMENTS); do $(PYTHON) experiments/$$e/run.py --smoke --out /tmp/lsc-smoke/$$e || exit 1; done
 
-gpu-checks: ## CUDA tests + the GPU variants of the benchmarks/experiments (one command, ~6 min on an H100/H200)
+gpu-checks: ## CUDA tests + the GPU variants of the benchmarks/experiments (one command, ~8 min on an H100/H200)
 	bash experiments/gpu_checks.sh gpu_results
+
+# what the lent GPU machine's Python 3.12 lacks, as wheels in .whl/ (git-ignored; carry it): gpu_checks.sh installs them
+GPU_WHEELS = hydra-core==1.3.8 omegaconf==2.3.1 torchdata litdata boto3 botocore s3transfer jmespath obstore tifffile
+gpu-wheels: ## download the wheels gpu_checks.sh needs on the GPU machine into .whl/ (Python 3.12, x86-64)
+	mkdir -p .whl && grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo /.whl/ >> .git/info/exclude
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+	  --platform any -d .whl $(GPU_WHEELS)
+	$(PYTHON) -m pip wheel -q --no-deps -w .whl antlr4-python3-runtime==4.9.3
 
 train: ## default run: small encoder on digits, v21 at auto n_dim, CPU, < 1 minute
 	$(PYTHON) -m lsc.train

@@ -1,6 +1,6 @@
 """The fused class-center lookup (`lsc.centers._lookup`): the same centers as the torch path, bit for bit, for every
 system family and order; labels checked inside it; one LSC loss step in a small constant number of aten ops; and
-the loss traced by torch.compile without a graph break. The Triton kernel's cases are in test_triton.py."""
+torch.compile tracing the losses is test_compile.py's. The Triton kernel's cases are in test_triton.py."""
 
 from __future__ import annotations
 
@@ -95,7 +95,15 @@ def _top_level_ops(fn) -> list[str]:
     def op(e):
         return e.name.startswith(("aten::", "lsc::"))
 
-    return [e.name for e in prof.events() if op(e) and (e.cpu_parent is None or not op(e.cpu_parent))]
+    def inside(e):  # called by another op, or inside one of our custom ops (its autograd wrapper included)
+        p = e.cpu_parent
+        while p is not None:
+            if op(p) or "lsc_" in p.name:
+                return True
+            p = p.cpu_parent
+        return False
+
+    return [e.name for e in prof.events() if op(e) and not inside(e)]
 
 
 @pytest.mark.parametrize("loss", ["cos", "softmax"])
@@ -116,21 +124,3 @@ def test_one_loss_step_runs_a_small_constant_number_of_ops(loss):
     assert counts["v22", 1_000] == counts["v22", 1_000_000] == counts["v21", 1_000_000], counts
     assert counts["v22", 1_000] <= (35 if loss == "cos" else 80), counts
     assert counts["a_n", 1_000] <= (35 if loss == "cos" else 125), counts
-
-
-def test_cosine_loss_compiles_without_a_graph_break():
-    import torch._dynamo
-
-    cc = ClassCenters("v22", 1_000_000)
-    z = torch.randn(64, cc.n_dim, requires_grad=True)
-    y = torch.randint(0, cc.n_classes, (64,))
-    loss = CosineLoss()
-
-    def step(z, y):
-        return loss(z, y, cc)
-
-    step(z, y)  # the plan is built outside any graph (see `_lookup.plan`)
-    torch._dynamo.reset()
-    ex = torch._dynamo.explain(step)(z, y)
-    assert ex.graph_break_count == 0, [b.reason for b in ex.break_reasons]
-    assert ex.graph_count == 1

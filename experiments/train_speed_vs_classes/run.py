@@ -65,6 +65,7 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--cap-gb", type=float, default=None)
     p.add_argument("--data", choices=["synthetic", "prepared"], default="synthetic", help="see above")
+    p.add_argument("--compile", action="store_true", help="torch.compile the backbone and the loss (model.compile)")
     p.add_argument("--smoke", action="store_true")
     p.add_argument("--out", default=str(HERE / "results"))
     p.add_argument("--readme", action="store_true", help="only rewrite README.md from the committed results")
@@ -87,7 +88,17 @@ def main(argv=None):
             res[method] = (
                 None
                 if static > cap
-                else run_probe(method, nc, batch, a.device, backbone, img, a.steps, dtype="bf16" if cuda else None)
+                else run_probe(
+                    method,
+                    nc,
+                    batch,
+                    a.device,
+                    backbone,
+                    img,
+                    a.steps,
+                    dtype="bf16" if cuda else None,
+                    compile=a.compile,
+                )  # fmt: skip
             )
             raw.append({"method": method, "n_classes": nc, "result": res[method]})
         lsc, ce = res["lsc"], res["ce"]
@@ -106,6 +117,7 @@ def main(argv=None):
     text = (
         f"### Training throughput vs n_classes, LSC vs CE ({machine(a.device)}; "
         f"{'ViT-S/16 224 px, bf16' if cuda else backbone + ' at 32 px, fp32'}; batch {batch}; AdamW; "
+        f"{'torch.compile (backbone and loss); ' if a.compile else ''}"
         f"{time.time() - t0:.0f} s)\n\n"
         + md_table(
             ["n_classes", "n_dim (LSC)", "LSC images/s", "CE images/s", "LSC / CE"]
@@ -114,7 +126,8 @@ def main(argv=None):
         )
     )
     print(text)
-    name = "train_speed_vs_classes" + ("_prepared" if load else "") + ("_smoke" if a.smoke else "")
+    name = "train_speed_vs_classes" + ("_prepared" if load else "") + ("_compiled" if a.compile else "")
+    name += "_smoke" if a.smoke else ""
     name += "_cuda" if cuda else ""
     out = Path(a.out)
     raw_out = {"machine": machine(a.device), "batch": batch, "rows": raw, **({"loading": load} if load else {})}

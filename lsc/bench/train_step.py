@@ -71,7 +71,9 @@ def build(method: str, n_classes: int, backbone: str, img: int, device):
     return net.to(device), cc
 
 
-def probe(method, n_classes, batch, backbone="encoder", img=32, steps=3, device="cpu", dtype=None) -> dict:
+def probe(
+    method, n_classes, batch, backbone="encoder", img=32, steps=3, device="cpu", dtype=None, compile=False
+) -> dict:
     device = torch.device(device)
     torch.manual_seed(0)
     cuda = device.type == "cuda"
@@ -81,10 +83,13 @@ def probe(method, n_classes, batch, backbone="encoder", img=32, steps=3, device=
     else:
         base = rss("VmRSS")
     net, cc = build(method, n_classes, backbone, img, device)
-    params = list(net.parameters()) + (list(cc.parameters()) if isinstance(cc, torch.nn.Module) else [])
+    params_of = net
+    if compile:  # model.compile: backbone and loss (compiled in the untimed first step)
+        net = torch.compile(net)
+    params = list(params_of.parameters()) + (list(cc.parameters()) if isinstance(cc, torch.nn.Module) else [])
     n_params = sum(p.numel() for p in params)
     opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-5)
-    loss_fn = CosineLoss()
+    loss_fn = torch.compile(CosineLoss()) if compile else CosineLoss()
     x = torch.randn(batch, 3, img, img, device=device)
     y = torch.randint(0, n_classes, (batch,), device=device)
     times = []
@@ -118,6 +123,7 @@ def probe(method, n_classes, batch, backbone="encoder", img=32, steps=3, device=
         "step_s": t,
         "images_per_s": batch / t,
         "loss": float(loss.detach()),
+        "compiled": bool(compile),
     }
 
 
@@ -157,10 +163,12 @@ def head_params(method: str, n_classes: int, features: int, n_dim: int) -> int:
     return (features + 1) * (n_classes if method == "ce" else n_dim)
 
 
-def run_probe(method, n_classes, batch, device="cpu", backbone="encoder", img=32, steps=3, threads=2, dtype=None):
+def run_probe(
+    method, n_classes, batch, device="cpu", backbone="encoder", img=32, steps=3, threads=2, dtype=None, compile=False
+):
     if device.startswith("cuda"):
         try:
-            return probe(method, n_classes, batch, backbone, img, steps, device, dtype)
+            return probe(method, n_classes, batch, backbone, img, steps, device, dtype, compile)
         except torch.OutOfMemoryError:
             return None
         finally:
@@ -188,6 +196,8 @@ def run_probe(method, n_classes, batch, device="cpu", backbone="encoder", img=32
     ]
     if dtype:
         cmd += ["--dtype", dtype]
+    if compile:
+        cmd += ["--compile"]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if out.returncode != 0:
         if out.returncode in (-9, 137):  # OOM-killed
@@ -206,8 +216,9 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default=None)
+    p.add_argument("--compile", action="store_true", help="torch.compile the backbone and the loss")
     a = p.parse_args(argv)
-    r = probe(a.method, int(a.classes), a.batch, a.backbone, a.img, a.steps, a.device, a.dtype)
+    r = probe(a.method, int(a.classes), a.batch, a.backbone, a.img, a.steps, a.device, a.dtype, a.compile)
     print(json.dumps(r), flush=True)
 
 

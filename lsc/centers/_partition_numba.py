@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import os
-import weakref
 from functools import lru_cache
 
 import numpy as np
@@ -217,60 +216,118 @@ if HAVE_NUMBA:
             _backward(w, coef, out_t, j * chunk, min((j + 1) * chunk, zh.shape[1]), zh, norm, T, F, gz, gcoef)
 
 
-_POOL: dict[tuple, list[np.ndarray]] = {}
+# ---- the torch op: forward and its adjoint as custom ops (torch.compile traces them without a graph break) ----
 
 
-def _take(shape) -> np.ndarray:
-    """A float64 work array, reused across calls: freshly mapped memory costs a page fault per 4 KiB, which
-    at a training batch is as much as the DP itself."""
-    free = _POOL.get(shape)
-    return free.pop() if free else np.empty(shape)
+def _coef(scale_t: torch.Tensor | None, scale_f: float, inv_norm: float) -> float:
+    return (float(scale_t) if scale_t is not None else scale_f) * inv_norm
 
 
-def _give(*arrays) -> None:
-    for a in arrays:
-        free = _POOL.setdefault(a.shape, [])
-        if len(free) < 4:
-            free.append(a)
+@torch.library.custom_op("lsc::orbit_log_z", mutates_args=())
+def _log_z_fwd(
+    z: torch.Tensor,
+    scale_t: torch.Tensor | None,
+    scale_f: float,
+    inv_norm: float,
+    values: list[int],
+    mults: list[int],
+    save: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(log Z [B] in z's dtype, then what the adjoint needs when `save`: z / |z| [n, B], |z| [B], the per-group
+    factors T [n + 1, G, B] and the DP states F [n + 1, S, B], float64; empty tensors otherwise)."""
+    zt = z.detach().double().T.contiguous().numpy()  # [n, B]: rows innermost
+    n, B = zt.shape
+    w, c = np.asarray(values, np.float64), np.asarray(mults, np.float64)
+    S, inc, _ = _tables(tuple(mults))
+    zh, norm, shift, logz = np.empty((n, B)), np.empty(B), np.empty(B), np.empty(B)
+    T, F = np.empty((n + 1, len(values), B)), np.empty((n + 1, S, B))
+    coef = _coef(scale_t, scale_f, inv_norm)
+    if B >= PARALLEL_ROWS and torch.get_num_threads() > 1:
+        _forward_par(zt, coef, w, c, inc, zh, norm, T, shift, F, logz, 1024)
+    elif B:
+        _forward(zt, coef, w, c, inc, 0, B, zh, norm, T, shift, F, logz)
+    out = torch.from_numpy(logz).to(z.dtype)
+    if not save:
+        e = torch.empty(0, dtype=torch.float64)
+        return out, e, e.clone(), e.clone(), e.clone()
+    return out, *(torch.from_numpy(a) for a in (zh, norm, T, F))
 
 
-class OrbitLogZ(torch.autograd.Function):
-    """log Z [B] of one orbit: logits scale * inv_norm * <z/|z|, v>; CPU, float64 inside. Differentiable in z
-    and in scale (a learned scale)."""
+@_log_z_fwd.register_fake
+def _(z, scale_t, scale_f, inv_norm, values, mults, save):
+    B, n = z.shape
+    out = z.new_empty(B)
+    if not save:
+        e = z.new_empty(0, dtype=torch.float64)
+        return out, e, e.clone(), e.clone(), e.clone()
+    S = _tables(tuple(mults))[0]
+    f64 = dict(dtype=torch.float64)
+    return out, z.new_empty(n, B, **f64), z.new_empty(B, **f64), z.new_empty(n + 1, len(values), B, **f64), \
+        z.new_empty(n + 1, S, B, **f64)  # fmt: skip
 
-    @staticmethod
-    def forward(ctx, z, scale, inv_norm, values, mults):
-        zt = z.detach().double().T.contiguous().numpy()  # [n, B]: rows innermost
-        n, B = zt.shape
-        coef = float(scale) * inv_norm
-        w, c = np.asarray(values, np.float64), np.asarray(mults, np.float64)
-        S, inc, out_t = _tables(tuple(mults))
-        zh, norm, shift, logz = _take((n, B)), np.empty(B), np.empty(B), np.empty(B)
-        T, F = _take((n + 1, len(values), B)), _take((n + 1, S, B))
-        parallel = B >= PARALLEL_ROWS and torch.get_num_threads() > 1
-        if parallel:
-            _forward_par(zt, coef, w, c, inc, zh, norm, T, shift, F, logz, 1024)
-        else:
-            _forward(zt, coef, w, c, inc, 0, B, zh, norm, T, shift, F, logz)
-        ctx.saved = (w, coef, out_t, zh, norm, T, F, parallel, inv_norm)
-        ctx.scale_is_tensor = isinstance(scale, torch.Tensor)
-        if any(ctx.needs_input_grad):  # back to the pool once autograd frees the graph (after backward)
-            weakref.finalize(ctx, _give, zh, T, F)
-        else:
-            _give(zh, T, F)
-            ctx.saved = None
-        return torch.from_numpy(logz).to(z.dtype)
 
-    @staticmethod
-    def backward(ctx, grad):
-        w, coef, out_t, zh, norm, T, F, parallel, inv_norm = ctx.saved
-        gz, gcoef = _take(zh.shape), np.empty(zh.shape[1])
-        if parallel:
-            _backward_par(w, coef, out_t, zh, norm, T, F, gz, gcoef, 1024)
-        else:
-            _backward(w, coef, out_t, 0, zh.shape[1], zh, norm, T, F, gz, gcoef)
-        g = grad.double()
-        dz = (torch.from_numpy(gz).T * g[:, None]).to(grad.dtype)  # a new tensor: gz can go back to the pool
-        _give(gz)
-        dscale = (torch.from_numpy(gcoef) * g).sum() * inv_norm if ctx.scale_is_tensor else None
-        return dz, (dscale.to(grad.dtype) if dscale is not None else None), None, None, None
+@torch.library.custom_op("lsc::orbit_log_z_backward", mutates_args=())
+def _log_z_bwd(
+    zh: torch.Tensor,
+    norm: torch.Tensor,
+    T: torch.Tensor,
+    F: torch.Tensor,
+    scale_t: torch.Tensor | None,
+    scale_f: float,
+    inv_norm: float,
+    values: list[int],
+    mults: list[int],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(d log Z / dz [n, B], d log Z / d coef [B]), float64."""
+    n, B = zh.shape
+    _, _, out_t = _tables(tuple(mults))
+    w = np.asarray(values, np.float64)
+    gz, gcoef = np.empty((n, B)), np.empty(B)
+    coef = _coef(scale_t, scale_f, inv_norm)
+    a = [x.numpy() for x in (zh, norm, T, F)]
+    if B >= PARALLEL_ROWS and torch.get_num_threads() > 1:
+        _backward_par(w, coef, out_t, *a, gz, gcoef, 1024)
+    elif B:
+        _backward(w, coef, out_t, 0, B, *a, gz, gcoef)
+    return torch.from_numpy(gz), torch.from_numpy(gcoef)
+
+
+@_log_z_bwd.register_fake
+def _(zh, norm, T, F, scale_t, scale_f, inv_norm, values, mults):
+    return torch.empty_like(zh), torch.empty_like(norm)
+
+
+def _autograd_setup(ctx, inputs, output):
+    z, scale_t, scale_f, inv_norm, values, mults, _ = inputs
+    ctx.save_for_backward(*output[1:], scale_t)
+    ctx.mark_non_differentiable(*output[1:])  # the adjoint's inputs: no zero gradients materialized for them
+    ctx.set_materialize_grads(False)
+    ctx.args, ctx.z_dtype = (scale_f, inv_norm, values, mults), z.dtype
+
+
+def _autograd_backward(ctx, grad, *_):
+    if grad is None:  # grads are not materialized: nothing flows back through log Z
+        return None, None, None, None, None, None, None
+    zh, norm, T, F, scale_t = ctx.saved_tensors
+    scale_f, inv_norm, values, mults = ctx.args
+    gz, gcoef = torch.ops.lsc.orbit_log_z_backward(zh, norm, T, F, scale_t, scale_f, inv_norm, values, mults)
+    g = grad.double()
+    dz = (gz.T * g[:, None]).to(ctx.z_dtype) if ctx.needs_input_grad[0] else None
+    dscale = None
+    if scale_t is not None and ctx.needs_input_grad[1]:
+        dscale = ((gcoef * g).sum() * inv_norm).reshape(scale_t.shape).to(scale_t.dtype)
+    return dz, dscale, None, None, None, None, None
+
+
+_log_z_fwd.register_autograd(_autograd_backward, setup_context=_autograd_setup)
+
+
+def orbit_log_z(z: torch.Tensor, scale, inv_norm: float, values, mults) -> torch.Tensor:
+    """log Z [B] of one orbit: logits scale * inv_norm * <z/|z|, v>; CPU, float64 inside. Differentiable in z and
+    in a tensor scale (a learned scale)."""
+    is_t = isinstance(scale, torch.Tensor)
+    scale_t = scale.reshape(()) if is_t else None
+    save = torch.is_grad_enabled() and (z.requires_grad or (is_t and scale.requires_grad))
+    out = torch.ops.lsc.orbit_log_z(z, scale_t, 0.0 if is_t else float(scale), float(inv_norm), list(values),
+                                    list(mults), save)  # fmt: skip
+    return out[0]

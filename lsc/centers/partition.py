@@ -104,7 +104,7 @@ def log_partition(system, z: torch.Tensor, scale: float | torch.Tensor, backend:
             )
             backend = "numba" if z.device.type == "cpu" and _pn.HAVE_NUMBA and fits and len(z) else "torch"
         if backend == "numba":
-            parts = [_pn.OrbitLogZ.apply(z, scale, o.inv_norm, tuple(o.values), tuple(o.mults)) for o in system.orbits]
+            parts = [_pn.orbit_log_z(z, scale, o.inv_norm, o.values, o.mults) for o in system.orbits]
         elif backend == "triton":
             from ._triton import orbit_log_z_triton
 

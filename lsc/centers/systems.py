@@ -37,7 +37,9 @@ def check_embeddings(z: torch.Tensor, n_dim: int) -> torch.Tensor:
         )
     if not z.is_floating_point():
         z = z.float()
-    if not torch.isfinite(z.sum()):  # one cheap reduction; locate the bad rows only when it fails
+    # one cheap reduction; locate the bad rows only when it fails. Not under torch.compile: reading the result on
+    # the host is a graph break (a compiled loss gets NaN from NaN embeddings instead of this message)
+    if not torch.compiler.is_compiling() and not torch.isfinite(z.sum()):
         bad = (~torch.isfinite(z)).any(1).nonzero()[:, 0]
         if bad.numel():
             raise ValueError(

@@ -23,6 +23,8 @@ from lsc.centers.assignment import Assignment
 from lsc.models.partial_fc import PartialFCHead, _gather_padded, shard_range
 from lsc.runconfig import ASSIGNMENT_KEY, CENTERS_KEY, CLASS_NAMES_KEY, CONFIG_KEY, INPUT_KEY
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
 
 def _metrics():
     # O(1) state at any n_classes (a per-class torchmetrics Accuracy would allocate n_classes^2 bins)
@@ -35,14 +37,20 @@ class _Base(L.LightningModule):
         backbone: nn.Module,
         optimizer: Callable,
         scheduler: dict | None = None,
-        compile: bool = False,
+        compile: bool | str = False,
         channels_last: bool = False,
     ):
         super().__init__()
         self.channels_last = bool(channels_last)
         if self.channels_last:  # NHWC convolutions: ~1.5x faster on CPUs with oneDNN (and with bf16 on AMX)
             backbone = backbone.to(memory_format=torch.channels_last)
-        self.backbone = torch.compile(backbone) if compile else backbone
+        # model.compile: the backbone and the loss (LSC's center lookup and log Z are custom ops: no graph break);
+        # true, or a torch.compile mode (reduce-overhead: CUDA graphs where shapes are static)
+        if compile not in (True, False) and compile not in COMPILE_MODES:
+            raise ValueError(f"model.compile must be true, false or one of {', '.join(COMPILE_MODES)}, got {compile!r}")
+        self.compile_mode = None if compile in (True, False) else str(compile)
+        self.backbone = torch.compile(backbone, mode=self.compile_mode) if compile else backbone
+        self.compile_loss = bool(compile)
         self.optimizer_factory, self.scheduler_cfg = optimizer, scheduler or {}
         self.train_metrics, self.val_metrics, self.test_metrics = (
             _metrics().clone(prefix=f"{s}/") for s in ("train", "val", "test")
@@ -53,6 +61,14 @@ class _Base(L.LightningModule):
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.backbone(x)
+
+    def _loss(self, out, y):
+        if not self.compile_loss:
+            return self.compute_loss(out, y)
+        fn = self.__dict__.get("_compiled_loss")
+        if fn is None:  # built on first use, kept out of the module's attributes (state dict, pickling)
+            fn = self.__dict__["_compiled_loss"] = torch.compile(self.compute_loss, mode=self.compile_mode)
+        return fn(out, y)
 
     def class_rows(self) -> list[str]:
         """Parameters with one row per class (they grow with the label space); none for LSC."""
@@ -73,7 +89,7 @@ class _Base(L.LightningModule):
             return None, None, None
         x, y = batch
         out = self(x)  # (B, n_dim) embeddings, or (B, n_classes) logits for CE
-        loss = self.compute_loss(out, y)
+        loss = self._loss(out, y)
         with torch.no_grad():
             pred = self.predict_labels(out.detach())
         metrics = getattr(self, f"{stage}_metrics")
@@ -149,7 +165,7 @@ class LSCModule(_Base):
         optimizer: Callable,
         scheduler: dict | None = None,
         predictor: str = "topk",
-        compile: bool = False,
+        compile: bool | str = False,
         channels_last: bool = False,
     ):
         if predictor not in METHODS:
@@ -207,7 +223,7 @@ class CEModule(_Base):
         backbone: nn.Module,
         optimizer: Callable,
         scheduler: dict | None = None,
-        compile=False,
+        compile: bool | str = False,
         channels_last=False,
     ):
         super().__init__(backbone, optimizer, scheduler, compile, channels_last)
@@ -299,7 +315,7 @@ class PartialFCModule(_Base):
         margin_type: str = "cosface",
         sample_rate: float = 1.0,
         scheduler: dict | None = None,
-        compile: bool = False,
+        compile: bool | str = False,
         seed: int = 0,
         channels_last: bool = False,
     ):

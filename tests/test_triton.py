@@ -169,6 +169,20 @@ def case_topk(name, n_dim, n_classes, kind, rows, dtype="float32", shuffle=True,
     return check_topk(cc, z, block_rows, brute=brute)
 
 
+def case_topk_table_of_low_indices(name, n_dim):
+    """An explicit table over the lower half of the indices, labels reversed: every nearest vector above the table's
+    largest index is unlabeled (the kernel's binary search runs off the table's end there)."""
+    from lsc.centers._triton import interpreting
+
+    assert interpreting()
+    system = make_system(name, n_dim)
+    n = system.count // 2
+    cc = ClassCenters(system, n, assignment=Assignment(torch.arange(n).flip(0), system.count))
+    r = check_topk(cc, queries(cc, "gauss", 2000, seed=5), brute=system.count <= 5000)
+    assert 0 < r["slow"] < r["rows"]
+    return r
+
+
 def case_fallback():
     """Past MAX_DIM the kernel is not launched: the torch path's answer comes back."""
     from lsc.centers import _triton
@@ -282,6 +296,11 @@ def test_topk_equals_torch_path(interp, cfg, kind):
 def test_topk_identity_order_and_explicit_assignment(interp, cfg, kind):
     interp(case_topk, *cfg, kind, 1000, "float32", False)  # identity order (shuffle=False)
     interp(case_topk, *cfg, kind, 1000, "float32", True, True)  # explicit assignment: identity, mapped after
+
+
+@pytest.mark.parametrize("name,n_dim", [("v22", 8), ("a_n_interp", 6)])
+def test_topk_explicit_table_maps_in_the_kernel(interp, name, n_dim):
+    interp(case_topk_table_of_low_indices, name, n_dim)
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float64"])
@@ -514,9 +533,10 @@ def test_kernels_compile_for_sm90():
     topk |= dict(labels_ptr="*i64", slow_ptr="*i8", table_ptr="*i64", dot_val="*fp64", drop_val="*fp64")
     topk |= dict(inv_norm="*fp64", offset="*i64", slot_place="*i64", keys_ptr="*i64")
     topk |= dict.fromkeys(["stride", "B", "n", "KC", "n_orb", "pa", "pb", "n_classes"], "i32") | {"count": "i64"}
+    topk |= dict(sidx_ptr="*i64", lab_at_ptr="*i32", n_assigned="i64")
     meta = dict(BLOCK_B=16, NPAD=64, ST=3, SB=3, SELPAD=8, DPAD=4, LPAD=2, SPAD=4)
-    for z, up, shuffle in (("*fp32", 0, True), ("*bf16", 2, False)):
-        consts = dict(meta, UPCAST=up, SHUFFLE=shuffle, ROUNDS=6 if shuffle else 0)
+    for z, up, shuffle, explicit in (("*fp32", 0, True, False), ("*bf16", 2, False, False), ("*fp32", 0, False, True)):
+        consts = dict(meta, UPCAST=up, SHUFFLE=shuffle, ROUNDS=6 if shuffle else 0, EXPLICIT=explicit, LOG_C=21)
         build(T._topk_kernel, dict(topk, z_ptr=z), consts, num_warps=4, enable_fp_fusion=False)
     common = dict(z_ptr="*fp32", stride="i32", B="i32", n="i32", scale_ptr="*fp32", scale_val="fp32", inv_norm="fp32")
     dp = dict(W0=1.0, W1=-1.0, C0=2, C1=2, S=9, SPAD=16, BLOCK_B=16, SCALE_PTR=True)

@@ -7,7 +7,7 @@
   and the labeled / unique flags. It returns exactly what `fast_labels_torch` returns (labels, -1 where slow; slow).
   Every `OrbitSystem` (v{m}{k}, v{m}{k}p, a_n, a_n_interp) runs in the kernel; it falls back to
   `fast_labels_torch` for n_dim > MAX_DIM or an orbit with more than MAX_SLOTS nonzeros (register pressure),
-  and an explicit (data-aware) assignment runs in identity order and is mapped afterwards, as in the numba path.
+  and an explicit (data-aware) assignment maps the index to its label in the kernel (binary search of its table).
 * `OrbitLogZTriton`: log Z of one orbit with at most two value groups (`_partition_numba.MAX_GROUPS`), the DP of
   `_partition_numba` over the prod_g (c_g + 1) states, in float32 *log space* with the numba kernel's per-group
   max shifts (a_ig = w_g u_i - M_g <= 0): a state is log F, a step a three-term logsumexp. Linear space in float32
@@ -202,10 +202,10 @@ if HAVE_TRITON:
     def _topk_kernel(
         z_ptr, stride, B, n, table_ptr, KC, n_orb,
         dot_val, dot_src, n_dot, drop_val, drop_a, drop_b, n_drop, inv_norm, offset, slot_src, slot_grp, slot_place,
-        keys_ptr, pa, pb, count, n_classes, labels_ptr, slow_ptr,
+        keys_ptr, pa, pb, count, n_classes, labels_ptr, slow_ptr, sidx_ptr, lab_at_ptr, n_assigned,
         BLOCK_B: tl.constexpr, NPAD: tl.constexpr, ST: tl.constexpr, SB: tl.constexpr, SELPAD: tl.constexpr,
         DPAD: tl.constexpr, LPAD: tl.constexpr, SPAD: tl.constexpr, UPCAST: tl.constexpr, SHUFFLE: tl.constexpr,
-        ROUNDS: tl.constexpr,
+        ROUNDS: tl.constexpr, EXPLICIT: tl.constexpr, LOG_C: tl.constexpr,
     ):  # fmt: skip
         rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
         rmask = rows < B
@@ -286,6 +286,18 @@ if HAVE_TRITON:
         idx = tl.where(tied | (rows >= B), 0, idx)  # as fast_nearest: tied rows hold index 0
         if SHUFFLE:
             lab = _feistel_inverse(idx, keys_ptr, pa, pb, count, ROUNDS)
+        elif EXPLICIT:  # the data-aware table (Assignment.inverse): binary search of the sorted assigned indices
+            lo = tl.zeros([BLOCK_B], dtype=tl.int64)
+            hi = lo + n_assigned
+            for _ in tl.static_range(LOG_C):  # lower bound: the first position holding an index >= idx
+                mid = (lo + hi) >> 1
+                active = lo < hi
+                less = tl.load(sidx_ptr + tl.minimum(mid, n_assigned - 1)) < idx
+                lo = tl.where(active & less, mid + 1, lo)
+                hi = tl.where(active & ~less, mid, hi)
+            at = tl.minimum(lo, n_assigned - 1)
+            hit = tl.load(sidx_ptr + at) == idx
+            lab = tl.where(hit, tl.load(lab_at_ptr + at).to(tl.int64), n_classes)
         else:
             lab = idx
         slow = tied | (lab >= n_classes)
@@ -506,14 +518,17 @@ class _TopkPlan:
         self.slot_place = pad([[p for _, _, p in sl] for sl in slots], self.spad, 0, torch.int64)
         self.n_orb = len(orbs)
         p = cc.perm
-        # an explicit (data-aware) assignment is applied after the kernel, which then reports every vector index
+        # an explicit (data-aware) assignment: the kernel maps the index to its label by binary search of the table
         self.explicit = getattr(p, "explicit", False)
         self.shuffle = hasattr(p, "keys") and not self.explicit
+        self.sorted_idx, self.label_at = (p._on(device)[:2]) if self.explicit else (self.offset, self.offset)
+        self.n_assigned = p.n_classes if self.explicit else 1
+        self.log_c = self.n_assigned.bit_length() + 1
         self.keys = torch.tensor(p.keys if self.shuffle else [0], dtype=torch.int64, device=device)
         self.rounds = p.rounds if self.shuffle else 0
         self.pa, self.pb = (p.a, p.b) if self.shuffle else (1, 1)
         self.count = sysm.count
-        self.n_classes = sysm.count if self.explicit else cc.n_classes
+        self.n_classes = cc.n_classes
 
 
 def triton_topk_covers(cc) -> bool:
@@ -569,18 +584,14 @@ def fast_labels_triton(cc, z: torch.Tensor, block_rows: int | None = None) -> tu
             _topk_kernel[(triton.cdiv(B, block_rows),)](
                 z, z.stride(0), B, n, p.table, p.kc, p.n_orb, p.dot_val, p.dot_src, p.n_dot, p.drop_val, p.drop_a,
                 p.drop_b, p.n_drop, p.inv_norm, p.offset, p.slot_src, p.slot_grp, p.slot_place, p.keys, p.pa, p.pb,
-                p.count, p.n_classes, labels, slow8,
+                p.count, p.n_classes, labels, slow8, p.sorted_idx, p.label_at, p.n_assigned,
                 BLOCK_B=block_rows, NPAD=npad, ST=p.st, SB=p.sb, SELPAD=p.selpad, DPAD=p.dpad, LPAD=p.lpad,
                 SPAD=p.spad, UPCAST=_UPCAST.get(z.dtype, 0), SHUFFLE=p.shuffle, ROUNDS=p.rounds,
+                EXPLICIT=p.explicit, LOG_C=p.log_c,
                 enable_fp_fusion=False,  # the float64 scores must round like the torch path's (ties are exact)
                 num_warps=4,
             )  # fmt: skip
-    slow = slow8.bool()
-    if B and p.explicit:
-        lab = cc.perm.inverse(labels.clamp(min=0))
-        slow |= lab >= cc.n_classes
-        labels = torch.where(slow, -1, lab)
-    return labels, slow
+    return labels, slow8.view(torch.bool)
 
 
 # ---- orbit log-partition -----------------------------------------------------------------------------------

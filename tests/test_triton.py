@@ -132,9 +132,24 @@ def _diff(a, b) -> str:
     return f"{bad.numel()} rows differ, first {bad[:5].tolist()}: {a[bad[:5]].tolist()} vs {b[bad[:5]].tolist()}"
 
 
+def brute_closest_labeled(cc: ClassCenters, z: torch.Tensor):
+    """(closest labeled center's label, unique?) from every labeled center: the topk predictor's answer."""
+    cent = cc.system.vectors(cc.index_of(torch.arange(cc.n_classes)), dtype=torch.float64)
+    if torch.equal(z, z.round()):
+        s = z.double() @ cent.T
+        key = torch.sign(s) * s * s / (cent * cent).sum(1)
+    else:
+        key = z.double() @ (cent / cent.norm(dim=1, keepdim=True)).T
+    best = key.max(1, keepdim=True).values
+    return key.argmax(1), (key == best).sum(1) == 1
+
+
 def check_topk(cc, z, block_rows=None, brute=False) -> dict:
-    """fast_labels_triton == fast_labels_torch (on the same values, half types widened), row for row; the numba
-    kernel agrees on every row both decide and leaves no more rows slow; optionally equal to brute force."""
+    """fast_labels_triton == fast_labels_numba row for row (on the same float32 values, half types widened): the
+    nearest-vector decision and the second-best check (a data-aware table: numba has no second-best check there, the
+    kernel decides a superset of its rows); against fast_labels_torch (no second-best check): the same
+    label on every row that one decides, and no row slow that it decides; optionally against brute force: every
+    decided row holds its unique closest labeled center, and the nearest-vector rows are decided."""
     from lsc.centers._triton import fast_labels_triton
 
     lt, st = fast_labels_triton(cc, z, block_rows=block_rows)
@@ -142,15 +157,23 @@ def check_topk(cc, z, block_rows=None, brute=False) -> dict:
     lr, sr = kernels.fast_labels_torch(cc, zr)
     assert lt.device == z.device and lt.dtype == torch.int64 and st.dtype == torch.bool
     lt, st, lr, sr = lt.cpu(), st.cpu(), lr.cpu(), sr.cpu()
-    assert torch.equal(st, sr), "slow flags: " + _diff(st, sr)
-    assert torch.equal(lt, lr), "labels: " + _diff(lt, lr)
+    assert torch.equal(lt == -1, st)
+    assert not (st & ~sr).any(), "slow where the torch path decides: " + _diff(st, sr)
+    assert torch.equal(lt[~sr], lr[~sr]), "labels: " + _diff(lt[~sr], lr[~sr])
     if kernels.HAVE_NUMBA and zr.dtype == torch.float32:
         ln, sn = kernels.fast_labels_numba(cc, zr.cpu())
-        assert not (sn & ~st).any() and torch.equal(ln[~st], lt[~st])
+        if getattr(cc.perm, "explicit", False):  # numba maps a data-aware table after its kernel: no second-best check
+            assert not (st & ~sn).any() and torch.equal(lt[~sn], ln[~sn]), "vs numba: " + _diff(lt[~sn], ln[~sn])
+        else:
+            assert torch.equal(st, sn), "slow flags vs numba: " + _diff(st, sn)
+            assert torch.equal(lt, ln), "labels vs numba: " + _diff(lt, ln)
     if brute:
         lb, sb = brute_fast_labels(cc, zr.cpu())
-        assert torch.equal(st, sb) and torch.equal(lt, lb), "vs brute force: " + _diff(lt, lb)
-    return {"slow": int(st.sum()), "rows": len(z)}
+        assert torch.equal(lt[~sb], lb[~sb]), "vs brute force: " + _diff(lt[~sb], lb[~sb])
+        lab, unique = brute_closest_labeled(cc, zr.cpu())
+        assert unique[~st].all() and torch.equal(lt[~st], lab[~st]), "vs brute force: " + _diff(lt[~st], lab[~st])
+    unlabeled = cc.system.count - cc.n_classes
+    return {"slow": int(st.sum()), "second": int((sr & ~st).sum()), "rows": len(z), "unlabeled": unlabeled}
 
 
 # ---- interpreter cases (module-level functions: the worker imports this module to run them) ---------------
@@ -181,6 +204,34 @@ def case_topk_table_of_low_indices(name, n_dim):
     r = check_topk(cc, queries(cc, "gauss", 2000, seed=5), brute=system.count <= 5000)
     assert 0 < r["slow"] < r["rows"]
     return r
+
+
+def case_topk_nonfinite_rows():
+    """The kernel leaves rows with NaN/inf slow (label -1) and decides the others as before; `ClassCenters.predict` on
+    the fused path skips the up-front NaN check and reports such rows from the slow ones, with their row numbers."""
+    from lsc.centers._triton import fast_labels_triton, interpreting
+
+    assert interpreting()
+    cc = make_cc("v22", 8, 300)
+    z = queries(cc, "gauss", 64, seed=3)
+    lt0, st0 = fast_labels_triton(cc, z)
+    zb = z.clone()
+    zb[5, 2], zb[9, 0], zb[40, 7] = math.nan, math.inf, -math.inf
+    lt, st = fast_labels_triton(cc, zb)
+    bad = torch.zeros(64, dtype=torch.bool)
+    bad[[5, 9, 40]] = True
+    assert st[bad].all() and (lt[bad] == -1).all()
+    assert torch.equal(st[~bad], st0[~bad]) and torch.equal(lt[~bad], lt0[~bad])
+    saved = kernels.fast_labels, ClassCenters._fused_topk
+    kernels.fast_labels = lambda cc, z: fast_labels_triton(cc, z)  # the CUDA dispatch, on CPU tensors
+    ClassCenters._fused_topk = lambda self, device: True
+    try:
+        with pytest.raises(ValueError, match=r"NaN/inf in 3 row\(s\), first row 5"):
+            cc.predict(zb, "topk")
+        got = cc.predict(z, "topk")
+    finally:
+        kernels.fast_labels, ClassCenters._fused_topk = saved
+    assert torch.equal(got, cc.predict(z, "cossim"))
 
 
 def case_fallback():
@@ -289,6 +340,12 @@ def test_topk_equals_torch_path(interp, cfg, kind):
     r = interp(case_topk, *cfg, kind, 1000)
     if kind == "int" and r["rows"] > 1 and cfg[2] > 1:
         assert r["slow"] > 0  # ties and unlabeled nearest vectors were exercised
+    if kind == "gauss" and r["unlabeled"]:
+        assert r["second"] > 0  # the second-best check decided rows the nearest vector left
+
+
+def test_topk_nonfinite_rows_are_left_slow_and_reported(interp):
+    interp(case_topk_nonfinite_rows)
 
 
 @pytest.mark.parametrize("cfg", [TOPK[2], TOPK[5], TOPK[6]], ids=lambda c: c[0])
@@ -535,8 +592,10 @@ def test_kernels_compile_for_sm90():
     topk |= dict.fromkeys(["stride", "B", "n", "KC", "n_orb", "pa", "pb", "n_classes"], "i32") | {"count": "i64"}
     topk |= dict(sidx_ptr="*i64", lab_at_ptr="*i32", n_assigned="i64")
     meta = dict(BLOCK_B=16, NPAD=64, ST=3, SB=3, SELPAD=8, DPAD=4, LPAD=2, SPAD=4)
-    for z, up, shuffle, explicit in (("*fp32", 0, True, False), ("*bf16", 2, False, False), ("*fp32", 0, False, True)):
+    variants = (("*fp32", 0, True, False, True), ("*bf16", 2, False, False, False), ("*fp32", 0, False, True, True))
+    for z, up, shuffle, explicit, second in variants:
         consts = dict(meta, UPCAST=up, SHUFFLE=shuffle, ROUNDS=6 if shuffle else 0, EXPLICIT=explicit, LOG_C=21)
+        consts |= dict(SECOND=second)
         build(T._topk_kernel, dict(topk, z_ptr=z), consts, num_warps=4, enable_fp_fusion=False)
     common = dict(z_ptr="*fp32", stride="i32", B="i32", n="i32", scale_ptr="*fp32", scale_val="fp32", inv_norm="fp32")
     dp = dict(W0=1.0, W1=-1.0, C0=2, C1=2, S=9, SPAD=16, BLOCK_B=16, SCALE_PTR=True)

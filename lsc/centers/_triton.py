@@ -4,7 +4,10 @@
   largest / smallest coordinates by an in-register selection, per-orbit best score and runner-up in float64 (the
   torch path's operations in its order, FMA contraction off, so the tie flags agree bit for bit), the winner's
   index by colex ranking (binomial table in global memory), pi^-1 through the Feistel rounds with cycle-walking,
-  and the labeled / unique flags. It returns exactly what `fast_labels_torch` returns (labels, -1 where slow; slow).
+  and the labeled / unique flags. Where the nearest vector is unique but unlabeled, the numba kernel's second-best
+  check (`_kernels._second`: the winner's basic permutations and the other orbits' best, ranked the same way) labels
+  the row in the kernel, so few rows are left for the slow path. It returns what `fast_labels_numba` returns
+  (labels, -1 where slow; slow): `fast_labels_torch`'s label on every row that one decides, and fewer slow rows.
   Every `OrbitSystem` (v{m}{k}, v{m}{k}p, a_n, a_n_interp) runs in the kernel; it falls back to
   `fast_labels_torch` for n_dim > MAX_DIM or an orbit with more than MAX_SLOTS nonzeros (register pressure),
   and an explicit (data-aware) assignment maps the index to its label in the kernel (binary search of its table).
@@ -199,13 +202,70 @@ if HAVE_TRITON:
         tl.store(out_ptr + rows[:, None] * n + cols[None, :], out, mask=rmask[:, None] & cmask[None, :])
 
     @triton.jit
+    def _rank_best(orb, swap_a, swap_b, sel_i, sc, slot_src, slot_grp, slot_place, table_ptr, KC, offset, rmask, n,
+                   BLOCK_B: tl.constexpr, SPAD: tl.constexpr, ST: tl.constexpr):  # fmt: skip
+        """Global index of orbit orb's best vector (per row), with the coordinates at sorted-frame positions swap_a
+        and swap_b exchanged (a basic permutation; -1: none). A frame position below ST is read from the top list,
+        else from the bottom list (where the two lists overlap, both hold it). Orbit.rank_groups: slot s of the
+        vector holds selected column src[s] and belongs to group grp[s]; a slot's colex term is C(q, a + 1), a = its
+        rank within its group, q = its position among those earlier groups left free; the index is the sum of the
+        terms times their group's place value."""
+        sp = tl.arange(0, SPAD)
+        w2 = orb[:, None] * SPAD + sp[None, :]
+        src = tl.load(slot_src + w2)
+        f = tl.where(src < ST, src, n - 1 - (src - ST))  # selected column -> frame position
+        f = tl.where(f == swap_a[:, None], swap_b[:, None], tl.where(f == swap_b[:, None], swap_a[:, None], f))
+        src = tl.where(f < ST, f, ST + (n - 1 - f))
+        grp = tl.load(slot_grp + w2)
+        plc = tl.load(slot_place + w2)
+        pos = tl.zeros([BLOCK_B, SPAD], dtype=tl.int32)
+        for k in tl.static_range(SPAD):
+            p = _pick(sel_i, sc, _pick(src, sp, k)[:, None])
+            pos = tl.where(sp[None, :] == k, p[:, None], pos)
+        idx = tl.zeros([BLOCK_B], dtype=tl.int64)
+        for k in tl.static_range(SPAD):
+            ps = _pick(pos, sp, k)
+            gs = _pick(grp, sp, k)
+            pl = _pick(plc, sp, k)
+            less = pos < ps[:, None]
+            a = tl.sum((less & (grp == gs[:, None])).to(tl.int32), axis=1)
+            q = ps - tl.sum((less & (grp < gs[:, None])).to(tl.int32), axis=1)
+            ok = (pl > 0) & (q >= 0) & rmask  # tied rows may select overlapping positions: never read past the table
+            idx += tl.load(table_ptr + q.to(tl.int64) * KC + a + 1, ok, 0) * pl
+        return idx + tl.load(offset + orb)
+
+    @triton.jit
+    def _index_label(idx, keys_ptr, pa, pb, count, n_classes, sidx_ptr, lab_at_ptr, n_assigned,
+                     SHUFFLE: tl.constexpr, ROUNDS: tl.constexpr, EXPLICIT: tl.constexpr,
+                     LOG_C: tl.constexpr):  # fmt: skip
+        """The label of vector index idx (>= n_classes: unlabeled): the Feistel order's inverse, the data-aware table
+        (Assignment.inverse: binary search of the sorted assigned indices) or the identity."""
+        if SHUFFLE:
+            lab = _feistel_inverse(idx, keys_ptr, pa, pb, count, ROUNDS)
+        elif EXPLICIT:
+            lo = tl.zeros_like(idx)
+            hi = lo + n_assigned
+            for _ in tl.static_range(LOG_C):  # lower bound: the first position holding an index >= idx
+                mid = (lo + hi) >> 1
+                active = lo < hi
+                less = tl.load(sidx_ptr + tl.minimum(mid, n_assigned - 1)) < idx
+                lo = tl.where(active & less, mid + 1, lo)
+                hi = tl.where(active & ~less, mid, hi)
+            at = tl.minimum(lo, n_assigned - 1)
+            hit = tl.load(sidx_ptr + at) == idx
+            lab = tl.where(hit, tl.load(lab_at_ptr + at).to(tl.int64), n_classes)
+        else:
+            lab = idx
+        return lab
+
+    @triton.jit
     def _topk_kernel(
         z_ptr, stride, B, n, table_ptr, KC, n_orb,
         dot_val, dot_src, n_dot, drop_val, drop_a, drop_b, n_drop, inv_norm, offset, slot_src, slot_grp, slot_place,
         keys_ptr, pa, pb, count, n_classes, labels_ptr, slow_ptr, sidx_ptr, lab_at_ptr, n_assigned,
         BLOCK_B: tl.constexpr, NPAD: tl.constexpr, ST: tl.constexpr, SB: tl.constexpr, SELPAD: tl.constexpr,
         DPAD: tl.constexpr, LPAD: tl.constexpr, SPAD: tl.constexpr, UPCAST: tl.constexpr, SHUFFLE: tl.constexpr,
-        ROUNDS: tl.constexpr, EXPLICIT: tl.constexpr, LOG_C: tl.constexpr,
+        ROUNDS: tl.constexpr, EXPLICIT: tl.constexpr, LOG_C: tl.constexpr, SECOND: tl.constexpr,
     ):  # fmt: skip
         rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
         rmask = rows < B
@@ -216,6 +276,8 @@ if HAVE_TRITON:
             x = x.to(tl.float32)
         elif UPCAST == 2:  # bfloat16 -> float32 is a 16-bit shift (the interpreter's cast mangles subnormals)
             x = (x.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)
+        # a row with NaN/inf is left slow (the caller reports it: `ClassCenters._topk`)
+        bad = tl.max(tl.where(cmask[None, :] & ~((x == x) & (tl.abs(x) < float("inf"))), 1, 0), axis=1) > 0
         # selection: ST largest (value desc, index asc) then SB smallest (value asc, index desc), one total order;
         # columns 0..ST-1 of sel_* hold the top list, ST..ST+SB-1 the bottom list
         xt = tl.where(cmask[None, :], x, float("-inf"))
@@ -235,72 +297,90 @@ if HAVE_TRITON:
             sel_v = tl.where(sc[None, :] == ST + t, mn[:, None], sel_v)
             sel_i = tl.where(sc[None, :] == ST + t, j[:, None], sel_i)
             xb = tl.where(cols[None, :] == j[:, None], float("inf"), xb)
-        # per orbit (Orbit.best_and_drop, same terms, same order): best <z, v> and the drop to its runner-up
+        # per orbit (Orbit.best_and_drop, same terms, same order): best <z, v> and the drop to its runner-up; the
+        # three best orbits are kept, and for the best one its two smallest drops and the boundary of the smallest
+        # (the second-best check below: `_kernels._second`)
         best = tl.full([BLOCK_B], float("-inf"), tl.float64)
         second = tl.full([BLOCK_B], float("-inf"), tl.float64)
+        third = tl.full([BLOCK_B], float("-inf"), tl.float64)
         win_runner = tl.full([BLOCK_B], float("-inf"), tl.float64)
         win = tl.zeros([BLOCK_B], dtype=tl.int32)
+        sec_orb = tl.zeros([BLOCK_B], dtype=tl.int32)
+        win_s = tl.zeros([BLOCK_B], dtype=tl.float64)
+        win_drop = tl.full([BLOCK_B], float("inf"), tl.float64)
+        win_d2 = tl.full([BLOCK_B], float("inf"), tl.float64)
+        win_a = tl.full([BLOCK_B], -1, tl.int32)
+        win_b = tl.full([BLOCK_B], -1, tl.int32)
+        sec_drop = tl.zeros([BLOCK_B], dtype=tl.float64)
         for o in range(n_orb):
             s = tl.zeros([BLOCK_B], dtype=tl.float64)
             for d in range(tl.load(n_dot + o)):
                 v = tl.load(dot_val + o * DPAD + d)
                 s += v * _pick(sel_v, sc, tl.load(dot_src + o * DPAD + d)).to(tl.float64)
             drop = tl.full([BLOCK_B], float("inf"), tl.float64)
+            drop2 = tl.full([BLOCK_B], float("inf"), tl.float64)
+            da = tl.full([BLOCK_B], -1, tl.int32)
+            db = tl.full([BLOCK_B], -1, tl.int32)
             for d in range(tl.load(n_drop + o)):
                 v = tl.load(drop_val + o * LPAD + d)
-                hi = _pick(sel_v, sc, tl.load(drop_a + o * LPAD + d)).to(tl.float64)
-                lo = _pick(sel_v, sc, tl.load(drop_b + o * LPAD + d)).to(tl.float64)
-                drop = tl.minimum(drop, v * (hi - lo))
+                ca = tl.load(drop_a + o * LPAD + d)
+                cb = tl.load(drop_b + o * LPAD + d)
+                w = v * (_pick(sel_v, sc, ca).to(tl.float64) - _pick(sel_v, sc, cb).to(tl.float64))
+                less = w < drop
+                drop2 = tl.where(less, drop, tl.minimum(drop2, w))
+                da = tl.where(less, tl.where(ca < ST, ca, n - 1 - (ca - ST)), da)  # as frame positions
+                db = tl.where(less, tl.where(cb < ST, cb, n - 1 - (cb - ST)), db)
+                drop = tl.minimum(drop, w)
             invn = tl.load(inv_norm + o)
             score = s * invn
             runner = (s - drop) * invn
             upd = score > best
+            upd2 = ~upd & (score > second)
+            third = tl.where(upd | upd2, second, tl.maximum(third, score))
+            sec_orb = tl.where(upd, win, tl.where(upd2, o, sec_orb))
+            sec_drop = tl.where(upd, win_drop, tl.where(upd2, drop, sec_drop))
             second = tl.where(upd, best, tl.maximum(second, score))
             win_runner = tl.where(upd, runner, win_runner)
             win = tl.where(upd, o, win)
             best = tl.where(upd, score, best)
+            win_s = tl.where(upd, s, win_s)
+            win_drop = tl.where(upd, drop, win_drop)
+            win_d2 = tl.where(upd, drop2, win_d2)
+            win_a = tl.where(upd, da, win_a)
+            win_b = tl.where(upd, db, win_b)
         tied = tl.maximum(win_runner, second) >= best
-        # rank the winner (Orbit.rank_groups): slot s of its best vector holds selected column src[s] and belongs
-        # to group grp[s]; a slot's colex term is C(q, a + 1), a = its rank within its group, q = its position
-        # among those earlier groups left free; the index is the sum of the terms times their group's place value
-        sp = tl.arange(0, SPAD)
-        w2 = win[:, None] * SPAD + sp[None, :]
-        src = tl.load(slot_src + w2)
-        grp = tl.load(slot_grp + w2)
-        plc = tl.load(slot_place + w2)
-        pos = tl.zeros([BLOCK_B, SPAD], dtype=tl.int32)
-        for k in tl.static_range(SPAD):
-            p = _pick(sel_i, sc, _pick(src, sp, k)[:, None])
-            pos = tl.where(sp[None, :] == k, p[:, None], pos)
-        idx = tl.zeros([BLOCK_B], dtype=tl.int64)
-        for k in tl.static_range(SPAD):
-            ps = _pick(pos, sp, k)
-            gs = _pick(grp, sp, k)
-            pl = _pick(plc, sp, k)
-            less = pos < ps[:, None]
-            a = tl.sum((less & (grp == gs[:, None])).to(tl.int32), axis=1)
-            q = ps - tl.sum((less & (grp < gs[:, None])).to(tl.int32), axis=1)
-            ok = (pl > 0) & (q >= 0) & rmask  # tied rows may select overlapping positions: never read past the table
-            idx += tl.load(table_ptr + q.to(tl.int64) * KC + a + 1, ok, 0) * pl
-        idx += tl.load(offset + win)
+        none = tl.full([BLOCK_B], -1, tl.int32)
+        idx = _rank_best(win, none, none, sel_i, sc, slot_src, slot_grp, slot_place, table_ptr, KC, offset, rmask,
+                         n, BLOCK_B, SPAD, ST)  # fmt: skip
         idx = tl.where(tied | (rows >= B), 0, idx)  # as fast_nearest: tied rows hold index 0
-        if SHUFFLE:
-            lab = _feistel_inverse(idx, keys_ptr, pa, pb, count, ROUNDS)
-        elif EXPLICIT:  # the data-aware table (Assignment.inverse): binary search of the sorted assigned indices
-            lo = tl.zeros([BLOCK_B], dtype=tl.int64)
-            hi = lo + n_assigned
-            for _ in tl.static_range(LOG_C):  # lower bound: the first position holding an index >= idx
-                mid = (lo + hi) >> 1
-                active = lo < hi
-                less = tl.load(sidx_ptr + tl.minimum(mid, n_assigned - 1)) < idx
-                lo = tl.where(active & less, mid + 1, lo)
-                hi = tl.where(active & ~less, mid, hi)
-            at = tl.minimum(lo, n_assigned - 1)
-            hit = tl.load(sidx_ptr + at) == idx
-            lab = tl.where(hit, tl.load(lab_at_ptr + at).to(tl.int64), n_classes)
-        else:
-            lab = idx
-        slow = tied | (lab >= n_classes)
+        lab = _index_label(idx, keys_ptr, pa, pb, count, n_classes, sidx_ptr, lab_at_ptr, n_assigned, SHUFFLE,
+                           ROUNDS, EXPLICIT, LOG_C)  # fmt: skip
+        # the nearest vector is unique but unlabeled: the second-best vector when it is unique and labeled and the
+        # selected coordinates are distinct (`_kernels._second`, the same candidates: every vector but the nearest
+        # lies below one of the winner's basic permutations -- one adjacent swap at a level boundary, its score
+        # (s - drop) / |v| -- or below another orbit's best). Else the row stays slow.
+        if SECOND:
+            distinct = rmask
+            for t in tl.static_range(1, ST):
+                distinct &= _pick(sel_v, sc, t) < _pick(sel_v, sc, t - 1)
+            for t in tl.static_range(1, SB):
+                distinct &= _pick(sel_v, sc, ST + t) > _pick(sel_v, sc, ST + t - 1)
+            invw = tl.load(inv_norm + win)
+            c1 = win_runner  # the best basic permutation of the winner
+            c2 = (win_s - win_d2) * invw
+            from_win = c1 > second
+            c_best = tl.maximum(c1, second)
+            c_second = tl.where(from_win, tl.maximum(c2, second), tl.maximum(c1, third))
+            ok = (~tied & ~bad & (lab >= n_classes) & distinct & (c_best > c_second) & (c_best > float("-inf"))
+                  & (from_win | (sec_drop > 0)))  # fmt: skip
+            idx2 = _rank_best(tl.where(from_win, win, sec_orb), tl.where(from_win, win_a, none),
+                              tl.where(from_win, win_b, none), sel_i, sc, slot_src, slot_grp, slot_place, table_ptr,
+                              KC, offset, rmask & ok, n, BLOCK_B, SPAD, ST)  # fmt: skip
+            idx2 = tl.where(ok, idx2, 0)
+            lab2 = _index_label(idx2, keys_ptr, pa, pb, count, n_classes, sidx_ptr, lab_at_ptr, n_assigned, SHUFFLE,
+                                ROUNDS, EXPLICIT, LOG_C)  # fmt: skip
+            lab = tl.where(ok, lab2, lab)
+        slow = tied | bad | (lab >= n_classes)
         tl.store(labels_ptr + rows, tl.where(slow, -1, lab), rmask)
         tl.store(slow_ptr + rows, slow.to(tl.int8), rmask)
 
@@ -459,7 +539,9 @@ class _TopkPlan:
     def __init__(self, cc, device: torch.device):
         sysm = cc.system
         orbs, n = sysm.orbits, sysm.n_dim
-        st, sb = sysm.n_top, sysm.n_bottom
+        # the nearest vector and its runner-up read n_pos + 1 top and n_neg + 1 bottom coordinates; the second-best
+        # check one more on each side (`_kernels._Plan.sizes`)
+        st, sb = min(n, sysm.n_top + 1), min(n, sysm.n_bottom + 1)
         self.st, self.sb, self.selpad = st, sb, _pow2(st + sb)
         kmax = max(max(o.mults) for o in orbs)
         from ._combinatorics import binom_table
@@ -529,6 +611,7 @@ class _TopkPlan:
         self.pa, self.pb = (p.a, p.b) if self.shuffle else (1, 1)
         self.count = sysm.count
         self.n_classes = cc.n_classes
+        self.second = cc.n_classes < sysm.count  # some vector is unlabeled: the second-best check can help
 
 
 def triton_topk_covers(cc) -> bool:
@@ -587,7 +670,7 @@ def fast_labels_triton(cc, z: torch.Tensor, block_rows: int | None = None) -> tu
                 p.count, p.n_classes, labels, slow8, p.sorted_idx, p.label_at, p.n_assigned,
                 BLOCK_B=block_rows, NPAD=npad, ST=p.st, SB=p.sb, SELPAD=p.selpad, DPAD=p.dpad, LPAD=p.lpad,
                 SPAD=p.spad, UPCAST=_UPCAST.get(z.dtype, 0), SHUFFLE=p.shuffle, ROUNDS=p.rounds,
-                EXPLICIT=p.explicit, LOG_C=p.log_c,
+                EXPLICIT=p.explicit, LOG_C=p.log_c, SECOND=p.second,
                 enable_fp_fusion=False,  # the float64 scores must round like the torch path's (ties are exact)
                 num_warps=4,
             )  # fmt: skip

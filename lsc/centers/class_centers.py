@@ -23,7 +23,7 @@ from .label_map import FeistelPermutation, IdentityPermutation
 from .partition import log_partition
 from .search import scan_argmax
 from .sizes import n_min
-from .systems import VectorSystem, check_embeddings, make_system, system_from_spec
+from .systems import VectorSystem, check_embeddings, make_system, nonfinite_error, system_from_spec
 
 METHODS = ("cossim", "topk", "euclidean")
 SCAN_FALLBACK_CLASSES = 50_000  # below this, unlabeled/tied topk rows are resolved by a scan, not a search
@@ -238,12 +238,12 @@ class ClassCenters:
 
     # ---- full-system softmax -----------------------------------------------------------------------------
 
-    def log_partition(self, z: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
+    def log_partition(self, z: torch.Tensor, scale: float | torch.Tensor, sync: bool = True) -> torch.Tensor:
         """log sum over every vector of the system of exp(scale * cos(z, v)) [B], exact, O(n_dim) per row.
 
         Unlabeled vectors (no class owns them) are part of the sum: the full-system softmax treats them as
         negatives. See `lsc.centers.partition`."""
-        return log_partition(self.system, z, scale)
+        return log_partition(self.system, z, scale, sync=sync)
 
     def log_prob(self, z: torch.Tensor, labels, scale: float | torch.Tensor) -> torch.Tensor:
         """log p(label | z) [B] under the softmax over the whole system: scale * cos(z, C_y) - log Z(z)."""
@@ -274,6 +274,9 @@ class ClassCenters:
     def predict(self, z: torch.Tensor, method: str = "topk", *, chunk_size: int = 65536, bank=None) -> torch.Tensor:
         """Predicted labels [B] for embeddings z [B, n_dim]. `bank`: optional materialized centers (`bank()`)."""
         positive_int("chunk_size", chunk_size, hint="centers scored per chunk")
+        if method == "topk" and isinstance(z, torch.Tensor) and self._fused_topk(z.device):
+            # the CUDA kernel flags non-finite rows as slow and `_topk` reports them: one host read per batch
+            return self._topk(check_embeddings(z, self.n_dim, sync=None), chunk_size, check_rows=True)
         z = check_embeddings(z, self.n_dim)
         if method == "cossim":
             return self._scan(z, chunk_size, bank)
@@ -406,13 +409,32 @@ class ClassCenters:
         vmax, sq = self.system.raw_bounds
         return scan_argmax(z, self.n_classes, fetch, coef_bound=vmax, bias_bound=sq / 2, chunk_size=chunk_size)
 
-    def _topk(self, z, chunk_size):
+    def _fused_topk(self, device) -> bool:
+        """The Triton top-k kernel serves these centers on `device` (CUDA): nearest vector, second-best check and
+        class map in one launch (`_triton`)."""
+        if not (getattr(self.system, "fast", False) and _kernels.use_triton(device)):
+            return False
+        from ._triton import triton_topk_covers
+
+        return triton_topk_covers(self)
+
+    def _topk(self, z, chunk_size, check_rows: bool = False):
+        """The topk predictor: the fused fast path, then the rows it leaves (nearest vector unlabeled with no unique
+        labeled second-best, or tied) resolved exactly. The common case reads one number on the host (how many rows
+        are left). check_rows: z was not checked for NaN/inf; the CUDA kernel leaves such rows slow, reported here."""
         if not getattr(self.system, "fast", False):
             return self._scan(z, chunk_size)  # a_np, table: exact chunked search
         labels, slow = _kernels.fast_labels(self, z)
         rows = slow.nonzero()[:, 0]
-        if rows.numel() and z.device.type != "cpu" and _kernels.HAVE_NUMBA:
-            # GPU: the fused CPU kernel also resolves most unlabeled-nearest rows (its second-best check)
+        if not rows.numel():
+            return labels
+        if check_rows:
+            bad = rows[~torch.isfinite(z[rows]).all(1)]
+            if bad.numel():
+                raise nonfinite_error(bad)
+        if z.device.type != "cpu" and _kernels.HAVE_NUMBA and not self._fused_topk(z.device):
+            # the torch path on a GPU: the fused CPU kernel resolves most unlabeled-nearest rows (its second-best
+            # check, which the Triton kernel runs itself)
             lab2, slow2 = _kernels.fast_labels_numba(self, z[rows].cpu())
             labels[rows] = lab2.to(z.device)
             rows = rows[slow2.to(z.device)]

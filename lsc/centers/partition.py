@@ -81,16 +81,19 @@ def orbit_log_z(u: torch.Tensor, values: list[int], mults: list[int]) -> torch.T
     return level[:, 0, s - 1]  # the state (c_1, .., c_G) is the last in mixed radix
 
 
-def log_partition(system, z: torch.Tensor, scale: float | torch.Tensor, backend: str = "auto") -> torch.Tensor:
+def log_partition(
+    system, z: torch.Tensor, scale: float | torch.Tensor, backend: str = "auto", sync: bool = True
+) -> torch.Tensor:
     """log Z [B] of the softmax over every vector of `system`, logits scale * cos(z, v). Differentiable.
 
     z [B, n_dim] on any device; float32 in and out (float64 stays float64). backend (orbit systems): `numba`
     (CPU: normalization, DP and adjoint fused, float64 inside: `_partition_numba`), `triton` (CUDA: the same DP
     fused in float32 log space, `_triton`; CPU tensors need the Triton interpreter), `torch` (the log-space tree:
     any device, the reference), `auto` = triton for float32 on CUDA when importable (orbits of <= 2 value
-    groups), numba on CPU when installed and float64 holds the scale, else torch.
+    groups), numba on CPU when installed and float64 holds the scale, else torch. sync=False: a CUDA batch's NaN
+    check stays on the device (`check_embeddings`), for the training loss.
     """
-    z = check_embeddings(z, system.n_dim)
+    z = check_embeddings(z, system.n_dim, sync)
     z = z if z.dtype == torch.float64 else z.float()
     if isinstance(system, OrbitSystem):
         if backend == "auto" and z.dtype == torch.float32 and len(z) and use_triton(z.device):

@@ -26,8 +26,10 @@ SYSTEM_NAMES = ("v{m}{k}", "v{m}{k}p", "a_n", "a_np", "a_n_interp", "table")
 TIE_BUDGET = 4096  # best-first pops spent on enumerating exact ties before falling back to a scan
 
 
-def check_embeddings(z: torch.Tensor, n_dim: int) -> torch.Tensor:
-    """Validate a batch of embeddings [B, n_dim]; returns it as a floating tensor."""
+def check_embeddings(z: torch.Tensor, n_dim: int, sync: bool | None = True) -> torch.Tensor:
+    """Validate a batch of embeddings [B, n_dim]; returns it as a floating tensor. The NaN/inf check: sync=True reads
+    one flag on the host; sync=False (a training loss on CUDA) runs it on the device (torch._assert_async); None
+    leaves it to the caller (a fused kernel that flags such rows: `nonfinite_error` reports them)."""
     if not isinstance(z, torch.Tensor):
         raise ValueError(f"embeddings must be a torch.Tensor of shape [batch, {n_dim}], got {type(z).__name__}")
     if z.dim() != 2 or z.shape[1] != n_dim:
@@ -37,16 +39,26 @@ def check_embeddings(z: torch.Tensor, n_dim: int) -> torch.Tensor:
         )
     if not z.is_floating_point():
         z = z.float()
+    if sync is None:
+        return z
     # one cheap reduction; locate the bad rows only when it fails. Not under torch.compile: reading the result on
     # the host is a graph break (a compiled loss gets NaN from NaN embeddings instead of this message)
+    if not sync and z.is_cuda:
+        torch._assert_async(torch.isfinite(z.sum()), "embeddings contain NaN/inf: check the model output")
+        return z
     if not torch.compiler.is_compiling() and not torch.isfinite(z.sum()):
         bad = (~torch.isfinite(z)).any(1).nonzero()[:, 0]
         if bad.numel():
-            raise ValueError(
-                f"embeddings contain NaN/inf in {bad.numel()} row(s), first row {bad[0].item()}; "
-                "check the model output (learning rate too high? mixed precision overflow?)"
-            )
+            raise nonfinite_error(bad)
     return z
+
+
+def nonfinite_error(bad_rows: torch.Tensor) -> ValueError:
+    """The error for embeddings with NaN/inf in rows `bad_rows` (sorted row indices, at least one)."""
+    return ValueError(
+        f"embeddings contain NaN/inf in {bad_rows.numel()} row(s), first row {bad_rows[0].item()}; "
+        "check the model output (learning rate too high? mixed precision overflow?)"
+    )
 
 
 class VectorSystem:

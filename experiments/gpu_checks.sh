@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Every GPU figure in README, in one command (about 6 minutes on an H100/H200; needs torch, timm, numba, pytest):
+# Every GPU figure in README, in one command (about 7-8 minutes on an H100/H200; needs torch, timm, numba, pytest):
 #   bash experiments/gpu_checks.sh <out dir>
 # CUDA unit tests (predictors, softmax log-partition, Triton kernels incl. the center lookup, GPU JPEG decoding),
 # the Triton kernels' timings, the label-prediction and loss benchmarks, the GPU variants of predict_speed,
-# memory_vs_classes and train_speed_vs_classes (eager and torch.compile), and the data-path rows (decode=gpu).
+# memory_vs_classes and train_speed_vs_classes (eager with the prepared input path's rate, and torch.compile), the
+# data-path rows (decode=gpu) and the headline command end to end on prepared JPEG chunks (its data-wait share).
 # Each step runs even if an earlier one failed; logs and results land in <out dir>, tarred after every step.
 # Packages the machine lacks travel as wheels in .whl/ (`make gpu-wheels` here): installed into /tmp/site first.
 set -u
@@ -27,7 +28,9 @@ step bench_predict python3 -m lsc.bench.predict --device cuda --queries 4194304 
   --mem-budget-gb 64 --time-budget-s 8 --repeat 3 --json "$OUT/bench_predict_cuda.json"
 step predict_speed python3 experiments/predict_speed/run.py --device cuda --batches 4 --cossim-queries 1024 --out "$OUT"
 step memory_vs_classes python3 experiments/memory_vs_classes/run.py --device cuda --out "$OUT"
-step train_speed python3 experiments/train_speed_vs_classes/run.py --device cuda --out "$OUT"
+step train_speed python3 experiments/train_speed_vs_classes/run.py --device cuda --data prepared --out "$OUT"
 step train_speed_compiled python3 experiments/train_speed_vs_classes/run.py --device cuda --compile --classes 1e3 1e5 1e6 \
   --out "$OUT"
 step bench_data python3 -m lsc.bench.data --device cuda --n 4000 --images 2000 --sizes 224 --workers 8 --out "$OUT"
+step data_end_to_end python3 -m lsc.bench.data --device cuda --end-to-end --n 4000 --sizes 224 --workers 8 --batch 256 \
+  --e2e-steps 120 --out "$OUT"

@@ -18,3 +18,22 @@ def test_bench_assign_smoke(tmp_path):
     assert compiled["taken_state_bytes"] == (compiled["count"] + 7) // 8  # 1 bit per vector
     assert compiled["walk_share"] == reference["walk_share"] and compiled["pops_per_walk"] == reference["pops_per_walk"]
     assert (tmp_path / "bench_assign_smoke.md").read_text().count("|") > 10
+
+
+def test_bench_data_end_to_end_smoke(tmp_path):
+    """The headline command trained on prepared chunks: the wait share it reports is the run's own DataWaitMonitor
+    figure, the run took exactly the steps asked for, and copies made the epoch long enough not to end in it."""
+    import csv
+
+    from lsc.bench import data
+
+    data.main(["--end-to-end", "--smoke", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path)])
+    r = json.loads((tmp_path / "bench_data_end_to_end_smoke.json").read_text())
+    run = json.loads((tmp_path / "cache" / r["run_dir"].rsplit("/", 1)[1] / "metrics.json").read_text())
+    assert 0 < r["wait_share"] < 1 and r["wait_share"] == run["train/data_wait"]
+    assert abs(r["end_to_end_vs_step"] + r["wait_share"] - 1) < 1e-12
+    rows = list(csv.DictReader(open(next((tmp_path / "cache").rglob("metrics.csv")))))
+    assert max(int(row["step"]) for row in rows) + 1 == r["steps"] == 6
+    assert {row["epoch"] for row in rows} == {"0"}  # one epoch, not ended: no worker restart inside the run
+    assert r["classes"] == r["copies"] * 200 and r["copies"] * 200 >= (r["steps"] + 2) * r["batch"]
+    assert "data=streaming" in r["args"]

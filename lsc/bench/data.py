@@ -4,6 +4,7 @@
     python -m lsc.bench.data --device cuda    # + data.decode=gpu rows (decode_jpeg and transforms on the GPU)
     python -m lsc.bench.data --smoke          # 200 images, workers 0 (< 60 s)
     python -m lsc.bench.data --prototypes     # the data-aware start's image pass: full vs draft JPEG decoding
+    python -m lsc.bench.data --end-to-end --device cuda   # the headline command's step rate with its data path
 
 Paths: the image-folder DataModule decoding with PIL (what data=imagefolder does), the same folder decoded by
 torchvision.io.decode_jpeg on the CPU, prepared JPEG chunks (`python -m lsc.prepare`, short side = what the eval
@@ -45,13 +46,17 @@ README = """
 Images/s of every input path side by side, at 32 px and 224 px output, with 0, 1 and 2 loader workers: an image
 folder decoded with PIL (`data=imagefolder`) and with torchvision's `decode_jpeg`, prepared JPEG chunks and prepared
 raw 32 px chunks read through `data=streaming`, and with `--device cuda` JPEG chunks decoded on the GPU; on 20,000
-generated 400x300 photo-like JPEGs (q90).
+generated 400x300 photo-like JPEGs (q90). `--end-to-end` trains the headline command (`+experiment=vit_1m`,
+ViT-S/16 bf16 on CUDA) on the prepared chunks and reports the share of each step spent waiting for its batch (the
+run's own `DataWaitMonitor`): end to end runs at 1 minus that share of the step rate (target >= 80%; a GPU figure,
+from `make gpu-checks`).
 
 ```bash
 python -m lsc.bench.data                  # CPU decoders, workers 0/1/2 (`make bench-data`)
 python -m lsc.bench.data --device cuda    # + data.decode=gpu rows
 python -m lsc.bench.data --smoke          # 200 images, workers 0 (< 60 s)
 python -m lsc.bench.data --prototypes     # the prototype pass: full vs draft JPEG decoding (one thread)
+python -m lsc.bench.data --end-to-end --device cuda  # +experiment=vit_1m on prepared JPEG chunks, decode=gpu
 python -m lsc.bench.data --readme         # only this README, from the committed results
 ```
 
@@ -325,6 +330,60 @@ def prototype_report(a, folder: Path) -> str:
     return text
 
 
+def end_to_end(a, src: dict) -> dict:
+    """The headline command (`+experiment=vit_1m`: V^22 at n_min, full-system softmax, instance labels) trained by
+    `python -m lsc.train` on data=streaming over the prepared photos, `--e2e-steps` steps: on CUDA ViT-S/16 at 224 px,
+    bf16, JPEG chunks decoded on the device (data.decode=gpu), pinned memory, `--workers` loader workers; on the CPU
+    the small encoder over the raw 32 px chunks. Keyed assignment (no prototype pass: start-up is not what this
+    times). `data.copies` repeats the photos under new labels so that no epoch ends within the run. Its
+    DataWaitMonitor times every step: busy (forward, backward, optimizer; CUDA synchronized) and the wait before it
+    (fetching, copying, decoding the batch). End to end runs at busy / (busy + wait) of the step rate: the issue's
+    target is >= 80% (the mean share of a step spent waiting <= 20%)."""
+    from lsc.study.runs import _run_module
+
+    cuda = a.device.startswith("cuda")
+    size = 224 if cuda else 32
+    root = src[f"jpeg{size}"] if cuda else src["raw32"]
+    copies = max(1, -(-(a.e2e_steps + 2) * a.batch // a.n))
+    args = ["+experiment=vit_1m", "data=streaming", f"data.root={root}", f"data.decode={'gpu' if cuda else 'cpu'}",
+            f"data.img_size={size}", f"data.batch_size={a.batch}", f"data.num_workers={max(a.workers)}",
+            f"data.copies={copies}", "data.limit=null", "centers.assign=keyed", f"++trainer.max_steps={a.e2e_steps}",
+            "++trainer.limit_val_batches=0", "++trainer.enable_checkpointing=false", "test=false", "logger=csv",
+            "~callbacks.model_checkpoint", "~callbacks.last_checkpoint", "~callbacks.predictor_accuracy",
+            "~callbacks.embedding_plot", "~callbacks.rich_progress_bar"]  # fmt: skip
+    if a.compile:
+        args.append("model.compile=true")
+    if not cuda:
+        args += ["trainer=cpu", "model/backbone=encoder_small", "trainer.precision=32", "float32_matmul_precision=null"]
+    d = Path(a.cache) / f"end_to_end-{a.device.replace(':', '')}-{a.batch}-{a.e2e_steps}"
+    t0 = time.time()
+    _run_module("lsc.train", args, d, threads=1 if not cuda else 4, timeout=None, what="end-to-end run")
+    metrics = json.loads((d / "metrics.json").read_text())
+    if "train/data_wait" not in metrics:
+        raise RuntimeError(f"the end-to-end run logged no train/data_wait; see {d / 'stdout.log'}")
+    wait = float(metrics["train/data_wait"])
+    return {"args": args, "steps": a.e2e_steps, "batch": a.batch, "copies": copies, "wait_share": wait,
+            "end_to_end_vs_step": 1 - wait, "wall_s": time.time() - t0, "run_dir": str(d),
+            "classes": copies * a.n}  # fmt: skip
+
+
+def end_to_end_report(a, src: dict) -> None:
+    r = end_to_end(a, src)
+    cuda = a.device.startswith("cuda")
+    what = "ViT-S/16 224 px bf16, JPEG chunks decode=gpu" if cuda else "encoder_small 32 px, raw 32 px chunks"
+    ok = "meets" if r["end_to_end_vs_step"] >= 0.8 else "MISSES"
+    text = (
+        f"### The headline command end to end ({machine(a.device)}; +experiment=vit_1m on data=streaming: {what}; "
+        f"{r['classes']:,} classes; batch {a.batch}; {max(a.workers)} workers; {r['steps']} steps"
+        f"{'; model.compile' if a.compile else ''}; {r['wall_s']:.0f} s)\n\n"
+        + md_table(["share of a step waiting for its batch", "end to end / step rate"],
+                   [[f"{r['wait_share']:.1%}", f"{r['end_to_end_vs_step']:.2f} (target >= 0.80: {ok})"]])
+    )  # fmt: skip
+    print(text)
+    name = "bench_data_end_to_end" + ("_smoke" if a.smoke else "") + ("_cuda" if cuda else "")
+    write_results(Path(a.out), name, text, {"machine": machine(a.device), **r})
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", help="cuda adds the data.decode=gpu rows")
@@ -337,13 +396,16 @@ def main(argv=None):
     p.add_argument("--cache", default=str(CACHE), help="where the photos and prepared dirs are kept")
     p.add_argument("--smoke", action="store_true")
     p.add_argument("--prototypes", action="store_true", help="only the prototype pass rows (full vs draft decode)")
+    p.add_argument("--end-to-end", action="store_true", help="only the headline command's data-wait share")
+    p.add_argument("--e2e-steps", type=int, default=200, help="--end-to-end: training steps")
+    p.add_argument("--compile", action="store_true", help="--end-to-end: model.compile=true")
     p.add_argument("--out", default=str(OUT))
     p.add_argument("--readme", action="store_true", help="only rewrite README.md from the committed results")
     a = p.parse_args(argv)
     if a.readme:
         return write_readme(HERE, README)
     if a.smoke:
-        a.n, a.images, a.classes, a.workers = 200, 200, 10, [0]
+        a.n, a.images, a.classes, a.workers, a.e2e_steps = 200, 200, 10, [0], 6
     a.images = min(a.images, a.n)
     torch.set_num_threads(1)  # a loader worker's budget: one core
     logging.getLogger("lsc.prepare").setLevel(logging.WARNING)
@@ -359,6 +421,8 @@ def main(argv=None):
     src = {"folder": folder, "raw32": prepared(folder, cache, "raw", 32, 2)}
     for s in a.sizes:
         src[f"jpeg{s}"] = prepared(folder, cache, "jpeg", int(round(s / 0.875)), 2)
+    if a.end_to_end:
+        return end_to_end_report(a, src)
     t_prep = time.time() - t0 - t_gen
     paths = [PIL_ROW, "imagefolder (torchvision decode_jpeg)", "prepared jpeg", "prepared raw 32 px"]
     if a.device.startswith("cuda"):

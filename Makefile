@@ -5,7 +5,7 @@ PYTEST = OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 WANDB_MODE=offline $(PYTHON) -m pyt
 WORKERS ?= auto
 
 EXPERIMENTS = nmin_table predict_speed memory_vs_classes train_speed_vs_classes lsc_vs_ce systems_convergence many_classes open_world \
-	han_glyphs
+	han_glyphs scale_1m
 
 .PHONY: help install data data-han data-han-test test test-fast test-all test-gpu test-realdata lint fmt bench bench-gpu bench-loss bench-assign \
 	bench-data train clean gpu-wheels \
@@ -98,7 +98,7 @@ bench-assign: ## data-aware class->vector assignment time and memory at 1e5-1e7 
 bench-data: ## images/s of every data path (image folder PIL/torchvision, prepared JPEG/raw chunks), table + JSON
 	$(PYTHON) -m lsc.bench.data
 
-experiments: $(EXPERIMENTS) ## every paper table/figure on CPU (about 80 minutes), results in experiments/*/results
+experiments: $(EXPERIMENTS) ## every paper table/figure on CPU (about 140 minutes; scale_1m alone ~1 hour), results in experiments/*/results
 
 $(EXPERIMENTS):
 	$(PYTHON) experiments/$@/run.py

@@ -11,8 +11,34 @@ import pytest
 from helpers import HAS_FMNIST, HAS_HAN_TEST_FONTS, ROOT, subprocess_env
 
 EXPERIMENTS = ["nmin_table", "predict_speed", "memory_vs_classes", "train_speed_vs_classes", "lsc_vs_ce",
-               "systems_convergence", "many_classes", "open_world", "han_glyphs"]  # fmt: skip
-NEEDS_FMNIST = {"lsc_vs_ce", "systems_convergence", "many_classes", "open_world"}
+               "systems_convergence", "many_classes", "open_world", "han_glyphs", "scale_1m"]  # fmt: skip
+NEEDS_FMNIST = {"lsc_vs_ce", "systems_convergence", "many_classes", "open_world", "scale_1m"}
+
+
+def check_scale_1m(out):
+    """The wall clock did its job: every row stopped at its budget (not before), was scored on the whole test split
+    at the end and on the mid-run subset before, and the start-up split was read from each row's log."""
+    res = json.loads((out / "scale_1m_smoke.json").read_text())
+    rows = {r["model"]: r for r in res["rows"]}
+    assert set(rows) == {"LSC", "PFC r0.1"}
+    budget = res["budgets_s"]["2"]
+    for r in rows.values():
+        end, mid = r["curve"][-1], r["curve"][:-1]
+        assert end["at"] is None and end["n_test"] == 300 and all(c["n_test"] == 100 for c in mid)
+        assert budget <= end["wall_s"] < budget + 5  # stopped by the clock within a few steps of the budget
+        assert 0 <= end["acc1"] <= end["acc5"] <= 1
+        assert 0 < r["first_step_s"] < end["wall_s"] and r["images_per_s"] > 0 and r["data_s"] > 0
+        assert r["peak_rss_train"] > 100 * 2**20
+    lsc, pfc = rows["LSC"], rows["PFC r0.1"]
+    assert lsc["n_dim"] == 7 and lsc["prototypes_s"] is not None and lsc["assign_s"] is not None
+    assert pfc["prototypes_s"] is None and pfc["assign_s"] is None
+    assert lsc["class_state_bytes"] == 16 * 100  # the assignment table; Partial FC: 100 x 128 float32 x 3
+    assert pfc["class_state_bytes"] == 3 * 100 * 128 * 4
+    ceiling = json.loads((out / "tile_ceiling_smoke.json").read_text())
+    assert ceiling["ceiling"]["2"] == ceiling["tile_acc"] ** 2
+
+
+CHECKS = {"scale_1m": check_scale_1m}
 
 
 @pytest.mark.slow
@@ -38,6 +64,8 @@ def test_experiment_smoke(tmp_path, name):
     assert md[0].read_text().count("|") > 10  # a markdown table
     json.loads(js[0].read_text())
     assert list(tmp_path.glob("*.png"))
+    if name in CHECKS:
+        CHECKS[name](tmp_path)
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)

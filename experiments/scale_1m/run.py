@@ -1,0 +1,398 @@
+"""10^4 to 10^6 classes with held-out images on one wall clock: LSC vs Partial FC (and CE where it fits).
+
+    python experiments/scale_1m/run.py             # 10^4, 10^5, 10^6 classes, every row (cached runs: resumes)
+    python experiments/scale_1m/run.py --smoke     # seconds (CI): 100 classes, two rows of 15 s
+    python experiments/scale_1m/run.py --readme    # only README.md, from the committed results
+
+Data: `data=fmnist_grid data.k=K`: an image is a grid of K Fashion-MNIST tiles (14 px), its class the tuple of the
+tiles' labels (10^K classes), a fresh training grid for every class every epoch, the test grids built from the
+Fashion-MNIST test split (every test image new). Every row: the small conv encoder with a flat 7x7 head and a
+1,024-wide hidden layer, AdamW lr 1e-3, batch 128, one thread, two rows side by side on the 2 cores, and the same
+wall-time budget per class count counted from the process's start (imports, data, prototypes, assignment included);
+held-out top-1/top-5 at evenly spaced wall times (2,000 test grids, scoring pauses the clock) and at the end (10,000),
+by `clock.WallClock`. Rows: LSC = the fmnist_inst recipe (V^22 at n_min, data-aware assignment, full-system softmax
+s16), at 10^6 also at n_min + 8 (a system half full: the data-aware walk is ~10x shorter); Partial FC (CosFace s32
+m0.2, embedding 128) scoring every class (rate 1.0) or a tenth (0.1); CE (a 10^K-way last layer) at 10^4 and 10^5.
+The anchor: a per-tile classifier (the same encoder on single 14-px tiles) to the power K.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from lsc.centers import n_min
+from lsc.study.report import fmt_bytes, machine, md_table, pyplot, save_figure, write_readme, write_results
+from lsc.study.runs import run_many
+
+HERE = Path(__file__).parent
+README = r"""
+# 10^6 classes on one wall clock: LSC vs Partial FC with held-out images
+
+Up to a million classes on a 2-core CPU, scored on images never trained on: an image is a grid of k Fashion-MNIST
+tiles and its class the tuple of the tiles' labels (`data=fmnist_grid data.k=4|5|6`: 10^4, 10^5, 10^6 classes; a
+fresh training grid for every class every epoch, test grids from the Fashion-MNIST test split). Every row gets the same
+wall-time budget per class count, counted from its process's start, so start-up (data, prototypes, assignment, the
+first step) is charged to the row that needs it. Measured: the start-up split, images/s and s / epoch, peak RSS, the
+memory that grows with the classes, held-out top-1/top-5 at fixed wall times and at the end, against the per-tile
+ceiling (a tile classifier's held-out accuracy to the power k).
+
+```bash
+python experiments/scale_1m/run.py             # every row (cached runs under results/runs/: resumes where it stopped)
+python experiments/scale_1m/run.py --k 6 --rows LSC PFC_r0.1 --budgets 900   # a subset, another budget
+python experiments/scale_1m/run.py --smoke     # seconds (CI): 100 classes, two rows of 15 s
+python experiments/scale_1m/run.py --readme    # only this README, from the committed results
+```
+
+One row by hand (what the script runs, `clock.py` on the PYTHONPATH for the wall clock and the timed data module):
+
+```bash
+PYTHONPATH=experiments/scale_1m OMP_NUM_THREADS=1 python -m lsc.train data=fmnist_grid data._target_=clock.TimedGrid \
+  data.k=6 model/backbone=encoder_small_flat model.backbone.hidden=1024 model.optimizer.lr=1e-3 \
+  centers=v22 centers.n_dim=55 centers.assign=data centers.prototype_cache=null loss=softmax \
+  trainer.max_epochs=100000 ++trainer.limit_val_batches=0 ++trainer.enable_checkpointing=false test=false \
+  '~callbacks.model_checkpoint' '~callbacks.last_checkpoint' '~callbacks.predictor_accuracy' \
+  +callbacks.clock._target_=clock.WallClock +callbacks.clock.budget_s=720 '+callbacks.clock.eval_at=[120,240]' \
+  +callbacks.clock.mid_size=2000 +callbacks.clock.train_acc=false
+```
+
+Rows (every one: the small conv encoder with a flat 7x7 head and a 1,024-wide hidden layer, AdamW lr 1e-3, batch 128,
+one thread, two rows side by side on the 2 cores):
+- **LSC**: the `+experiment=fmnist_inst` recipe on these grids: V^22 at n_min (16, 27, 47 dims), data-aware
+  assignment (`centers.assign=data`: each class takes the free system vector nearest its prototype, a fixed random
+  projection of one training grid of the class; computed at start-up, no cache), the full-system softmax (scale 16).
+  At 10^6 also at n_min + 8 (55 dims: the system half full instead of 93%, so the assignment walk is far shorter).
+- **Partial FC** (`model=partial_fc`, CosFace s 32, m 0.2, embedding 128) scoring every class (rate 1.0) or a tenth
+  (rate 0.1): the learned-weight peer.
+- **CE** (`model=ce`: a 10^k-way last layer on the same backbone) at 10^4 and 10^5. At 10^6 its last layer alone is
+  1,024 x 10^6 float32 = 3.8 GiB, 15 GiB with its gradient and the AdamW moments, and ~10 s per step on one core: not
+  run.
+
+Validation, checkpoints and the modules' running training accuracy are off in every row (Partial FC's and CE's
+training accuracy is a dense scan of every class weight per step); `clock.WallClock` stops a row at its budget and
+scores the held-out grids at evenly spaced wall times (2,000 grids; the clock pauses while it scores) and at the end
+(all 10,000). Raw logs per row (stdout.log with the start-up lines, clock.json with the curve, .hydra/ with the
+config, the CSV log) are in [`results/runs/`](results/runs/).
+
+<!-- RESULT results/scale_1m.md -->
+<!-- /RESULT -->
+
+![held-out top-1 vs wall time](results/scale_1m.png)
+
+## Reading
+
+(written after the run)
+"""
+
+HIDDEN = 1024
+BATCH = 128
+
+
+MODELS = ["LSC", "LSC n_min+8", "PFC r1.0", "PFC r0.1", "CE"]
+BUDGETS = {4: 240.0, 5: 360.0, 6: 720.0}  # seconds per row from the process's start, by k
+
+
+def row_overrides(model: str, k: int) -> list[str]:
+    if model.startswith("LSC"):
+        n_dim = n_min("v22", 10**k) + (8 if model.endswith("+8") else 0)
+        return ["centers=v22", f"centers.n_dim={n_dim}", "centers.assign=data", "centers.prototype_cache=null",
+                "loss=softmax"]  # fmt: skip
+    if model.startswith("PFC"):
+        return ["model=partial_fc", "model.embed_dim=128", f"model.sample_rate={model.split('r')[1]}"]
+    return ["model=ce"]
+
+
+def models_for(k: int, a) -> list[str]:
+    ms = ["LSC", "LSC n_min+8", "PFC r1.0", "PFC r0.1", "CE"]
+    ms = [m for m in ms if (m != "CE" or k <= a.ce_max_k) and (m != "LSC n_min+8" or k in a.wide_lsc_k)]
+    return [m for m in ms if slug(m) in a.rows]
+
+
+def slug(model: str) -> str:
+    return model.replace(" ", "_")
+
+
+def eval_times(budget: float, n: int) -> list[float]:
+    return [round(budget * i / (n + 1)) for i in range(1, n + 1)]
+
+
+def base_overrides(k: int, budget: float, eval_at: list[float], a) -> list[str]:
+    ov = [
+        "data=fmnist_grid",
+        "data._target_=clock.TimedGrid",  # fmnist_grid that logs its own setup time
+        f"data.k={k}",
+        f"data.batch_size={BATCH}",
+        f"data.eval_size={a.eval_size}",
+        "model/backbone=encoder_small_flat",
+        f"model.backbone.hidden={HIDDEN}",
+        "model.optimizer.lr=1e-3",
+        "trainer.max_epochs=100000",  # the clock stops every row
+        "++trainer.limit_val_batches=0",  # the clock scores the test split instead
+        "++trainer.enable_checkpointing=false",  # a 10^6-class Partial FC checkpoint is 1.5 GB
+        "trainer.log_every_n_steps=50",
+        "test=false",
+        "~callbacks.model_checkpoint",
+        "~callbacks.last_checkpoint",
+        "~callbacks.predictor_accuracy",
+        "+callbacks.clock._target_=clock.WallClock",
+        f"+callbacks.clock.budget_s={budget:g}",
+        f"+callbacks.clock.eval_at=[{','.join(f'{t:g}' for t in eval_at)}]",
+        f"+callbacks.clock.mid_size={a.mid_size}",
+        "+callbacks.clock.train_acc=false",
+    ]
+    return ov + ([f"data.limit={a.limit}"] if a.limit else [])
+
+
+def jobs_for(a) -> tuple[list, list]:
+    """Largest size first, two rows at a time, each Partial FC row beside an LSC or CE row: two 10^6-class Partial
+    FC rows side by side would hold ~16 GB (weights, AdamW moments, 10^6-wide logits) of this machine's 23."""
+    jobs, keys = [], []
+    for k in sorted(a.k, reverse=True):
+        order = ["PFC r1.0", "LSC n_min+8", "PFC r0.1", "LSC", "CE"] if k in a.wide_lsc_k else \
+            ["PFC r1.0", "LSC", "PFC r0.1", "CE"]  # fmt: skip
+        for m in [m for m in order if m in models_for(k, a)]:
+            ov = [*base_overrides(k, a.budgets[k], eval_times(a.budgets[k], a.evals), a), *row_overrides(m, k)]
+            jobs.append((f"k{k}-{slug(m)}", ov))
+            keys.append((k, m))
+    return jobs, keys
+
+
+LOG_S = {
+    "prototypes_s": re.compile(r"prototypes \(pixels[^)]*\): [\d,]+ classes from [\d,]+ images in ([\d.]+) s"),
+    "assign_s": re.compile(r"assign=data: [\d,]+ classes onto .* in ([\d.]+) s"),
+    "data_s": re.compile(r"data: [\d,]+ classes, Fashion-MNIST tiles read and split in ([\d.]+) s"),
+}
+
+
+def parse_log(d: Path) -> dict:
+    text = (d / "stdout.log").read_text(errors="replace") if (d / "stdout.log").exists() else ""
+    out = {}
+    for key, rx in LOG_S.items():
+        m = rx.search(text)
+        out[key] = float(m.group(1)) if m else None
+    return out
+
+
+def summarize(k: int, model: str, r: dict) -> dict:
+    d = Path(r["dir"])
+    clock = json.loads((d / "clock.json").read_text())
+    logs = parse_log(d)
+    n = 10**k
+    per_epoch, last = [], {"images": 0, "train_s": 0.0}
+    for e in clock["epochs"]:  # full epochs only (the last one is cut by the budget)
+        if e["images"] - last["images"] >= n:
+            per_epoch.append(e["train_s"] - last["train_s"])
+        last = e
+    ips = clock["images_per_s"]
+    first = clock["first_step_s"]
+    return {
+        "k": k,
+        "classes": n,
+        "model": model,
+        "dir": str(d.relative_to(HERE)) if d.is_relative_to(HERE) else str(d),
+        "budget_s": clock["budget_s"],
+        "data_s": clock.get("data_s") or logs["data_s"],
+        "prototypes_s": logs["prototypes_s"],
+        "assign_s": logs["assign_s"] if logs["assign_s"] is not None else r["metrics"].get("assign_s"),
+        "built_s": clock["built_s"],
+        "train_start_s": clock["train_start_s"],
+        "first_step_s": first,
+        "first_step_own_s": None if first is None else round(first - clock["train_start_s"], 2),
+        "images_per_s": ips,
+        "epoch_s": statistics.median(per_epoch) if per_epoch else None,
+        "epoch_s_est": None if not ips else n / ips,
+        "epochs": clock["images"] / n,
+        "steps": clock["steps"],
+        "peak_rss": clock["peak_rss"],  # scoring included (Partial FC's 10^6-class logits)
+        "peak_rss_train": clock.get("peak_rss_pre_eval") or clock["peak_rss"],
+        "class_state_bytes": r["metrics"].get("class_state_bytes"),
+        "n_dim": r["metrics"].get("n_dim"),
+        "curve": clock["curve"],
+        "final_acc1": clock["curve"][-1]["acc1"] if clock["curve"] else None,
+        "final_acc5": clock["curve"][-1].get("acc5") if clock["curve"] else None,
+        "eval_pause_s": clock["eval_pause_s"],
+    }
+
+
+# ---- the anchor: a per-tile classifier ---------------------------------------------------------------------------
+
+
+def tile_ceiling(f: Path, epochs: int, limit: int | None, seed: int = 0) -> dict:
+    """Test accuracy a of the rows' encoder trained as a 10-way classifier on single 14-px tiles (the grids' own
+    training pool, the same normalization); the grid's ceiling is a^k (its tiles are independent). Cached."""
+    if f.exists():
+        return json.loads(f.read_text())
+    import numpy as np
+    import torch.nn.functional as F
+
+    from lsc.data.fmnist_grid import FashionMNISTGridDataModule
+    from lsc.models.encoder import encoder_small
+
+    t0 = time.time()
+    torch.manual_seed(seed)
+    dm = FashionMNISTGridDataModule(k=1, seed=seed)
+    (ptr, gtr), _, (pte, gte) = dm._pools()  # the grids' training pool (validation share held out), the test pool
+
+    def tiles(pool, groups):
+        idx = np.concatenate(groups)
+        y = torch.from_numpy(np.concatenate([np.full(len(g), lab) for lab, g in enumerate(groups)]))
+        return ((torch.from_numpy(pool[idx]).float() / 255 - dm.mean[0]) / dm.std[0])[:, None], y
+
+    (xtr, ytr), (xte, yte) = tiles(ptr, gtr), tiles(pte, gte)
+    if limit:
+        keep = torch.randperm(len(xtr))[:limit]
+        xtr, ytr = xtr[keep], ytr[keep]
+    net = encoder_small(10, in_chans=1, head="flat", flat_size=7, hidden=HIDDEN)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    for _ in range(epochs):
+        net.train()
+        for b in torch.randperm(len(xtr)).split(BATCH):
+            loss = F.cross_entropy(net(xtr[b]), ytr[b])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    net.eval()
+    with torch.no_grad():
+        pred = torch.cat([net(x).argmax(1) for x in xte.split(1000)])
+    acc = float((pred == yte).float().mean())
+    rec = {"tile_acc": acc, "epochs": epochs, "train_tiles": len(xtr), "test_tiles": len(xte),
+           "seconds": round(time.time() - t0, 1), "ceiling": {str(k): acc**k for k in range(1, 10)}}  # fmt: skip
+    f.write_text(json.dumps(rec, indent=1) + "\n")
+    return rec
+
+
+# ---- report ------------------------------------------------------------------------------------------------------
+
+
+def pct(x) -> str:
+    return "—" if x is None else f"{100 * x:.1f}"
+
+
+def secs(x) -> str:
+    return "—" if x is None else f"{x:.1f}"
+
+
+def acc_at(row: dict, t: float):
+    """The held-out top-1 scored for eval time t; None where the run never reached it."""
+    for c in row["curve"]:
+        if c["at"] is not None and c["at"] >= t:
+            return c["acc1"]
+    return None
+
+
+def table(raw: list[dict], ceil: dict, a, seconds: float) -> str:
+    out = [
+        f"### Held-out accuracy on one wall clock ({machine()}; encoder_small_flat h{HIDDEN}, AdamW 1e-3, batch "
+        f"{BATCH}, one thread per row, two rows side by side; {seconds:.0f} s wall incl. cached runs)"
+    ]
+    for k in sorted({r["k"] for r in raw}):
+        rows_k = [r for r in raw if r["k"] == k]
+        times = eval_times(rows_k[0]["budget_s"], a.evals)
+        head = ["model", "data s", "prototypes s", "assignment s", "first step at s", "images/s", "s / epoch",
+                "epochs", "peak RSS", "class state", *(f"@{t:g}s" for t in times), "top-1 end",
+                "top-5 end"]  # fmt: skip
+        rows = []
+        for r in rows_k:
+            ep = secs(r["epoch_s"]) if r["epoch_s"] is not None else f"~{r['epoch_s_est']:,.0f} (est.)"
+            rows.append([r["model"] + (f" (d{r['n_dim']})" if r["n_dim"] else ""), secs(r["data_s"]),
+                         secs(r["prototypes_s"]), secs(r["assign_s"]), secs(r["first_step_s"]),
+                         f"{r['images_per_s']:,.0f}", ep, f"{r['epochs']:.2f}", fmt_bytes(r["peak_rss_train"]),
+                         fmt_bytes(r["class_state_bytes"])] + [pct(acc_at(r, t)) for t in times]
+                        + [pct(r["final_acc1"]), pct(r["final_acc5"])])  # fmt: skip
+        c = ceil["ceiling"][str(k)]
+        out.append(
+            f"**10^{k} classes: {rows_k[0]['budget_s']:g} s per row from process start; held-out top-1 % at "
+            f"wall time t (@t) and at the end; ceiling a^{k} = {100 * c:.1f}%**\n\n" + md_table(head, rows)
+        )
+    n_end = raw[0]["curve"][-1]["n_test"]
+    mid = [c["n_test"] for r in raw for c in r["curve"] if c["at"] is not None]
+    out.append(
+        f"Held-out: {n_end:,} test grids at the end"
+        + (f", the first {min(mid):,} of them at @t" if mid else "")
+        + " (Fashion-MNIST test tiles: every image new); t = wall time since the row's process started, scoring "
+        "excluded; a point due before the first step is the untrained model's. '—': not reached. data / prototypes "
+        "/ assignment: seconds of each start-up part (LSC's data-aware centers: the pixel-projection prototype of one "
+        "training grid per class, then the ordered nearest-free walk); first step at: seconds from process start to "
+        "the end of the first optimizer step (imports, data, prototypes, assignment, model, Trainer included). "
+        "s / epoch: median of full epochs (10^k fresh images), else 10^k / images/s (est.). Peak RSS: the process's "
+        "peak before its first scoring (start-up and training; the JSON also has it with scoring). Class state: what "
+        "grows with the classes (LSC: its assignment table; Partial FC and CE: the class weights + AdamW moments). "
+        f"Ceiling: a per-tile classifier's held-out accuracy a = {100 * ceil['tile_acc']:.2f}% (the same encoder on "
+        f"single 14-px tiles, {ceil['epochs']} epochs) to the power k."
+    )
+    return "\n\n".join(out)
+
+
+def plot(raw: list[dict], ceil: dict, path: Path) -> None:
+    plt = pyplot()
+    ks = sorted({r["k"] for r in raw})
+    fig, axes = plt.subplots(1, len(ks), figsize=(5.2 * len(ks), 4.0), squeeze=False)
+    colors = {"LSC": "C0", "LSC n_min+8": "C4", "PFC r1.0": "C1", "PFC r0.1": "C2", "CE": "C3"}
+    for ax, k in zip(axes[0], ks, strict=True):
+        for r in (r for r in raw if r["k"] == k):
+            xs = [0.0, r["first_step_s"] or 0.0] + [c["wall_s"] for c in r["curve"]]
+            ys = [0.0, 0.0] + [c["acc1"] for c in r["curve"]]
+            ax.plot(xs, ys, "-o", ms=3, color=colors.get(r["model"]), label=r["model"])
+        c = ceil["ceiling"][str(k)]
+        ax.axhline(c, ls="--", color="gray", lw=1, label=f"ceiling a^{k} = {100 * c:.1f}%")
+        ax.set(xlabel="wall time since process start, s (scoring excluded)", ylabel="held-out top-1",
+               title=f"10^{k} classes", ylim=(0, 1.0))  # fmt: skip
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    save_figure(fig, path)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--k", type=int, nargs="+", default=[4, 5, 6], help="10^k classes")
+    p.add_argument("--budgets", type=float, nargs="+", default=None,
+                   help=f"seconds per row from the process's start, one per --k (default {BUDGETS})")  # fmt: skip
+    p.add_argument("--evals", type=int, default=5, help="held-out scorings during a row (evenly spaced)")
+    p.add_argument("--eval-size", type=int, default=10_000, help="test grids (scored at the end)")
+    p.add_argument("--mid-size", type=int, default=2_000, help="test grids scored during a row")
+    p.add_argument("--ce-max-k", type=int, default=5, help="CE rows up to 10^k classes (10^6 would need 16 GiB)")
+    p.add_argument("--wide-lsc-k", type=int, nargs="*", default=[6], help="sizes with an LSC row at n_min + 8")
+    p.add_argument("--limit", type=int, default=None, help="data.limit (training images per epoch)")
+    p.add_argument("--tile-epochs", type=int, default=5)
+    p.add_argument("--rows", nargs="+", default=[slug(m) for m in MODELS], choices=[slug(m) for m in MODELS])
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--smoke", action="store_true")
+    p.add_argument("--out", default=str(HERE / "results"))
+    p.add_argument("--readme", action="store_true", help="only rewrite README.md from the committed results")
+    a = p.parse_args(argv)
+    if a.readme:
+        return write_readme(HERE, README)
+    if a.smoke:
+        # 100 classes, the LSC and the scalable Partial FC rows side by side; a process starts in ~10 s here
+        a.k, a.budgets, a.evals, a.eval_size, a.mid_size, a.rows = [2], [15.0], 1, 300, 100, ["LSC", "PFC_r0.1"]
+    a.budgets = dict(zip(a.k, a.budgets, strict=True)) if a.budgets else {k: BUDGETS[k] for k in a.k}
+    out, t0 = Path(a.out), time.time()
+    out.mkdir(parents=True, exist_ok=True)
+    # the clock and the timed data module are imported by the runs from this folder
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(HERE), *filter(None, [os.environ.get("PYTHONPATH")])])
+    torch.set_num_threads(1)
+    name = "scale_1m_smoke" if a.smoke else "scale_1m"
+    ceil = tile_ceiling(out / f"tile_ceiling{'_smoke' if a.smoke else ''}.json", 1 if a.smoke else a.tile_epochs,
+                        2000 if a.smoke else None)  # fmt: skip
+    print(f"per-tile accuracy {ceil['tile_acc']:.4f} ({ceil['seconds']} s)", flush=True)
+    jobs, keys = jobs_for(a)
+    results = run_many(out / ("runs_smoke" if a.smoke else "runs"), jobs, workers=a.workers)
+    raw = [summarize(k, m, r) for (k, m), r in zip(keys, results, strict=True)]
+    raw.sort(key=lambda r: (r["k"], MODELS.index(r["model"])))
+    text = table(raw, ceil, a, time.time() - t0)
+    print(text)
+    write_results(out, name, text, {"tile_ceiling": ceil, "budgets_s": a.budgets, "rows": raw})
+    plot(raw, ceil, out / f"{name}.png")
+    if not a.smoke and out == HERE / "results" and README:
+        write_readme(HERE, README)
+
+
+if __name__ == "__main__":
+    main()

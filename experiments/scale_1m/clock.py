@@ -132,7 +132,9 @@ class WallClock(L.Callback):
             trainer.should_stop = True
 
     def on_train_end(self, trainer, pl_module):
-        if not self.curve or self.curve[-1]["step"] != self.steps:
+        last = self.curve[-1] if self.curve else None
+        # the end is scored on the whole test split, also where a mid-run score (a subset) came at the last step
+        if last is None or last["step"] != self.steps or (self.mid_size and last["at"] is not None):
             self.score(trainer, pl_module)
         self.write(trainer, final=True)
 

@@ -109,15 +109,18 @@ def queries(cc: ClassCenters, kind: str, rows: int, seed: int = 0) -> torch.Tens
     return z[torch.randperm(len(z), generator=g)][:rows]  # 13 k >= rows
 
 
-def brute_fast_labels(cc: ClassCenters, z: torch.Tensor):
-    """What the fast path returns, from every vector: the label of the unique nearest vector, else (-1, slow).
-    Exact integer keys sign(s) s^2 / |v|^2 for integer queries (so exact ties are ties), float64 cosines else."""
-    full = cc.system.vectors(torch.arange(cc.system.count), dtype=torch.float64)
+def _cos_keys(z: torch.Tensor, vecs: torch.Tensor) -> torch.Tensor:
+    """[B, V] keys ordered as cos(z, v): exact integers sign(s) s^2 / |v|^2 for integer queries (so exact ties are
+    ties), float64 cosines else."""
     if torch.equal(z, z.round()):
-        s = z.double() @ full.T
-        key = torch.sign(s) * s * s / (full * full).sum(1)
-    else:
-        key = z.double() @ (full / full.norm(dim=1, keepdim=True)).T
+        s = z.double() @ vecs.T
+        return torch.sign(s) * s * s / (vecs * vecs).sum(1)
+    return z.double() @ (vecs / vecs.norm(dim=1, keepdim=True)).T
+
+
+def brute_fast_labels(cc: ClassCenters, z: torch.Tensor):
+    """What the fast path returns, from every vector: the label of the unique nearest vector, else (-1, slow)."""
+    key = _cos_keys(z, cc.system.vectors(torch.arange(cc.system.count), dtype=torch.float64))
     best = key.max(1, keepdim=True).values
     tied = (key == best).sum(1) > 1
     table = torch.full((cc.system.count,), -1, dtype=torch.int64)
@@ -134,12 +137,7 @@ def _diff(a, b) -> str:
 
 def brute_closest_labeled(cc: ClassCenters, z: torch.Tensor):
     """(closest labeled center's label, unique?) from every labeled center: the topk predictor's answer."""
-    cent = cc.system.vectors(cc.index_of(torch.arange(cc.n_classes)), dtype=torch.float64)
-    if torch.equal(z, z.round()):
-        s = z.double() @ cent.T
-        key = torch.sign(s) * s * s / (cent * cent).sum(1)
-    else:
-        key = z.double() @ (cent / cent.norm(dim=1, keepdim=True)).T
+    key = _cos_keys(z, cc.system.vectors(cc.index_of(torch.arange(cc.n_classes)), dtype=torch.float64))
     best = key.max(1, keepdim=True).values
     return key.argmax(1), (key == best).sum(1) == 1
 

@@ -240,7 +240,27 @@ def lever_rows(runs: Path | None = None, size: int = 5000, epochs: int = 3) -> l
         ("LSC v21@128 sm32 m0.2 reassigned h2048", reassigned(H2048, "LSC v21@128 sm32 m0.2 data h2048")),
         ("LSC v21@128 sm32 m0.2 data h8192", [*data, "model.backbone.hidden=8192"]),
         ("LSC v21@128 sm32 m0.2 reassigned h4096", reassigned(H4096, "LSC v21@128 sm32 m0.2 data h4096")),
+        ("LSC v21@128 sm32 m0.2 data h1024", [*data, "model.backbone.hidden=1024"]),
     ]
+
+
+CAPACITY_SIZE = 1000
+CAPACITY_HIDDEN = (100, 200, 400, 800)  # hidden / classes = 0.1 .. 0.8 at 1,000 classes
+
+
+def capacity_rows() -> list[tuple[str, list[str]]]:
+    """1,000 classes, 3 epochs: LSC (data-aware V_128^21) and Partial FC with a hidden layer of 0.1-0.8 x the
+    classes, to set beside the 5,000-class lever rows and the full set: is LSC's held-out accuracy a function of
+    hidden width / classes (the hidden layer holding what learned class weights hold elsewhere)?"""
+    data = lsc("v21", 128, *sm(32, 0.2), "centers.assign=data")
+    rows = [(f"LSC v21@128 sm32 m0.2 data h{h}", [*data, f"model.backbone.hidden={h}"]) for h in CAPACITY_HIDDEN]
+    return rows + [(f"PFC cosface d128 r1.0 h{h}", [*pfc(128), f"model.backbone.hidden={h}"])
+                   for h in (CAPACITY_HIDDEN[0], CAPACITY_HIDDEN[-1])]  # fmt: skip
+
+
+def hidden_of(config: str) -> int:
+    """The hidden width of a row, from its label (`... h4096`; encoder_small_flat's 512 when it names none)."""
+    return next((int(w[1:]) for w in config.split() if w[0] == "h" and w[1:].isdigit()), 512)
 
 
 def _merge(base: list[str], ov: list[str]) -> list[str]:
@@ -401,6 +421,47 @@ def plot(raw: list[dict], path: Path, n_full: int | None) -> None:
     save_figure(fig, path)
 
 
+def capacity(raw: list[dict], n_full: int | None) -> list[dict]:
+    """Data-aware LSC (V^21, softmax s 32 m 0.2, not re-assigned) and Partial FC CosFace d128 rows at 3 epochs,
+    by hidden width / classes: 1,000 (capacity), 5,000 (levers) and the full set."""
+    sizes = {f"{CAPACITY_SIZE} (capacity)": CAPACITY_SIZE, "5000 (levers)": 5000, "full": n_full}
+    out = []
+    for r in raw:
+        n, words = sizes.get(r["size"]), r["config"].split()
+        lsc_row = words[0] == "LSC" and words[1] in ("v21@128", "v21@256") and words[2:5] == ["sm32", "m0.2", "data"]
+        pfc_row = words[:4] == ["PFC", "cosface", "d128", "r1.0"]
+        if not n or r["epochs"] != 3 or not (lsc_row and len(words) <= 6 or pfc_row and len(words) <= 5):
+            continue
+        h = hidden_of(r["config"])
+        out.append({"model": words[0], "classes": n, "hidden": h, "ratio": h / n, "config": r["config"],
+                    "heldout_top1": statistics.mean(r["heldout_top1"]), "train_acc": statistics.mean(r["train_acc"]),
+                    "s_per_epoch": statistics.mean(r["s_per_epoch"])})  # fmt: skip
+    return sorted(out, key=lambda c: (c["model"], c["classes"], c["hidden"]))
+
+
+def capacity_table(cap: list[dict]) -> str:
+    head = ["model", "classes", "hidden", "hidden / classes", "held-out top-1 %", "train acc %", "s / epoch", "config"]
+    lines = [[c["model"], f"{c['classes']:,}", f"{c['hidden']:,}", f"{c['ratio']:.2f}",
+              f"{100 * c['heldout_top1']:.1f}", f"{100 * c['train_acc']:.1f}", f"{c['s_per_epoch']:.0f}", c["config"]]
+             for c in cap]  # fmt: skip
+    return md_table(head, lines)
+
+
+def capacity_plot(cap: list[dict], path: Path) -> None:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.4))
+    for model, style in (("LSC", "o-"), ("PFC", "s--")):
+        for n in sorted({c["classes"] for c in cap if c["model"] == model}):
+            pts = [c for c in cap if c["model"] == model and c["classes"] == n]
+            ax.plot([c["ratio"] for c in pts], [c["heldout_top1"] for c in pts], style,
+                    label=f"{'LSC data-aware' if model == 'LSC' else 'Partial FC'}, {n:,} classes")  # fmt: skip
+    ax.set(xscale="log", xlabel="hidden width / classes", ylabel="held-out top-1 (3 epochs)", ylim=(0, 1.01),
+           title="Held-out accuracy vs the hidden layer's width per class")  # fmt: skip
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    save_figure(fig, path)
+
+
 # ---- main ---------------------------------------------------------------------------------------------------------
 
 
@@ -414,7 +475,7 @@ def best(rows: list[dict], prefix: str) -> str:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parts = ["all", "baselines", "levers", "small", "sweep", "seeds", "full", "report"]
+    parts = ["all", "baselines", "levers", "capacity", "small", "sweep", "seeds", "full", "report"]
     p.add_argument("--part", choices=parts, default="all")
     p.add_argument("--sizes", type=int, nargs="+", default=[1000, 5000])
     p.add_argument("--epochs", type=int, default=10)
@@ -434,7 +495,7 @@ def main(argv=None):
     out, t0 = Path(a.out), time.time()
     out.mkdir(parents=True, exist_ok=True)
     runs = out / ("runs_smoke" if a.smoke else "runs")
-    parts = ["baselines", "levers", "small", "sweep", "seeds", "full"] if a.part == "all" else [a.part]
+    parts = ["baselines", "levers", "capacity", "small", "sweep", "seeds", "full"] if a.part == "all" else [a.part]
     if a.smoke:
         parts = ["baselines", "smoke"]
     baselines = part_baselines(a, out) if "baselines" in parts or a.part in ("all", "report") else {}
@@ -451,6 +512,9 @@ def main(argv=None):
     lever_jobs = jobs_for(sweep_size, levers, [0], a.lever_epochs, prefix="levers") if not a.smoke else ([], [])
     if "levers" in parts or a.part == "report":
         jobs, keys = jobs + lever_jobs[0], keys + lever_jobs[1]
+    if ("capacity" in parts or a.part == "report") and not a.smoke:
+        j, k = jobs_for(CAPACITY_SIZE, capacity_rows(), [0], a.lever_epochs, prefix="capacity")
+        jobs, keys = jobs + j, keys + k
     if "small" in parts:
         for size in small:
             j, k = jobs_for(size, small_rows(size), [0], a.epochs)
@@ -477,10 +541,11 @@ def main(argv=None):
         picks = [best(pool, "LSC"), best(pool, "PFC")] if pool else [LSC_ROW, PFC_ROW]
         every = dict(sweep_rows(sweep_size) + levers)
         seeds = SEEDS[: a.seeds]
-        jobs, keys = jobs_for(sweep_size, [(p, every[p]) for p in picks], seeds, a.epochs)
+        # the headline rows' seeds at the lever budget (seed 0 is the lever run itself)
+        jobs, keys = jobs_for(sweep_size, [(p, every[p]) for p in picks], seeds, a.lever_epochs, prefix="levers")
         if "seeds" in parts or a.part == "report":
             res = run_many(runs, jobs, workers=a.workers) if a.part != "report" else _cached(runs, jobs)
-            by = {k: v for k, v in by.items() if k[1] not in picks or k[0] != tag}
+            by = {k: v for k, v in by.items() if k[1] not in picks or k[0] != f"{tag} (levers)"}
             for key, r in zip(keys, res, strict=True):
                 if r is not None:
                     by.setdefault(key, []).append(r)
@@ -513,6 +578,16 @@ def main(argv=None):
             "augmentation: on augmented glyphs). s / epoch: median, two runs sharing the 2 cores. Class state: what "
             "grows with the classes (Partial FC / CE: weights + AdamW moments; LSC keyed: nothing; data-assigned: its "
             "table). Baselines: memory is the glyphs (1-NN) or centroids they keep.")  # fmt: skip
+    cap = [] if a.smoke else capacity(raw, n_full)
+    if cap:
+        text += (
+            "\n\n### Held-out top-1 vs hidden width per class (3 epochs, one seed)\n\n"
+            + capacity_table(cap)
+            + "\n\nLSC: V_128^21 (V_256^21 at the full set), data-aware, full-system softmax s 32 m 0.2; "
+            "Partial FC: CosFace d128, sample rate 1.0; the same encoder_small_flat, the hidden width shown."
+        )
+        capacity_plot(cap, out / f"{name}_capacity.png")
+        (out / f"{name}_capacity.json").write_text(json.dumps(cap, indent=1) + "\n")
     print(text)
     write_results(out, name, text, raw)
     plot(raw, out / f"{name}.png", n_full)

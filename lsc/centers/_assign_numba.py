@@ -2,16 +2,16 @@
 
 Per class in the rule's order: take the precomputed nearest vector when free, else walk the class's vectors
 best-first (arXiv 2604.00779, Algorithm 2, as `search.best_first`): states are the sorted-frame positions of an
-orbit's nonzero entries, successors the adjacent swaps that move a larger value down the frame, scores the exact
-(Shewchuk, as math.fsum) sums times the orbit's 1/|v|, popped by (score, push order) and grouped into levels of
-equal score; the lowest free index of the first level holding a free vector wins. A walk past `budget` pops hands
+orbit's nonzero entries, successors the adjacent swaps that move a larger value down the frame (each state pushed
+by one parent: a spanning tree of the swaps, no set of seen states), scores the exact (Shewchuk, as math.fsum) sums
+times the orbit's 1/|v|, popped from an array heap by (score, push order) and grouped into levels of equal score;
+the lowest free index of the first level holding a free vector wins. A walk past `budget` pops hands
 the class back to the caller (which scans the free vectors: the same answer). Taken vectors are a bitmap, 1 bit
 per vector. Classes are processed in batches so the caller can report progress between them.
 """
 
 from __future__ import annotations
 
-import heapq
 import math
 import os
 
@@ -57,8 +57,6 @@ def system_arrays(system) -> tuple:
     for a in range(n + 1):
         for b in range(k_max + 1):
             binom[a, b] = math.comb(a, b)
-    if val0.min() < -8 or val0.max() > 7:
-        raise ValueError(f"{system.display}: entries outside [-8, 7] are not supported by the compiled walk")
     return pos0, val0, nnz, gval, gmul, ngroups, place, inv_norm, offsets, binom
 
 
@@ -114,7 +112,13 @@ def _rank(pos, val, k, o, order, gval, gmul, ngroups, place, offsets, binom, buf
             if val[j] == v:
                 buf[c] = order[pos[j]]
                 c += 1
-        buf[:c].sort()
+        for i in range(1, c):  # insertion sort (c is small; an array sort call costs more here)
+            q = buf[i]
+            m = i - 1
+            while m >= 0 and buf[m] > q:
+                buf[m + 1] = buf[m]
+                m -= 1
+            buf[m + 1] = q
         r = 0
         for i in range(c):
             p = buf[i]
@@ -130,30 +134,31 @@ def _rank(pos, val, k, o, order, gval, gmul, ngroups, place, offsets, binom, buf
     return offsets[o] + idx
 
 
-def _key(pos, val, k, o, pbits, vshift):
-    """A state's identity as one int64: its orbit, then each entry's position and value."""
-    key = o
-    for j in range(k):
-        key = (key << pbits) | pos[j]
-        key = (key << 4) | (val[j] + vshift)
-    return key
-
-
 def _is_taken(bits, j):
     return (bits[j >> 3] >> (j & 7)) & 1
 
 
+def _value_at(pos, val, k, p):
+    """The value a state (sorted-frame positions pos[:k] holding val[:k]) has at frame position p."""
+    for j in range(k):
+        if pos[j] == p:
+            return val[j]
+    return 0
+
+
 def _walk(row, bits, budget, pos0, val0, nnz, gval, gmul, ngroups, place, inv_norm, offsets, binom):
-    """(best free vector of one prototype row, pops); (-1, pops) once a level ends past `budget` pops."""
+    """(best free vector of one prototype row, pops); (-1, pops) once a level ends past `budget` pops.
+
+    Each state is pushed once, by one parent, with no set of seen states: a state pushes the successor made by the
+    swap at frame positions (lo, lo + 1) only when lo is that successor's lowest ascent (its first adjacent pair
+    with the smaller value above the larger one), so a state's parent is the state that undoes its lowest ascent.
+    Every state but an orbit's start (values non-increasing down the frame) has an ascent, so every state has
+    exactly one parent, one inversion closer to the start, and a parent scores at least as high as its child (the
+    larger value sits at the larger coordinate): the states are popped in the same order of scores as by a walk that
+    pushes every swap and drops repeats, so the same levels, the same pops, the same answer. A state keeps its
+    lowest ascent `asc`; the swap at lo is the successor's lowest ascent iff the state has no ascent below lo - 1
+    (asc >= lo - 1) and the value above lo is at least the one moving up into lo."""
     n = row.shape[0]
-    pbits = 1
-    while (1 << pbits) < n:
-        pbits += 1
-    obits = 1
-    while (1 << obits) < pos0.shape[0]:
-        obits += 1
-    vshift = 8  # values lie in [-8, 7] (checked by system_arrays)
-    packed = obits + pos0.shape[1] * (pbits + 4) <= 62  # states keyed by their packed entries, ranked when popped
     order = np.argsort(-row, kind="mergesort")  # stable: ties by lower coordinate, as sorted() in search.py
     zs = row[order]
     n_orb, kk = pos0.shape
@@ -161,35 +166,33 @@ def _walk(row, bits, budget, pos0, val0, nnz, gval, gmul, ngroups, place, inv_no
     s_pos = np.empty((cap, kk), np.int64)
     s_val = np.empty((cap, kk), np.int64)
     s_orb = np.empty(cap, np.int64)
-    s_idx = np.empty(cap, np.int64)
+    s_asc = np.empty(cap, np.int64)
     terms = np.empty(kk)
     partials = np.empty(kk + 1)
     buf = np.empty(kk, np.int64)
     tk = np.empty(kk, np.int64)
-    seen = set()
-    heap = [(0.0, np.int64(0))]
-    heap.pop()
+    h_key = np.empty(cap)  # the heap: (-score, state id), state ids growing with pushes (the push order)
+    h_sid = np.empty(cap, np.int64)
+    h_n = 0
     n_states = 0
-    cand_pos = np.empty(kk, np.int64)
-    cand_val = np.empty(kk, np.int64)
     for o in range(n_orb):
         k = nnz[o]
-        idx = _rank(pos0[o], val0[o], k, o, order, gval, gmul, ngroups, place, offsets, binom, buf, tk)
-        seen.add(_key(pos0[o], val0[o], k, o, pbits, vshift) if packed else idx)
         for j in range(k):
             terms[j] = val0[o, j] * zs[pos0[o, j]]
         score = _fsum(terms, k, partials) * inv_norm[o]
         s_pos[n_states, :k] = pos0[o, :k]
         s_val[n_states, :k] = val0[o, :k]
-        s_orb[n_states], s_idx[n_states] = o, idx
-        heapq.heappush(heap, (-score, np.int64(n_states)))  # state ids grow with pushes: the push order (tick)
+        s_orb[n_states], s_asc[n_states] = o, n  # a start state has no ascent
+        _heap_push(h_key, h_sid, h_n, -score, n_states)
+        h_n += 1
         n_states += 1
     pops = 0
     have_level = False
     level_score = 0.0
     best = -1  # lowest free index of the current level
-    while len(heap) > 0:
-        neg, sid = heapq.heappop(heap)
+    while h_n > 0:
+        neg, sid = _heap_pop(h_key, h_sid, h_n)
+        h_n -= 1
         score = -neg
         pops += 1
         if have_level and score < level_score:
@@ -200,63 +203,92 @@ def _walk(row, bits, budget, pos0, val0, nnz, gval, gmul, ngroups, place, inv_no
         level_score, have_level = score, True
         o = s_orb[sid]
         k = nnz[o]
-        idx = s_idx[sid]
-        if idx < 0:  # keyed by its entries: ranked now
-            idx = _rank(s_pos[sid], s_val[sid], k, o, order, gval, gmul, ngroups, place, offsets, binom, buf, tk)
+        idx = _rank(s_pos[sid], s_val[sid], k, o, order, gval, gmul, ngroups, place, offsets, binom, buf, tk)
         if not _is_taken(bits, idx) and (best < 0 or idx < best):
             best = idx
-        for a in range(k):  # successors: adjacent swaps moving a larger value down the frame, in search.py's order
+        asc = s_asc[sid]
+        for a in range(k):  # successors: adjacent swaps moving a larger value down the frame
             p = s_pos[sid, a]
             for side in range(2):
                 lo = p if side == 0 else p - 1
                 hi = lo + 1
-                if lo < 0 or hi >= n:
+                if lo < 0 or hi >= n or asc < lo - 1:
                     continue
-                vlo = 0
-                vhi = 0
-                for j in range(k):
-                    if s_pos[sid, j] == lo:
-                        vlo = s_val[sid, j]
-                    elif s_pos[sid, j] == hi:
-                        vhi = s_val[sid, j]
+                if side == 0:
+                    vlo, vhi = s_val[sid, a], _value_at(s_pos[sid], s_val[sid], k, hi)
+                else:  # a swap with a nonzero value at lo is that entry's side 0: here only an empty lo
+                    if _value_at(s_pos[sid], s_val[sid], k, lo) != 0:
+                        continue
+                    vlo, vhi = 0, s_val[sid, a]
                 if vlo <= vhi:
                     continue
-                for j in range(k):  # swap the entries at lo and hi, keep positions ascending
-                    q = s_pos[sid, j]
-                    cand_pos[j] = hi if q == lo else (lo if q == hi else q)
-                    cand_val[j] = s_val[sid, j]
-                for j in range(1, k):  # insertion sort by position (k is small)
-                    q, w = cand_pos[j], cand_val[j]
-                    m = j - 1
-                    while m >= 0 and cand_pos[m] > q:
-                        cand_pos[m + 1] = cand_pos[m]
-                        cand_val[m + 1] = cand_val[m]
-                        m -= 1
-                    cand_pos[m + 1], cand_val[m + 1] = q, w
-                if packed:  # rank only when popped
-                    nidx = -1
-                    key = _key(cand_pos, cand_val, k, o, pbits, vshift)
-                else:
-                    nidx = _rank(cand_pos, cand_val, k, o, order, gval, gmul, ngroups, place, offsets, binom, buf, tk)
-                    key = nidx
-                if key in seen:
-                    continue
-                seen.add(key)
-                for j in range(k):
-                    terms[j] = cand_val[j] * zs[cand_pos[j]]
-                nscore = _fsum(terms, k, partials) * inv_norm[o]
+                if lo > 0 and _value_at(s_pos[sid], s_val[sid], k, lo - 1) < vhi:
+                    continue  # the successor would have an ascent at lo - 1: another state is its parent
                 if n_states == cap:
                     cap *= 2
                     s_pos = _grow2(s_pos, cap)
                     s_val = _grow2(s_val, cap)
                     s_orb = _grow1(s_orb, cap)
-                    s_idx = _grow1(s_idx, cap)
-                s_pos[n_states, :k] = cand_pos[:k]
-                s_val[n_states, :k] = cand_val[:k]
-                s_orb[n_states], s_idx[n_states] = o, nidx
-                heapq.heappush(heap, (-nscore, np.int64(n_states)))
+                    s_asc = _grow1(s_asc, cap)
+                    h_key = _grow1(h_key, cap)
+                    h_sid = _grow1(h_sid, cap)
+                for j in range(k):  # swap the values at lo and hi, then keep the positions ascending
+                    q = s_pos[sid, j]
+                    q = hi if q == lo else (lo if q == hi else q)
+                    s_pos[n_states, j] = q
+                    s_val[n_states, j] = s_val[sid, j]
+                    terms[j] = s_val[sid, j] * zs[q]
+                _sort_entries(s_pos[n_states], s_val[n_states], k)
+                nscore = _fsum(terms, k, partials) * inv_norm[o]
+                s_orb[n_states], s_asc[n_states] = o, lo
+                _heap_push(h_key, h_sid, h_n, -nscore, n_states)
+                h_n += 1
                 n_states += 1
     return best, pops
+
+
+def _heap_push(key, sid, n, k, i):
+    """Push (k, i) onto the binary min-heap key[:n], sid[:n] (ordered by key, then sid)."""
+    j = n
+    while j > 0:
+        up = (j - 1) >> 1
+        if key[up] < k or (key[up] == k and sid[up] < i):
+            break
+        key[j], sid[j] = key[up], sid[up]
+        j = up
+    key[j], sid[j] = k, i
+
+
+def _heap_pop(key, sid, n):
+    """Pop the smallest (key, sid) of the binary min-heap key[:n], sid[:n] (n - 1 entries are left)."""
+    k0, i0 = key[0], sid[0]
+    n -= 1
+    k, i = key[n], sid[n]
+    j = 0
+    while True:
+        c = 2 * j + 1
+        if c >= n:
+            break
+        if c + 1 < n and (key[c + 1] < key[c] or (key[c + 1] == key[c] and sid[c + 1] < sid[c])):
+            c += 1
+        if key[c] > k or (key[c] == k and sid[c] > i):
+            break
+        key[j], sid[j] = key[c], sid[c]
+        j = c
+    key[j], sid[j] = k, i
+    return k0, i0
+
+
+def _sort_entries(pos, val, k):
+    """Insertion sort of a state's entries by position (k is small)."""
+    for j in range(1, k):
+        q, w = pos[j], val[j]
+        m = j - 1
+        while m >= 0 and pos[m] > q:
+            pos[m + 1] = pos[m]
+            val[m + 1] = val[m]
+            m -= 1
+        pos[m + 1], val[m + 1] = q, w
 
 
 def _grow2(a, cap):
@@ -296,7 +328,10 @@ if HAVE_NUMBA:
     _fsum = numba.njit(cache=True)(_fsum)
     _rank = numba.njit(cache=True)(_rank)
     _is_taken = numba.njit(cache=True)(_is_taken)
-    _key = numba.njit(cache=True)(_key)
+    _value_at = numba.njit(cache=True)(_value_at)
+    _sort_entries = numba.njit(cache=True)(_sort_entries)
+    _heap_push = numba.njit(cache=True)(_heap_push)
+    _heap_pop = numba.njit(cache=True)(_heap_pop)
     _grow1 = numba.njit(cache=True)(_grow1)
     _grow2 = numba.njit(cache=True)(_grow2)
     _walk = numba.njit(cache=True)(_walk)

@@ -138,14 +138,6 @@ def _is_taken(bits, j):
     return (bits[j >> 3] >> (j & 7)) & 1
 
 
-def _value_at(pos, val, k, p):
-    """The value a state (sorted-frame positions pos[:k] holding val[:k]) has at frame position p."""
-    for j in range(k):
-        if pos[j] == p:
-            return val[j]
-    return 0
-
-
 def _walk(row, bits, budget, pos0, val0, nnz, gval, gmul, ngroups, place, inv_norm, offsets, binom):
     """(best free vector of one prototype row, pops); (-1, pops) once a level ends past `budget` pops.
 
@@ -208,21 +200,24 @@ def _walk(row, bits, budget, pos0, val0, nnz, gval, gmul, ngroups, place, inv_no
             best = idx
         asc = s_asc[sid]
         for a in range(k):  # successors: adjacent swaps moving a larger value down the frame
-            p = s_pos[sid, a]
+            p, va = s_pos[sid, a], s_val[sid, a]
+            # the neighbouring entries (positions ascend): what the frame holds at p - 2 .. p + 1
+            pp, pv = -3, 0
+            if a > 0:
+                pp, pv = s_pos[sid, a - 1], s_val[sid, a - 1]
+            nxt = a + 1 < k and s_pos[sid, a + 1] == p + 1
             for side in range(2):
-                lo = p if side == 0 else p - 1
-                hi = lo + 1
-                if lo < 0 or hi >= n or asc < lo - 1:
-                    continue
-                if side == 0:
-                    vlo, vhi = s_val[sid, a], _value_at(s_pos[sid], s_val[sid], k, hi)
-                else:  # a swap with a nonzero value at lo is that entry's side 0: here only an empty lo
-                    if _value_at(s_pos[sid], s_val[sid], k, lo) != 0:
+                if side == 0:  # swap (p, p + 1): entry a moves down, or trades values with entry a + 1
+                    lo, vlo = p, va
+                    vhi = s_val[sid, a + 1] if nxt else 0
+                else:  # swap (p - 1, p) with an empty p - 1 (a nonzero there makes it that entry's side 0)
+                    lo, vlo, vhi = p - 1, 0, va
+                    if pp == lo:
                         continue
-                    vlo, vhi = 0, s_val[sid, a]
-                if vlo <= vhi:
+                hi = lo + 1
+                if lo < 0 or hi >= n or asc < lo - 1 or vlo <= vhi:
                     continue
-                if lo > 0 and _value_at(s_pos[sid], s_val[sid], k, lo - 1) < vhi:
+                if lo > 0 and (pv if pp == lo - 1 else 0) < vhi:
                     continue  # the successor would have an ascent at lo - 1: another state is its parent
                 if n_states == cap:
                     cap *= 2
@@ -232,16 +227,18 @@ def _walk(row, bits, budget, pos0, val0, nnz, gval, gmul, ngroups, place, inv_no
                     s_asc = _grow1(s_asc, cap)
                     h_key = _grow1(h_key, cap)
                     h_sid = _grow1(h_sid, cap)
-                for j in range(k):  # swap the values at lo and hi, then keep the positions ascending
-                    q = s_pos[sid, j]
-                    q = hi if q == lo else (lo if q == hi else q)
-                    s_pos[n_states, j] = q
-                    s_val[n_states, j] = s_val[sid, j]
-                    terms[j] = s_val[sid, j] * zs[q]
-                _sort_entries(s_pos[n_states], s_val[n_states], k)
+                t = n_states
+                for j in range(k):
+                    s_pos[t, j], s_val[t, j] = s_pos[sid, j], s_val[sid, j]
+                if side == 0 and nxt:  # adjacent entries trade values: the positions stay
+                    s_val[t, a], s_val[t, a + 1] = vhi, vlo
+                else:  # entry a moves into the empty neighbouring slot: the positions stay ascending
+                    s_pos[t, a] = hi if side == 0 else lo
+                for j in range(k):
+                    terms[j] = s_val[t, j] * zs[s_pos[t, j]]
                 nscore = _fsum(terms, k, partials) * inv_norm[o]
-                s_orb[n_states], s_asc[n_states] = o, lo
-                _heap_push(h_key, h_sid, h_n, -nscore, n_states)
+                s_orb[t], s_asc[t] = o, lo
+                _heap_push(h_key, h_sid, h_n, -nscore, t)
                 h_n += 1
                 n_states += 1
     return best, pops
@@ -277,18 +274,6 @@ def _heap_pop(key, sid, n):
         j = c
     key[j], sid[j] = k, i
     return k0, i0
-
-
-def _sort_entries(pos, val, k):
-    """Insertion sort of a state's entries by position (k is small)."""
-    for j in range(1, k):
-        q, w = pos[j], val[j]
-        m = j - 1
-        while m >= 0 and pos[m] > q:
-            pos[m + 1] = pos[m]
-            val[m + 1] = val[m]
-            m -= 1
-        pos[m + 1], val[m + 1] = q, w
 
 
 def _grow2(a, cap):
@@ -328,8 +313,6 @@ if HAVE_NUMBA:
     _fsum = numba.njit(cache=True)(_fsum)
     _rank = numba.njit(cache=True)(_rank)
     _is_taken = numba.njit(cache=True)(_is_taken)
-    _value_at = numba.njit(cache=True)(_value_at)
-    _sort_entries = numba.njit(cache=True)(_sort_entries)
     _heap_push = numba.njit(cache=True)(_heap_push)
     _heap_pop = numba.njit(cache=True)(_heap_pop)
     _grow1 = numba.njit(cache=True)(_grow1)

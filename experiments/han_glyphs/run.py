@@ -259,6 +259,12 @@ def capacity_rows() -> list[tuple[str, list[str]]]:
                    for h in (CAPACITY_HIDDEN[0], CAPACITY_HIDDEN[-2])]  # fmt: skip
 
 
+def headline_rows() -> list[tuple[str, list[str]]]:
+    """5,000 classes, 3 epochs, float32, 3 seeds: the best LSC lever row (hidden 8,192) and Partial FC."""
+    data = lsc("v21", 128, *sm(32, 0.2), "centers.assign=data", FP32, "model.backbone.hidden=8192")
+    return [("LSC v21@128 sm32 m0.2 data h8192 fp32", data), ("PFC cosface d128 r1.0 fp32", [*pfc(128), FP32])]
+
+
 def hidden_of(config: str) -> int:
     """The hidden width of a row, from its label (`... h4096`; encoder_small_flat's 512 when it names none)."""
     return next((int(w[1:]) for w in config.split() if w[0] == "h" and w[1:].isdigit()), 512)
@@ -478,7 +484,7 @@ def best(rows: list[dict], prefix: str) -> str:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parts = ["all", "baselines", "levers", "capacity", "small", "sweep", "seeds", "full", "report"]
+    parts = ["all", "baselines", "levers", "capacity", "headline", "small", "sweep", "seeds", "full", "report"]
     p.add_argument("--part", choices=parts, default="all")
     p.add_argument("--sizes", type=int, nargs="+", default=[1000, 5000])
     p.add_argument("--epochs", type=int, default=10)
@@ -498,7 +504,8 @@ def main(argv=None):
     out, t0 = Path(a.out), time.time()
     out.mkdir(parents=True, exist_ok=True)
     runs = out / ("runs_smoke" if a.smoke else "runs")
-    parts = ["baselines", "levers", "capacity", "small", "sweep", "seeds", "full"] if a.part == "all" else [a.part]
+    every_part = ["baselines", "levers", "capacity", "headline", "small", "sweep", "seeds", "full"]
+    parts = every_part if a.part == "all" else [a.part]
     if a.smoke:
         parts = ["baselines", "smoke"]
     baselines = part_baselines(a, out) if "baselines" in parts or a.part in ("all", "report") else {}
@@ -521,6 +528,9 @@ def main(argv=None):
         jobs, keys = jobs + j, keys + k
         seeded = [r for r in rows if r[0].split()[-2] == f"h{CAPACITY_HIDDEN[-2]}"]  # LSC and PFC at 0.8: 3 seeds
         j, k = jobs_for(CAPACITY_SIZE, seeded, SEEDS[1:], a.lever_epochs, prefix="capacity")
+        jobs, keys = jobs + j, keys + k
+    if ("headline" in parts or a.part == "report") and not a.smoke:
+        j, k = jobs_for(sweep_size, headline_rows(), SEEDS[: a.seeds], a.lever_epochs, prefix="headline")
         jobs, keys = jobs + j, keys + k
     if "small" in parts:
         for size in small:

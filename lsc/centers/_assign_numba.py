@@ -101,16 +101,17 @@ def _fsum(x, m, p):
     return hi
 
 
-def _rank(pos, val, k, o, order, gval, gmul, ngroups, place, offsets, binom, buf, taken):
-    """Global index of the state (sorted-frame positions pos[:k] holding val[:k]) of orbit o (Orbit.rank_py)."""
+def _rank(pos, val, sid, k, o, order, gval, gmul, ngroups, place, offsets, binom, buf, taken):
+    """Global index of state sid (sorted-frame positions pos[sid, :k] holding val[sid, :k]) of orbit o
+    (Orbit.rank_py)."""
     idx = 0
     nt = 0
     for g in range(ngroups[o]):
         v = gval[o, g]
         c = 0
         for j in range(k):
-            if val[j] == v:
-                buf[c] = order[pos[j]]
+            if val[sid, j] == v:
+                buf[c] = order[pos[sid, j]]
                 c += 1
         for i in range(1, c):  # insertion sort (c is small; an array sort call costs more here)
             q = buf[i]
@@ -195,7 +196,7 @@ def _walk(row, bits, budget, pos0, val0, nnz, gval, gmul, ngroups, place, inv_no
         level_score, have_level = score, True
         o = s_orb[sid]
         k = nnz[o]
-        idx = _rank(s_pos[sid], s_val[sid], k, o, order, gval, gmul, ngroups, place, offsets, binom, buf, tk)
+        idx = _rank(s_pos, s_val, sid, k, o, order, gval, gmul, ngroups, place, offsets, binom, buf, tk)
         if not _is_taken(bits, idx) and (best < 0 or idx < best):
             best = idx
         asc = s_asc[sid]
@@ -310,11 +311,11 @@ def _assign_range(
 
 
 if HAVE_NUMBA:
-    _fsum = numba.njit(cache=True)(_fsum)
-    _rank = numba.njit(cache=True)(_rank)
-    _is_taken = numba.njit(cache=True)(_is_taken)
-    _heap_push = numba.njit(cache=True)(_heap_push)
-    _heap_pop = numba.njit(cache=True)(_heap_pop)
+    _fsum = numba.njit(cache=True, inline="always")(_fsum)
+    _rank = numba.njit(cache=True, inline="always")(_rank)
+    _is_taken = numba.njit(cache=True, inline="always")(_is_taken)
+    _heap_push = numba.njit(cache=True, inline="always")(_heap_push)
+    _heap_pop = numba.njit(cache=True, inline="always")(_heap_pop)
     _grow1 = numba.njit(cache=True)(_grow1)
     _grow2 = numba.njit(cache=True)(_grow2)
     _walk = numba.njit(cache=True)(_walk)

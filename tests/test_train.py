@@ -506,3 +506,20 @@ def test_vit_patch_must_divide_image(tmp_path):
 
 def test_n_dim_must_be_integer(tmp_path):
     _fails_early(tmp_path, ValueError, r"'auto' or an integer", "centers.n_dim=abc")
+
+
+@pytest.mark.parametrize(("precision", "native", "warns"), [("bf16-mixed", False, True), ("bf16-mixed", True, False),
+                                                           ("32-true", False, False)])  # fmt: skip
+def test_bf16_on_a_cpu_without_native_bf16_warns(precision, native, warns, monkeypatch, caplog):
+    """bf16 autocast on an AVX2 CPU (oneDNN emulates bf16) is several times slower than float32: the run says so."""
+    import logging
+
+    import lightning as L
+
+    from lsc import train as train_mod
+
+    monkeypatch.setattr(train_mod, "cpu_has_native_bf16", lambda: native)
+    t = L.Trainer(accelerator="cpu", precision=precision, logger=False, enable_checkpointing=False)
+    with caplog.at_level(logging.WARNING, logger="lsc.train"):
+        assert train_mod.warn_slow_cpu_bf16(t) is warns
+    assert ("set trainer.precision=32-true" in caplog.text) is warns

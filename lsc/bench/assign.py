@@ -45,9 +45,10 @@ The rule (`lsc.centers.assignment.assign_nearest_free`, exact and deterministic)
 their prototype fits its nearest vector (cosine, descending; ties by label), each takes the vector with the
 largest cosine among those no earlier class took (ties by index). The nearest vector comes from one batched
 O(n_dim) pass; only a class whose nearest vector is taken walks its vectors best-first (Algorithm 2 of the top-k
-paper) until a free one: no class x vector matrix, a bitmap of taken vectors; a walk that has popped 2,048 vectors
-without a free one (a nearly full system: n_classes close to its count, as at n_min) scans the free vectors instead
-and gets the same answer (near-best re-scored exactly). `centers.assign_rule=global` is the
+paper) until a free one: no class x vector matrix, a bitmap of taken vectors; a walk that has popped its budget of
+vectors without a free one (count / 16 for the compiled walk, about the cost of one scan; 2,048 for the Python walk;
+a nearly full system: n_classes close to its count, as at n_min) scans the free vectors instead and gets the same
+answer (near-best re-scored exactly). `centers.assign_rule=global` is the
 prototype's rule (all class-vector pairs in descending cosine), for comparison where C x count fits (2^27 pairs).
 The result is an explicit table: label -> vector by an int32 position and an int64 sorted index, vector -> label by
 binary search: 16 bytes per class (vs 12 x embed_dim bytes per class for learned weights with AdamW: 564 B at 47
@@ -266,8 +267,9 @@ def main(argv=None):
             ],
             rows,
         )  # fmt: skip
-        + "\n\nA walk enumerates a class's vectors best-first until a free one (past 2,048: a scan of the free ones); "
-        "the rest take their nearest vector. numba: the compiled walk; python: the reference walk, beside it. "
+        + "\n\nA walk enumerates a class's vectors best-first until a free one (past its budget, count / 16 vectors "
+        "for the compiled walk and 2,048 for the Python one: a scan of the free ones); the rest take their nearest "
+        "vector. numba: the compiled walk; python: the reference walk, beside it. "
         f"Identical tables (digest) where both ran: {len(same)} of {sum(x['walk'] == 'python' for x in raw)}.\n"
         + "\n".join(lines)
     )

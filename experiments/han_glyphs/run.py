@@ -240,7 +240,6 @@ def lever_rows(runs: Path | None = None, size: int = 5000, epochs: int = 3) -> l
         ("LSC v21@128 sm32 m0.2 reassigned h2048", reassigned(H2048, "LSC v21@128 sm32 m0.2 data h2048")),
         ("LSC v21@128 sm32 m0.2 data h8192", [*data, "model.backbone.hidden=8192"]),
         ("LSC v21@128 sm32 m0.2 reassigned h4096", reassigned(H4096, "LSC v21@128 sm32 m0.2 data h4096")),
-        ("LSC v21@128 sm32 m0.2 data h1024", [*data, "model.backbone.hidden=1024"]),
     ]
 
 

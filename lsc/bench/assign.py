@@ -60,19 +60,29 @@ through it unchanged; vectors no class owns stay "unlabeled".
 <!-- /RESULT -->
 
 How it grows (compiled walk, one thread per point, side by side with the Python walk up to 100,000 classes, the
-same table by digest in every pair): the batched nearest-vector pass is O(n_dim) per class and cheap; the cost is
-the walks, which grow with how full the system is and how tightly the prototypes cluster. Spread prototypes: 6.6 s
-at 1M classes (the Python walk took 89 s on an earlier day) and 97 s at 10M (V_82^22, 4.1 GiB peak RSS, most of it
-the 3.3 GB of float32 prototypes). Clustered ones (1,000 clusters: 1,000 classes per cluster at 1M want the same
-few vectors) are the wall: at 1M classes, V^22 at n_min is 93% full, 99% of the classes walk, 99 vectors per walk,
-111 walks past the 2,048-vector budget end in a scan: 121 s, against the 60 s target (missed by 2x; the Python walk
-did not finish in 25 minutes); at 10M the clustered row did not finish within the 15-minute target (stopped). The
-walk itself runs at ~1.2 us per vector enumerated; what grows is the number of vectors each class must skip, which
-is the rule at n_min on clustered data (each class in a cluster walks past every earlier class's vector). Memory:
-8 B per class for the table while assigning (16 B in the final `Assignment`), 1 bit per vector for the taken
-bitmap, the prototypes read per row (an np.memmap stays on disk). float16 prototypes change the table for 0.8-2.4%
-of the classes (100,000 spread / clustered, 1M spread), so the prototypes stay float32; 10^8 classes were not run
-here: their float32 prototypes (57 GB at V_143^22) exceed this machine's RAM and disk headroom.
+same table by digest in every pair; this table: an AMD EPYC 2-core VM, each point measured while a training run held
+the other core): the batched nearest-vector pass is O(n_dim) per class and cheap; the cost is the walks, which grow
+with how full the system is and how tightly the prototypes cluster. Spread prototypes: 6.9 s at 1M classes and
+103 s at 10M (V_82^22, 4.2 GiB peak RSS, most of it the 3.3 GB of float32 prototypes). Clustered ones (1,000
+clusters: 1,000 classes per cluster at 1M want the same few vectors): at 1M classes, V^22 at n_min is 93% full, 99%
+of the classes walk, 99 vectors per walk: **58 s, the 60 s target met** (121 s before the walk below; the Python walk
+did not finish in 25 minutes). At 10M the clustered row **did not finish in 30 minutes** (the target is 15): there
+each cluster holds 10,000 near-identical classes, and each class walks past every vector its cluster-mates took
+before it, so the vectors per walk grow with the classes per cluster; that is the rule, not the walk's speed.
+
+The walk (`lsc/centers/_assign_numba.py`) enumerates ~1.8M vectors per second here: each state is pushed by exactly one
+parent (the swap undoing its lowest ascent: a spanning tree of the swaps, no hash set of seen states), a successor is
+built from its neighbouring entries in O(1), ranks use an insertion sort, the heap is two arrays, the helpers are
+inlined, and a walk scans the free vectors only after count / 16 pops (about one scan's cost; at 2,048 pops the 1M
+clustered row spent ~9 s in 111 scans). Together ~4x fewer seconds per vector than the previous compiled walk (the
+same 2M vectors of 20,000 walks in a 99%-full V_47^22, interleaved runs on this machine: 4.8 vs 1.2 us with both
+cores busy), for the same pops and the same table (tests/test_assignment.py checks both against the Python walk
+for every system family). Memory: 8 B per class for the table while assigning (16 B in the final `Assignment`), 1
+bit per vector for the taken bitmap, the prototypes read per row (an np.memmap stays on disk). float16 prototypes
+change the table for 0.8-2.4% of the classes (100,000 spread / clustered, 1M spread), so the prototypes stay
+float32; 10^8 classes were not run here: their float32 prototypes are 57 GB at V_143^22 (more than this machine's
+24 GB of RAM, so a memmap on disk), and the rule reads them in its own order (classes by descending fit), not the
+file's: ~47M random row reads.
 
 ## Is the rule the wall? n_dim above n_min
 
@@ -81,7 +91,8 @@ here: their float32 prototypes (57 GB at V_143^22) exceed this machine's RAM and
 <!-- RESULT results/bench_assign_scaling.md -->
 <!-- /RESULT -->
 
-What it shows (measured while a training run held the other core): room in the system helps, but it is not what
+What it shows (measured with the previous compiled walk, on the earlier Intel machine, while a training run held the
+other core; at n_min the walk above now takes 58 s instead of 133): room in the system helps, but it is not what
 makes clustered prototypes slow. From n_min (93% full) to n_min + 8 (49% full) the time falls from 133 s to 61 s,
 yet 98% of the classes still walk and each still enumerates ~46 vectors: in these prototypes 1,000 classes share
 one cluster and want the same vector, so each walks past the vectors its cluster-mates took before it, however

@@ -245,17 +245,31 @@ def lever_rows(runs: Path | None = None, size: int = 5000, epochs: int = 3) -> l
 
 CAPACITY_SIZE = 1000
 CAPACITY_HIDDEN = (100, 200, 400, 800, 1600)  # hidden / classes = 0.1 .. 1.6 at 1,000 classes
+CAPACITY_CHECK = (2000, (200, 800, 1600))  # the same ratios (0.1, 0.4, 0.8) at twice the classes
 FP32 = "trainer.precision=32-true"  # bf16 autocast convolutions are ~8x slower than float32 on CPUs without AVX-512
 
 
-def capacity_rows() -> list[tuple[str, list[str]]]:
-    """1,000 classes, 3 epochs, float32: LSC (data-aware V_128^21) and Partial FC with a hidden layer of 0.1-1.6 x
-    the classes, to set beside the 5,000-class lever rows and the full set: is LSC's held-out accuracy a function of
-    hidden width / classes (the hidden layer holding what learned class weights hold elsewhere)?"""
+def capacity_rows(hidden=CAPACITY_HIDDEN) -> list[tuple[str, list[str]]]:
+    """3 epochs, float32: LSC (data-aware V_128^21) and Partial FC with a hidden layer of 0.1-1.6 x the classes
+    (1,000; a check at 2,000), to set beside the 5,000-class lever rows and the full set: is LSC's held-out accuracy
+    a function of hidden width / classes (the hidden layer holding what learned class weights hold elsewhere)?"""
     data = lsc("v21", 128, *sm(32, 0.2), "centers.assign=data", FP32)
-    rows = [(f"LSC v21@128 sm32 m0.2 data h{h} fp32", [*data, f"model.backbone.hidden={h}"]) for h in CAPACITY_HIDDEN]
-    return rows + [(f"PFC cosface d128 r1.0 h{h} fp32", [*pfc(128), FP32, f"model.backbone.hidden={h}"])
-                   for h in (CAPACITY_HIDDEN[0], CAPACITY_HIDDEN[-2])]  # fmt: skip
+    rows = [(f"LSC v21@128 sm32 m0.2 data h{h} fp32", [*data, f"model.backbone.hidden={h}"]) for h in hidden]
+    return rows + [
+        (f"PFC cosface d128 r1.0 h{hidden[0]} fp32", [*pfc(128), FP32, f"model.backbone.hidden={hidden[0]}"])
+    ]
+
+
+def capacity_jobs(epochs: int) -> tuple[list, list]:
+    """1,000 classes: every width, Partial FC at 0.1 and 0.8, 3 seeds of both at 0.8; 2,000 classes: 3 widths."""
+    pfc_wide = (f"PFC cosface d128 r1.0 h{CAPACITY_HIDDEN[-2]} fp32",
+                [*pfc(128), FP32, f"model.backbone.hidden={CAPACITY_HIDDEN[-2]}"])  # fmt: skip
+    rows = [*capacity_rows(), pfc_wide]
+    jobs, keys = jobs_for(CAPACITY_SIZE, rows, [0], epochs, prefix="capacity")
+    seeded = [r for r in rows if r[0].split()[-2] == f"h{CAPACITY_HIDDEN[-2]}"]  # LSC and PFC at 0.8: 3 seeds
+    j, k = jobs_for(CAPACITY_SIZE, seeded, SEEDS[1:], epochs, prefix="capacity")
+    j2, k2 = jobs_for(CAPACITY_CHECK[0], capacity_rows(CAPACITY_CHECK[1]), [0], epochs, prefix="capacity")
+    return jobs + j + j2, keys + k + k2
 
 
 def headline_rows() -> list[tuple[str, list[str]]]:
@@ -430,7 +444,8 @@ def plot(raw: list[dict], path: Path, n_full: int | None) -> None:
 def capacity(raw: list[dict], n_full: int | None) -> list[dict]:
     """Data-aware LSC (V^21, softmax s 32 m 0.2, not re-assigned) and Partial FC CosFace d128 rows at 3 epochs,
     by hidden width / classes: 1,000 (capacity), 5,000 (levers) and the full set."""
-    sizes = {f"{CAPACITY_SIZE} (capacity)": CAPACITY_SIZE, "5000 (levers)": 5000, "full": n_full}
+    sizes = {f"{n} (capacity)": n for n in (CAPACITY_SIZE, CAPACITY_CHECK[0])}
+    sizes.update({"5000 (levers)": 5000, "full": n_full})
     out = []
     for r in raw:
         n, words = sizes.get(r["size"]), [w for w in r["config"].split() if w != "fp32"]
@@ -522,11 +537,7 @@ def main(argv=None):
     if "levers" in parts or a.part == "report":
         jobs, keys = jobs + lever_jobs[0], keys + lever_jobs[1]
     if ("capacity" in parts or a.part == "report") and not a.smoke:
-        rows = capacity_rows()
-        j, k = jobs_for(CAPACITY_SIZE, rows, [0], a.lever_epochs, prefix="capacity")
-        jobs, keys = jobs + j, keys + k
-        seeded = [r for r in rows if r[0].split()[-2] == f"h{CAPACITY_HIDDEN[-2]}"]  # LSC and PFC at 0.8: 3 seeds
-        j, k = jobs_for(CAPACITY_SIZE, seeded, SEEDS[1:], a.lever_epochs, prefix="capacity")
+        j, k = capacity_jobs(a.lever_epochs)
         jobs, keys = jobs + j, keys + k
     if ("headline" in parts or a.part == "report") and not a.smoke:
         j, k = jobs_for(sweep_size, headline_rows(), SEEDS[: a.seeds], a.lever_epochs, prefix="headline")

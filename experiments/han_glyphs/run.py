@@ -133,19 +133,19 @@ and 2,000 classes (a check), set beside the 5,000-class and full-set rows above 
 ![held-out top-1 vs hidden width per class](results/han_glyphs_capacity.png)
 
 LSC's held-out accuracy is set by the hidden width **per class**, at every class count measured: at 0.1 hidden units
-per class 57-66% (1,000 / 5,000 / 20,919 classes), at 0.2 73-83%, at 0.4 88-93%, at 0.8 96.2 +- 0.3% (1,000, 3
-seeds) and 97.6% (5,000), at 1.6 97.6-98.3%. Partial FC does not care: 99.7% at 0.1 and 99.6 +- 0.3% at 0.8 (1,000
-classes, 3 seeds), 99.4% at 0.1 on the full set. Why: with fixed centers, class c (V^21: +1 at i, -1 at j) is
-predicted when coordinate i is the largest and j the smallest, so each of the n_dim coordinates must fire for a
-union of ~2C / n_dim unrelated characters and for no other; a linear map from the hidden layer can carve such a
-union only if the hidden layer already separates the characters, which takes on the order of one hidden unit per
-class (Cover's count: a random split of C clusters is linearly separable in ~C/2 dimensions). Data-aware assignment
-makes the unions less arbitrary (+3 to +18 points) but does not remove the count. Partial FC puts that per-class
-capacity in its class weights (128 numbers per class); LSC has to put it in the hidden layer (1,025 + n_dim weights
-per hidden unit). So the class-count-free model is, for new images, a model whose width must grow with the classes:
-at the full set, LSC's 97% regime (0.8 per class) needs a hidden layer of ~16,700, ~21M parameters, against Partial
-FC's 5.1M in all (2.7M of them class weights) for 99.4%; at equal parameters (LSC hidden 4,096: 5.3M) LSC scores
-82.6%.
+per class 57-66% (1,000 / 2,000 / 5,000 / 20,919 classes), at 0.2 73-83%, at 0.4 88-93%, at 0.8 96.2 +- 0.3% (1,000,
+3 seeds), 95.6% (2,000) and 97.6% (5,000), at 1.6 97.6-98.3%. Partial FC does not care: 99.7% at 0.1 (1,000 and
+2,000 classes) and 99.6 +- 0.3% at 0.8 (1,000 classes, 3 seeds), 99.4% at 0.1 on the full set. Why: with fixed
+centers, class c (V^21: +1 at i, -1 at j) is predicted when coordinate i is the largest and j the smallest, so each
+of the n_dim coordinates must fire for a union of ~2C / n_dim unrelated characters and for no other; a linear map
+from the hidden layer can carve such a union only if the hidden layer already separates the characters, which takes
+on the order of one hidden unit per class (Cover's count: a random split of C clusters is linearly separable in ~C/2
+dimensions). Data-aware assignment makes the unions less arbitrary (+3 to +18 points) but does not remove the count.
+Partial FC puts that per-class capacity in its class weights (128 numbers per class); LSC has to put it in the
+hidden layer (1,025 + n_dim weights per hidden unit). So the class-count-free model is, for new images, a model
+whose width must grow with the classes: at the full set, LSC's 97% regime (0.8 per class) needs a hidden layer of
+~16,700, ~21M parameters, against Partial FC's 5.1M in all (2.7M of them class weights) for 99.4%; at equal
+parameters (LSC hidden 4,096: 5.3M) LSC scores 82.6%.
 
 **The acceptance target is not met, and on this evidence cannot be met by a recipe of this shape**: at every ratio
 measured, LSC's held-out top-1 stays below Partial FC's (best 98.3% vs 99.6% at 5,000 classes), so "LSC >= Partial

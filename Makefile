@@ -61,7 +61,7 @@ _apt:
 	else echo "$(WHAT): skipped (needs apt-get and root): $$missing"; fi
 
 test: ## the CI suite: every CPU test (incl. subprocess sweeps, DDP, resume); no GPU, no long real-data runs
-	$(PYTEST) -n $(WORKERS) -m "not gpu and not realdata" -q
+	$(PYTEST) -n $(WORKERS) -m "not gpu and not realdata and not long" -q
 
 test-fast: ## unit tests only (no subprocess runs)
 	$(PYTEST) -m "not slow and not gpu and not realdata" -q

@@ -25,7 +25,9 @@ def check_scale_1m(out):
     for r in rows.values():
         end, mid = r["curve"][-1], r["curve"][:-1]
         assert end["at"] is None and end["n_test"] == 300 and all(c["n_test"] == 100 for c in mid)
-        assert budget <= end["wall_s"] < budget + 5  # stopped by the clock within a few steps of the budget
+        # stopped by the clock, not before its budget; the slack allows a slow step or two on a loaded machine (a CI
+        # run beside another job stopped a 15-s row at 25.5 s)
+        assert budget <= end["wall_s"] < 2 * budget + 5
         assert 0 <= end["acc1"] <= end["acc5"] <= 1
         assert 0 < r["first_step_s"] < end["wall_s"] and r["images_per_s"] > 0 and r["data_s"] > 0
         assert r["peak_rss_train"] > 100 * 2**20

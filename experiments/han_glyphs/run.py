@@ -276,22 +276,19 @@ CAPACITY_CHECK = (2000, (200, 800, 1600))  # the same ratios (0.1, 0.4, 0.8) at 
 FP32 = "trainer.precision=32-true"  # bf16 autocast convolutions are ~8x slower than float32 on CPUs without AVX-512
 
 
-def capacity_rows(hidden=CAPACITY_HIDDEN) -> list[tuple[str, list[str]]]:
-    """3 epochs, float32: LSC (data-aware V_128^21) and Partial FC with a hidden layer of 0.1-1.6 x the classes
-    (1,000; a check at 2,000), to set beside the 5,000-class lever rows and the full set: is LSC's held-out accuracy
-    a function of hidden width / classes (the hidden layer holding what learned class weights hold elsewhere)?"""
+def capacity_rows(hidden=CAPACITY_HIDDEN, pfc_hidden=None) -> list[tuple[str, list[str]]]:
+    """3 epochs, float32: LSC (data-aware V_128^21) at each width in `hidden`, Partial FC at each in `pfc_hidden`
+    (default: the narrowest); 0.1-1.6 x the classes at 1,000, a check at 2,000, beside the 5,000-class lever rows and
+    the full set: is LSC's held-out accuracy a function of hidden width / classes?"""
     data = lsc("v21", 128, *sm(32, 0.2), "centers.assign=data", FP32)
     rows = [(f"LSC v21@128 sm32 m0.2 data h{h} fp32", [*data, f"model.backbone.hidden={h}"]) for h in hidden]
-    return rows + [
-        (f"PFC cosface d128 r1.0 h{hidden[0]} fp32", [*pfc(128), FP32, f"model.backbone.hidden={hidden[0]}"])
-    ]
+    return rows + [(f"PFC cosface d128 r1.0 h{h} fp32", [*pfc(128), FP32, f"model.backbone.hidden={h}"])
+                   for h in (pfc_hidden or hidden[:1])]  # fmt: skip
 
 
 def capacity_jobs(epochs: int) -> tuple[list, list]:
     """1,000 classes: every width, Partial FC at 0.1 and 0.8, 3 seeds of both at 0.8; 2,000 classes: 3 widths."""
-    pfc_wide = (f"PFC cosface d128 r1.0 h{CAPACITY_HIDDEN[-2]} fp32",
-                [*pfc(128), FP32, f"model.backbone.hidden={CAPACITY_HIDDEN[-2]}"])  # fmt: skip
-    rows = [*capacity_rows(), pfc_wide]
+    rows = capacity_rows(CAPACITY_HIDDEN, (CAPACITY_HIDDEN[0], CAPACITY_HIDDEN[-2]))
     jobs, keys = jobs_for(CAPACITY_SIZE, rows, [0], epochs, prefix="capacity")
     seeded = [r for r in rows if r[0].split()[-2] == f"h{CAPACITY_HIDDEN[-2]}"]  # LSC and PFC at 0.8: 3 seeds
     j, k = jobs_for(CAPACITY_SIZE, seeded, SEEDS[1:], epochs, prefix="capacity")

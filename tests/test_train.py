@@ -23,6 +23,7 @@ from helpers import (
     make_cifar,
     make_image_folder,
 )
+from hydra.errors import InstantiationException
 from omegaconf import OmegaConf, open_dict
 
 import lsc.eval
@@ -248,6 +249,25 @@ def test_encoder_small_flat_hidden_width_from_the_config(tmp_path):
     assert widths == (128, 512, 512, 16)
     n = [sum(p.numel() for p in h.parameters()) for h in (base, wide)]
     assert n == [(feats + 1) * h + (h + 1) * 16 for h in (128, 512)]
+
+
+def test_encoder_head_depth_and_bottleneck(tmp_path):
+    """`depth` stacks hidden layers, `bottleneck` puts a bias-free linear map before them: parameter counts by the
+    closed form, and the head's output equals the same layers applied by hand (a rank-b first layer)."""
+    common = ["data=synthetic", "centers=v21", "centers.n_dim=16", "model/backbone=encoder_small_flat"]
+    feats, h, b = 64 * 7 * 7, 96, 8
+    deep = lsc.train.build(make_cfg(tmp_path, *common, f"model.backbone.hidden={h}", "model.backbone.depth=2"))[1]
+    neck = lsc.train.build(make_cfg(tmp_path, *common, f"model.backbone.hidden={h}", f"model.backbone.bottleneck={b}"))
+    deep, neck = deep.backbone.trunk.head, neck[1].backbone.trunk.head
+    n = [sum(p.numel() for p in m.parameters()) for m in (deep, neck)]
+    assert n == [(feats + 1) * h + (h + 1) * h + (h + 1) * 16, feats * b + (b + 1) * h + (h + 1) * 16]
+    x = torch.randn(5, feats)
+    low = neck[0].weight  # (b, feats)
+    by_hand = torch.relu(x @ low.T @ neck[1].weight.T + neck[1].bias) @ neck[3].weight.T + neck[3].bias
+    torch.testing.assert_close(neck(x), by_hand)
+    assert torch.linalg.matrix_rank(neck[1].weight @ low) == b
+    with pytest.raises(InstantiationException, match="depth >= 1"):  # Hydra wraps the encoder's ValueError
+        lsc.train.build(make_cfg(tmp_path, *common, "model.backbone.depth=0"))
 
 
 # ---- 2 epochs on digits -> metrics.json, summary line, checkpoint, eval --------------------------------

@@ -296,6 +296,22 @@ def capacity_jobs(epochs: int) -> tuple[list, list]:
     return jobs + j + j2, keys + k + k2
 
 
+HEAD_ROWS = ((800, 1, 128), (1600, 1, 128), (400, 2, None), (800, 2, None))  # (hidden, depth, bottleneck)
+
+
+def head_rows(heads=HEAD_ROWS) -> list[tuple[str, list[str]]]:
+    """1,000 classes, 3 epochs, float32: LSC (as the capacity rows) with cheaper or deeper heads than one wide hidden
+    layer: a linear bottleneck before it (`b128`: 128 + n_dim weights per hidden unit instead of 1,025 + n_dim), or two
+    hidden layers (`d2`). Does LSC need width per class, or parameters, or depth?"""
+    data = lsc("v21", 128, *sm(32, 0.2), "centers.assign=data", FP32)
+    rows = []
+    for h, depth, b in heads:
+        label = f"LSC v21@128 sm32 m0.2 data h{h}" + (f" d{depth}" if depth > 1 else "") + (f" b{b}" if b else "")
+        ov = [f"model.backbone.hidden={h}", f"model.backbone.depth={depth}", f"model.backbone.bottleneck={b or 'null'}"]
+        rows.append((label + " fp32", [*data, *ov]))
+    return rows
+
+
 def headline_rows() -> list[tuple[str, list[str]]]:
     """5,000 classes, 3 epochs, float32, 3 seeds: the best LSC lever row (hidden 8,192) and Partial FC."""
     data = lsc("v21", 128, *sm(32, 0.2), "centers.assign=data", FP32, "model.backbone.hidden=8192")
@@ -522,7 +538,7 @@ def best(rows: list[dict], prefix: str) -> str:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parts = ["all", "baselines", "levers", "capacity", "headline", "small", "sweep", "seeds", "full", "report"]
+    parts = ["all", "baselines", "levers", "capacity", "heads", "headline", "small", "sweep", "seeds", "full", "report"]
     p.add_argument("--part", choices=parts, default="all")
     p.add_argument("--sizes", type=int, nargs="+", default=[1000, 5000])
     p.add_argument("--epochs", type=int, default=10)
@@ -542,7 +558,7 @@ def main(argv=None):
     out, t0 = Path(a.out), time.time()
     out.mkdir(parents=True, exist_ok=True)
     runs = out / ("runs_smoke" if a.smoke else "runs")
-    every_part = ["baselines", "levers", "capacity", "headline", "small", "sweep", "seeds", "full"]
+    every_part = ["baselines", "levers", "capacity", "heads", "headline", "small", "sweep", "seeds", "full"]
     parts = every_part if a.part == "all" else [a.part]
     if a.smoke:
         parts = ["baselines", "smoke"]
@@ -562,6 +578,9 @@ def main(argv=None):
         jobs, keys = jobs + lever_jobs[0], keys + lever_jobs[1]
     if ("capacity" in parts or a.part == "report") and not a.smoke:
         j, k = capacity_jobs(a.lever_epochs)
+        jobs, keys = jobs + j, keys + k
+    if ("heads" in parts or a.part == "report") and not a.smoke:
+        j, k = jobs_for(CAPACITY_SIZE, head_rows(), [0], a.lever_epochs, prefix="capacity")
         jobs, keys = jobs + j, keys + k
     if ("headline" in parts or a.part == "report") and not a.smoke:
         j, k = jobs_for(sweep_size, headline_rows(), SEEDS[: a.seeds], a.lever_epochs, prefix="headline")

@@ -33,7 +33,11 @@ class Encoder(nn.Module):
         out_dim: embedding width (n_dim for LSC; the CE baseline puts its classifier on top).
         in_chans: image channels.
         widths: channels per level.
-        hidden: width of the first linear layer ("a"); the second ("b") maps it to out_dim.
+        hidden: width of the first linear layer ("a"); the last ("b") maps it to out_dim.
+        depth: hidden layers of width `hidden` (each Linear + ReLU) before "b"; 1 is the paper's head.
+        bottleneck: if set, a linear map to this width before the first hidden layer (no nonlinearity: a rank-
+            `bottleneck` factorization of "a", so a wide hidden layer costs bottleneck + out_dim weights per unit
+            instead of the flattened features' + out_dim).
     """
 
     def __init__(
@@ -44,10 +48,14 @@ class Encoder(nn.Module):
         hidden: int = 512,
         head: str = "gap",
         flat_size: int = 4,
+        depth: int = 1,
+        bottleneck: int | None = None,
     ):
         super().__init__()
         if head not in ("gap", "flat"):
             raise ValueError(f"encoder head must be 'gap' (global average pool) or 'flat', got {head!r}")
+        if depth < 1 or (bottleneck is not None and bottleneck < 1):
+            raise ValueError(f"encoder head needs depth >= 1 and bottleneck >= 1 (or null), got {depth}, {bottleneck}")
         self.levels = nn.ModuleList()
         c = in_chans
         for w in widths:
@@ -59,7 +67,14 @@ class Encoder(nn.Module):
         # like a classic CNN classifier -- it keeps the spatial detail that telling images apart needs
         self.squash = nn.AdaptiveAvgPool2d(1 if head == "gap" else flat_size)
         feats = c * (1 if head == "gap" else flat_size**2)
-        self.head = nn.Sequential(nn.Linear(feats, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out_dim))
+        layers: list[nn.Module] = []
+        if bottleneck is not None:
+            layers.append(nn.Linear(feats, bottleneck, bias=False))
+            feats = bottleneck
+        for _ in range(depth):
+            layers += [nn.Linear(feats, hidden), nn.ReLU(inplace=True)]
+            feats = hidden
+        self.head = nn.Sequential(*layers, nn.Linear(hidden, out_dim))
         self.out_dim = out_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -70,6 +85,7 @@ class Encoder(nn.Module):
         return self.head(self.squash(x).flatten(1))  # (B, out_dim)
 
 
-def encoder_small(out_dim: int, in_chans: int = 3, head: str = "gap", flat_size: int = 4, hidden: int = 128) -> Encoder:
+def encoder_small(out_dim: int, in_chans: int = 3, head: str = "gap", flat_size: int = 4, hidden: int = 128,
+                  depth: int = 1, bottleneck: int | None = None) -> Encoder:  # fmt: skip
     """A ~0.1M-parameter variant that trains in minutes on a CPU (more with head='flat' or a wider `hidden`)."""
-    return Encoder(out_dim, in_chans, widths=(16, 32, 64), hidden=hidden, head=head, flat_size=flat_size)
+    return Encoder(out_dim, in_chans, (16, 32, 64), hidden, head, flat_size, depth, bottleneck)

@@ -52,7 +52,7 @@ data-han-test: ## the 3 small CJK fonts the tests render (apt, as root)
 	@$(MAKE) --no-print-directory _apt PKGS="$(HAN_TEST_FONTS)" WHAT="CJK test fonts"
 
 _apt:
-	@missing=$$(for p in $(PKGS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	@missing=$$(for p in $(PKGS); do dpkg-query -W -f='$${db:Status-Status}' $$p 2>/dev/null | grep -qx installed || echo $$p; done); \
 	if [ -z "$$missing" ]; then echo "$(WHAT): present"; \
 	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
 	  (DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing || \

@@ -299,14 +299,17 @@ def capacity_jobs(epochs: int) -> tuple[list, list]:
 HEAD_ROWS = ((800, 1, 128), (1600, 1, 128), (400, 2, None), (800, 2, None))  # (hidden, depth, bottleneck)
 
 
-def head_rows(heads=HEAD_ROWS) -> list[tuple[str, list[str]]]:
+HEAD_FULL = ((16384, 1, 128),)  # the full set at 0.8 hidden units per class, through the bottleneck
+
+
+def head_rows(heads=HEAD_ROWS, n_dim: int = 128) -> list[tuple[str, list[str]]]:
     """1,000 classes, 3 epochs, float32: LSC (as the capacity rows) with cheaper or deeper heads than one wide hidden
     layer: a linear bottleneck before it (`b128`: 128 + n_dim weights per hidden unit instead of 1,025 + n_dim), or two
     hidden layers (`d2`). Does LSC need width per class, or parameters, or depth?"""
-    data = lsc("v21", 128, *sm(32, 0.2), "centers.assign=data", FP32)
+    data = lsc("v21", n_dim, *sm(32, 0.2), "centers.assign=data", FP32)
     rows = []
     for h, depth, b in heads:
-        label = f"LSC v21@128 sm32 m0.2 data h{h}" + (f" d{depth}" if depth > 1 else "") + (f" b{b}" if b else "")
+        label = f"LSC v21@{n_dim} sm32 m0.2 data h{h}" + (f" d{depth}" if depth > 1 else "") + (f" b{b}" if b else "")
         ov = [f"model.backbone.hidden={h}", f"model.backbone.depth={depth}", f"model.backbone.bottleneck={b or 'null'}"]
         rows.append((label + " fp32", [*data, *ov]))
     return rows
@@ -538,7 +541,8 @@ def best(rows: list[dict], prefix: str) -> str:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parts = ["all", "baselines", "levers", "capacity", "heads", "headline", "small", "sweep", "seeds", "full", "report"]
+    parts = ["all", "baselines", "levers", "capacity", "heads", "heads_full", "headline", "small", "sweep", "seeds",
+             "full", "report"]  # fmt: skip
     p.add_argument("--part", choices=parts, default="all")
     p.add_argument("--sizes", type=int, nargs="+", default=[1000, 5000])
     p.add_argument("--epochs", type=int, default=10)
@@ -547,6 +551,7 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, default=3, help="seeds of the headline rows (seeds and full parts)")
     p.add_argument("--full-rows", nargs="+", default=["lsc", "pfc", "ce"], choices=["lsc", "pfc", "ce", "lsc2"])
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="torch threads per run (2 for one run alone on 2 cores)")
     p.add_argument("--no-full-baselines", dest="full_baselines", action="store_false",
                    help="baselines at --sizes only (the full set's 1-NN takes minutes)")  # fmt: skip
     p.add_argument("--smoke", action="store_true")
@@ -582,6 +587,9 @@ def main(argv=None):
     if ("heads" in parts or a.part == "report") and not a.smoke:
         j, k = jobs_for(CAPACITY_SIZE, head_rows(), [0], a.lever_epochs, prefix="capacity")
         jobs, keys = jobs + j, keys + k
+    if ("heads_full" in parts or a.part == "report") and not a.smoke:  # V_128^21 holds 16,256 classes: V_256^21
+        j, k = jobs_for(None, head_rows(HEAD_FULL, 256), [0], a.lever_epochs)
+        jobs, keys = jobs + j, keys + k
     if ("headline" in parts or a.part == "report") and not a.smoke:
         j, k = jobs_for(sweep_size, headline_rows(), SEEDS[: a.seeds], a.lever_epochs, prefix="headline")
         jobs, keys = jobs + j, keys + k
@@ -592,9 +600,13 @@ def main(argv=None):
     if "sweep" in parts or a.part == "report":
         j, k = jobs_for(sweep_size, sweep_rows(sweep_size), [0], a.epochs)
         jobs, keys = jobs + j, keys + k
+
+    def go(jobs):  # run (cached runs are read back), or for the report only read what has run
+        return run_many(runs, jobs, workers=a.workers, threads=a.threads) if a.part != "report" else _cached(runs, jobs)
+
     by: dict = {}
     if jobs:
-        done = run_many(runs, jobs, workers=a.workers) if a.part != "report" else _cached(runs, jobs)
+        done = go(jobs)
         for key, r in zip(keys, done, strict=True):
             if r is not None:
                 by.setdefault(key, []).append(r)
@@ -614,7 +626,7 @@ def main(argv=None):
         # the headline rows' seeds at the lever budget (seed 0 is the lever run itself)
         jobs, keys = jobs_for(sweep_size, [(p, every[p]) for p in picks], seeds, a.lever_epochs, prefix="levers")
         if "seeds" in parts or a.part == "report":
-            res = run_many(runs, jobs, workers=a.workers) if a.part != "report" else _cached(runs, jobs)
+            res = go(jobs)
             by = {k: v for k, v in by.items() if k[1] not in picks or k[0] != f"{tag} (levers)"}
             for key, r in zip(keys, res, strict=True):
                 if r is not None:
@@ -631,7 +643,7 @@ def main(argv=None):
             j, k = jobs_for(None, [(label, ov)], [0] if label == "CE" else seeds, a.full_epochs)
             jobs, keys = jobs + j, keys + k
         if "full" in parts or a.part == "report":
-            res = run_many(runs, jobs, workers=a.workers) if a.part != "report" else _cached(runs, jobs)
+            res = go(jobs)
             for key, r in zip(keys, res, strict=True):
                 if r is not None:
                     by.setdefault(key, []).append(r)

@@ -101,6 +101,27 @@ def test_nmin_table_smoke_matches_papers(tmp_path):
     assert len(papers) == 12 and all(r["n_min"] == r["paper_n_min"] for r in papers)
 
 
+def test_han_glyphs_head_params_by_closed_form_match_the_models():
+    """The heads table's parameter counts (read from row labels) equal the built encoder heads' (+ Partial FC's 128
+    weights per class): plain, bottleneck, two hidden layers, V_256^21."""
+    from lsc.models.encoder import encoder_small
+
+    sys.path.insert(0, str(ROOT / "experiments" / "han_glyphs"))
+    try:
+        import run  # noqa: PLC0415
+
+        rows = [("LSC v21@128 sm32 m0.2 data h800 b128 fp32", 128, dict(hidden=800, bottleneck=128), 0),
+                ("LSC v21@128 sm32 m0.2 data h400 d2 fp32", 128, dict(hidden=400, depth=2), 0),
+                ("LSC v21@256 sm32 m0.2 data h4096", 256, dict(hidden=4096), 0),
+                ("PFC cosface d128 r1.0 h2048", 128, dict(hidden=2048), 1000 * 128)]  # fmt: skip
+        for label, out, kw, class_weights in rows:
+            head = encoder_small(out, 1, head="flat", flat_size=4, **kw).head
+            assert run.head_params(label, 1000) == sum(p.numel() for p in head.parameters()) + class_weights, label
+    finally:
+        sys.path.pop(0)
+        sys.modules.pop("run", None)
+
+
 @pytest.mark.slow
 @pytest.mark.long
 def test_memory_probe_separates_batch_and_optimizer_memory():

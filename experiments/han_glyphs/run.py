@@ -528,6 +528,50 @@ def capacity_plot(cap: list[dict], path: Path) -> None:
     save_figure(fig, path)
 
 
+def _token(config: str, prefix: str, default: int | None) -> int | None:
+    return next((int(w[len(prefix) :]) for w in config.split() if w.startswith(prefix) and w[len(prefix) :].isdigit()),
+                default)  # fmt: skip
+
+
+def head_params(config: str, n_classes: int, feats: int = 64 * 4 * 4) -> int:
+    """Weights of everything after the conv trunk, by the closed form: the head (bottleneck, hidden layers, the map
+    to n_dim or to Partial FC's 128-d embedding) plus Partial FC's class weights."""
+    pfc = config.startswith("PFC")  # its `d128` is the embedding, not the head's depth
+    h, depth, b = hidden_of(config), 1 if pfc else _token(config, "d", 1), _token(config, "b", None)
+    out = 128 if pfc else int(config.split()[1].split("@")[1])
+    n = (feats * b if b else 0) + ((b or feats) + 1) * h + (depth - 1) * (h + 1) * h + (h + 1) * out
+    return n + (n_classes * 128 if pfc else 0)
+
+
+def heads(raw: list[dict], n_full: int | None) -> list[dict]:
+    """LSC data-aware rows with one wide hidden layer, a bottleneck or two hidden layers, at 1,000 classes (widths
+    400-1,600) and the full set, beside Partial FC there: held-out top-1 against the head's parameters."""
+    sizes = {f"{CAPACITY_SIZE} (capacity)": CAPACITY_SIZE, "full": n_full}
+    out = []
+    for r in raw:
+        n, words = sizes.get(r["size"]), r["config"].split()
+        lsc_row = words[0] == "LSC" and words[2:5] == ["sm32", "m0.2", "data"]
+        pfc_row = words[:4] == ["PFC", "cosface", "d128", "r1.0"]
+        if not n or r["epochs"] != 3 or not (lsc_row or pfc_row) or n == CAPACITY_SIZE and hidden_of(r["config"]) < 400:
+            continue
+        h, depth = hidden_of(r["config"]), 1 if pfc_row else _token(r["config"], "d", 1)
+        out.append({"model": words[0], "classes": n, "hidden": h, "depth": depth,
+                    "bottleneck": _token(r["config"], "b", None), "params": head_params(r["config"], n),
+                    "config": r["config"], "seeds": r["seeds"], "heldout_top1_seeds": r["heldout_top1"],
+                    "train_acc_seeds": r["train_acc"], "s_per_epoch": statistics.mean(r["s_per_epoch"])})  # fmt: skip
+    return sorted(out, key=lambda c: (c["classes"], c["model"], c["hidden"], c["depth"], c["bottleneck"] or 0))
+
+
+def heads_table(rows: list[dict]) -> str:
+    head = ["classes", "model", "hidden", "layers", "bottleneck", "head + class weights", "hidden / classes", "seeds",
+            "held-out top-1 %", "train acc %", "s / epoch", "config"]  # fmt: skip
+    lines = [[f"{c['classes']:,}", c["model"], f"{c['hidden']:,}", c["depth"], c["bottleneck"] or "—",
+              f"{c['params'] / 1e6:.2f}M", f"{c['hidden'] / c['classes']:.2f}", c["seeds"],
+              _pm(c["heldout_top1_seeds"]), _pm(c["train_acc_seeds"]), f"{c['s_per_epoch']:.0f}", c["config"]]
+             for c in rows]  # fmt: skip
+    return md_table(head, lines)
+
+
 # ---- main ---------------------------------------------------------------------------------------------------------
 
 
@@ -670,6 +714,15 @@ def main(argv=None):
         )
         capacity_plot(cap, out / f"{name}_capacity.png")
         (out / f"{name}_capacity.json").write_text(json.dumps(cap, indent=1) + "\n")
+    hd = [] if a.smoke else heads(raw, n_full)
+    if any(c["depth"] > 1 or c["bottleneck"] for c in hd):
+        text += (
+            "\n\n### Cheaper heads: a bottleneck before the wide hidden layer, or two hidden layers (3 epochs)\n\n"
+            + heads_table(hd)
+            + "\n\nhead + class weights: the weights after the conv trunk (64 x 4 x 4 = 1,024 features): bottleneck, "
+            "hidden layers and the map to n_dim (LSC) or to the 128-d embedding plus 128 per class (Partial FC)."
+        )
+        (out / f"{name}_heads.json").write_text(json.dumps(hd, indent=1) + "\n")
     print(text)
     write_results(out, name, text, raw)
     plot(raw, out / f"{name}.png", n_full)

@@ -48,7 +48,10 @@ python experiments/han_glyphs/run.py --part levers     # 5,000 classes, 3 epochs
 python experiments/han_glyphs/run.py --part baselines  # raw-pixel 1-NN and class centroids (no training)
 python experiments/han_glyphs/run.py --part sweep      # 5,000 classes, 10 epochs: every lever, one seed
 python experiments/han_glyphs/run.py --part full       # every class (~20,900): the best LSC and Partial FC rows
-python experiments/han_glyphs/run.py --part report     # tables, plot and this README from the runs done so far
+python experiments/han_glyphs/run.py --part capacity   # 1,000 / 2,000 classes: hidden width 0.1-1.6 x the classes
+python experiments/han_glyphs/run.py --part heads      # 1,000 classes: a bottleneck before the hidden layer, depth 2
+python experiments/han_glyphs/run.py --part heads_full --workers 1 --threads 2  # the full set, the bottleneck head
+python experiments/han_glyphs/run.py --part report --full-epochs 3  # tables, plot and this README from the runs done
 python experiments/han_glyphs/run.py --smoke           # seconds (CI): the three small CJK test fonts
 python experiments/han_glyphs/run.py --readme          # only this README, from the committed results
 ```
@@ -88,14 +91,14 @@ epoch on the test designs.
 ![held-out top-1 per epoch](results/han_glyphs.png)
 
 **Reading: LSC still loses here, by less.** On new glyphs of known characters Partial FC is the more accurate model
-at every class count measured. At 5,000 classes, 3 epochs, the gap is now 1.3 points: LSC with an 8,192-wide hidden
+at every class count measured. At 5,000 classes, 3 epochs, the gap is 1.3 points: LSC with an 8,192-wide hidden
 layer scores 98.3% held-out top-1 against Partial FC's 99.6% on the same backbone (it was 92.5% against 99.6% with
-hidden 2,048). Both beat the raw-pixel 1-NN (82.8%) and class-centroid (66.9%) baselines. The acceptance target
-(LSC >= 95% and >= Partial FC at the full set, 3-seed means) is **not met**: at all 20,919 classes, 3 epochs, one seed
-each, LSC (V_256^21, data-aware, hidden 4,096) scores 82.6% held-out top-1 (95.4% top-5) against Partial FC's
-99.4%: a 16.8-point gap (it was 34.5 with hidden 2,048: 64.9%), now above the raw-pixel 1-NN (71.6%). LSC's
-training accuracy stays below Partial FC's (87.5% vs 97.9%; held-out per epoch 58.2 -> 79.2 -> 82.6%): it still
-underfits at the full set in 3 epochs.
+hidden 2,048). Both beat the raw-pixel 1-NN (82.8%) and class-centroid (66.9%) baselines. At all 20,919 classes,
+3 epochs, one seed each, LSC (V_256^21, data-aware) with 16,384 hidden units behind a 128-wide bottleneck (below)
+scores **98.1% held-out top-1** (99.8% top-5) against Partial FC's 99.4%: a 1.3-point gap (82.6% and a 16.8-point gap
+with a plain 4,096-wide hidden layer, 64.9% with 2,048), far above the raw-pixel 1-NN (71.6%). The acceptance target
+(LSC >= 95% and >= Partial FC at the full set, 3-seed means) is **half met**: above 95% (one seed), still below
+Partial FC.
 
 What each lever did (5,000 classes, 3 epochs, one seed, held-out top-1; LSC V_128^21, full-system softmax s 32
 m 0.2, keyed, hidden 512 = 48.3%):
@@ -145,15 +148,35 @@ Partial FC puts that per-class capacity in its class weights (128 numbers per cl
 hidden layer (1,025 + n_dim weights per hidden unit). So the class-count-free model is, for new images, a model
 whose width must grow with the classes: at the full set, LSC's 97% regime (0.8 per class) needs a hidden layer of
 ~16,700, ~21M parameters, against Partial FC's 5.1M in all (2.7M of them class weights) for 99.4%; at equal
-parameters (LSC hidden 4,096: 5.3M) LSC scores 82.6%.
+parameters (LSC hidden 4,096: 5.3M) LSC scores 82.6%; the same width per class is much cheaper through a bottleneck
+(next section).
 
-**The acceptance target is not met, and on this evidence cannot be met by a recipe of this shape**: at every ratio
-measured, LSC's held-out top-1 stays below Partial FC's (best 98.3% vs 99.6% at 5,000 classes), so "LSC >= Partial
-FC at the full set" would need LSC to overtake at a width not yet run (~0.8-1.6 x 20,919) where the trend above
-still leaves it 1-2 points behind. Not run (a 2-core CPU): the full set at hidden >= 8,192 (~2x the time per epoch
-of 4,096 per doubling), longer schedules there, 3 seeds of the full-set rows (each is one seed; the 1,000-class
-rows at 0.8 show seed spreads of 0.3 points), and heads that give LSC per-class capacity more cheaply (a bottleneck
-before a wide hidden layer).
+## A cheaper head: the width through a bottleneck
+
+If width per class is what LSC needs, the width need not cost 1,025 + n_dim weights per hidden unit. `python
+experiments/han_glyphs/run.py --part heads` puts a bias-free linear bottleneck of 128 before the hidden layer
+(`model.backbone.bottleneck=128`: a rank-128 first layer, 128 + n_dim weights per hidden unit) or stacks two hidden
+layers (`model.backbone.depth=2`), at 1,000 classes, 3 epochs, float32 (the heads table at the end of the results):
+- bottleneck 128: 95.3% at 800 hidden units (plain 96.2 +- 0.3, 3 seeds) and **98.0% at 1,600 (plain 97.6)**, with
+  0.34M / 0.54M head parameters instead of 0.92M / 1.84M. The width per class is the lever, not the parameters: the
+  bottleneck keeps the accuracy at a third of the weights.
+- two hidden layers: 91.8% at 400 + 400 (one layer of 400: 88.1), 96.2% at 800 + 800 (one layer of 800: 96.2): depth
+  helps the narrow head a little and costs more weights than width.
+
+`python experiments/han_glyphs/run.py --part heads_full` then trains the full set with 16,384 hidden units (0.78 per
+class) behind the 128 bottleneck (V_256^21, data-aware, 3 epochs, float32, one seed; 6.5M parameters in all, Partial
+FC's row has 5.0M of which 2.7M are class weights): held-out top-1 90.3 -> 97.3 -> **98.1%** per epoch (top-5
+99.8%), against 82.6% for the plain 4,096-wide head (5.3M parameters) and 99.4% for Partial FC; training accuracy
+97.5% (Partial FC 97.9%), ~29 minutes per epoch here (one run on both cores). The 1.3-point gap that remains at the
+full set is the one at 1,000 and 5,000 classes.
+
+**The acceptance target is not met in full**: LSC is above 95% at the full set (98.1%, one seed) but below Partial FC
+(99.4%), and at every class count and width measured LSC's held-out top-1 stays under Partial FC's (best 98.3% vs
+99.6% at 5,000 classes, 98.0% vs 99.6 +- 0.3% at 1,000); so "LSC >= Partial FC" would need LSC to overtake at a
+width or schedule not yet run, where the trend above still leaves it 1-2 points behind. Not run (a 2-core CPU: each
+full-set epoch is ~30 minutes): 3 seeds of the full-set rows (each is one seed; the 1,000-class rows at 0.8 show seed
+spreads of 0.3 points), the full set at 1.6 hidden units per class (32,768 behind the bottleneck), longer schedules
+there, and Partial FC in float32 on this machine (its full-set row ran in bf16 on the earlier Intel machine).
 """
 SEEDS = (0, 1, 2)
 AUG = ["data.augment=[affine,stroke,blur]"]

@@ -630,8 +630,7 @@ def main(argv=None):
     out, t0 = Path(a.out), time.time()
     out.mkdir(parents=True, exist_ok=True)
     runs = out / ("runs_smoke" if a.smoke else "runs")
-    every_part = ["baselines", "levers", "capacity", "heads", "headline", "small", "sweep", "seeds", "full"]
-    parts = every_part if a.part == "all" else [a.part]
+    parts = parts[1:-1] if a.part == "all" else [a.part]  # every part but all and report
     if a.smoke:
         parts = ["baselines", "smoke"]
     baselines = part_baselines(a, out) if "baselines" in parts or a.part in ("all", "report") else {}

@@ -195,11 +195,14 @@ def test_experiment_fast_dev_run(tmp_path, spy_build, name):
     n_dim = int(dim) if isinstance(dim, str) else expected_n_dim(system, n_classes, floor=dim)
     assert cc.n_dim == n_dim
     # the many_classes study's recipe: data-aware assignment + full-system softmax for the instance-label runs;
-    # and for han_glyphs (experiments/han_glyphs: data-aware + the margin softmax, a 4,096-wide hidden layer)
+    # and for han_glyphs (experiments/han_glyphs: data-aware + the margin softmax, 16,384 hidden behind 128)
     recipe = name in ("fmnist_inst", "vit_1m", "han_glyphs")
     assert (cc.assignment is not None) == recipe and isinstance(module.loss_fn, SoftmaxLoss) == recipe
-    if name in ("fmnist_inst", "han_glyphs"):  # the studies' flat heads: 1,024 / 4,096 hidden units
-        assert module.backbone.trunk.head[0].out_features == {"fmnist_inst": 1024, "han_glyphs": 4096}[name]
+    if name in ("fmnist_inst", "han_glyphs"):  # the studies' flat heads: 1,024 / 16,384 hidden units
+        head = module.backbone.trunk.head
+        assert head[-1].in_features == {"fmnist_inst": 1024, "han_glyphs": 16384}[name]
+        first = head[0]  # han_glyphs: a bias-free 128-wide bottleneck before its hidden layer
+        assert (first.out_features, first.bias is None) == ((128, True) if name == "han_glyphs" else (1024, False))
     x, _ = next(iter(dm.train_dataloader()))
     module.eval()
     with torch.no_grad():

@@ -344,9 +344,15 @@ def headline_rows() -> list[tuple[str, list[str]]]:
     return [("LSC v21@128 sm32 m0.2 data h8192 fp32", data), ("PFC cosface d128 r1.0 fp32", [*pfc(128), FP32])]
 
 
+def _token(config: str, prefix: str, default: int | None) -> int | None:
+    """The number after `prefix` in a row label's word (`h4096` -> 4096 for "h"), else `default`."""
+    return next((int(w[len(prefix) :]) for w in config.split() if w.startswith(prefix) and w[len(prefix) :].isdigit()),
+                default)  # fmt: skip
+
+
 def hidden_of(config: str) -> int:
     """The hidden width of a row, from its label (`... h4096`; encoder_small_flat's 512 when it names none)."""
-    return next((int(w[1:]) for w in config.split() if w[0] == "h" and w[1:].isdigit()), 512)
+    return _token(config, "h", 512)
 
 
 def _merge(base: list[str], ov: list[str]) -> list[str]:
@@ -549,11 +555,6 @@ def capacity_plot(cap: list[dict], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     save_figure(fig, path)
-
-
-def _token(config: str, prefix: str, default: int | None) -> int | None:
-    return next((int(w[len(prefix) :]) for w in config.split() if w.startswith(prefix) and w[len(prefix) :].isdigit()),
-                default)  # fmt: skip
 
 
 def head_params(config: str, n_classes: int, feats: int = 64 * 4 * 4) -> int:

@@ -20,6 +20,17 @@ def test_bench_assign_smoke(tmp_path):
     assert (tmp_path / "bench_assign_smoke.md").read_text().count("|") > 10
 
 
+def test_bench_assign_per_cluster_smoke(tmp_path):
+    """The README's reading of the clustered rows: a walk's length follows the classes per cluster (each walks past
+    the vectors its cluster-mates took), not the class count: 10x the classes per cluster, >= 5x the vectors."""
+    assign.main(["--per-cluster", "--smoke", "--out", str(tmp_path)])
+    few, many = json.loads((tmp_path / "bench_assign_clusters_smoke.json").read_text())["rows"]
+    assert (few["n_classes"], many["n_classes"]) == (5_000, 5_000) and (few["clusters"], many["clusters"]) == (50, 5)
+    assert few["n_dim"] == many["n_dim"] and few["count"] == many["count"]
+    assert many["pops_per_walk"] >= 5 * few["pops_per_walk"] and few["pops_per_walk"] >= 2
+    assert "| 5,000 | 5 | 1,000 |" in (tmp_path / "bench_assign_clusters_smoke.md").read_text()
+
+
 def test_bench_data_end_to_end_smoke(tmp_path):
     """The headline command trained on prepared chunks: the wait share it reports is the run's own DataWaitMonitor
     figure, the run took exactly the steps asked for, and copies made the epoch long enough not to end in it."""

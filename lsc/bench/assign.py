@@ -23,6 +23,8 @@ from lsc.centers import make_system, n_min
 from lsc.centers.assignment import Assignment, assign_nearest_free
 from lsc.study.report import fmt_bytes, machine, md_table, write_readme, write_results
 
+PER_CLUSTER_POINTS = [(1_000_000, 10_000), (1_000_000, 1_000), (1_000_000, 100), (10_000_000, 10_000)]
+CLUSTERS = 1000  # cluster centers of the "clustered" prototypes (1,000 classes per cluster at 1M classes)
 HERE = Path(__file__).resolve().parents[2] / "experiments" / "bench_assign"
 OUT = HERE / "results"
 README = """
@@ -37,6 +39,7 @@ enumerated per walk, and the memory of the prototypes, the taken-vector bitmap a
 python -m lsc.bench.assign --classes 1e5 1e6 1e7 --max-width2 1e5 --timeout 900   # the table below
 make bench-assign                                               # the defaults: 1e5, 1e6 and 1e7 classes
 python -m lsc.bench.assign --scaling                            # 1M clustered at n_min + 0, 1, 2, 4, 8
+python -m lsc.bench.assign --per-cluster                        # 100 .. 10,000 classes per cluster at 1M (and 10M)
 python -m lsc.bench.assign --smoke                              # seconds
 python -m lsc.bench.assign --readme                             # only this README, from the committed results
 ```
@@ -101,25 +104,52 @@ is; at n_min + 8 the 1M-class walk meets the 60 s target (61 s, on a shared CPU)
 this tight (1,000 near-identical classes per cluster); where they are, a wider n_dim is the knob, and it also helps
 learning: in [many_classes](../many_classes/README.md) and [han_glyphs](../han_glyphs/README.md) systems wider than
 n_min train and generalize better, at no per-class cost.
+
+## Is the rule the wall? Classes per cluster
+
+`python -m lsc.bench.assign --per-cluster` keeps 1M classes at n_min (V_47^22, 93% full) and varies only how many
+classes share a cluster (the clustered prototypes with 10,000, 1,000 or 100 cluster centers), then 10M classes at
+1,000 per cluster (not measured: see below):
+
+<!-- RESULT results/bench_assign_clusters.md -->
+<!-- /RESULT -->
+
+What it shows (the 1M points ran beside a training run that held both cores, so their seconds are longer than
+alone, 76 s against 58 s at 1,000 per cluster; the 10M point was then moved to the lowest priority so as not to slow
+that run, got almost no CPU and was stopped at 1,500 s: it measures nothing. The vectors per walk are exact and do
+not depend on the machine): with the class count, the system and its fullness
+fixed, a walk's length follows the classes per cluster: 16.6 vectors per walk at 100 classes per cluster, 99.4 at
+1,000, 1,165 at 10,000 (roughly a tenth of the cluster's size: each class walks past the vectors its cluster-mates
+took before it). The total is therefore about C x K / 10 vectors for C classes in clusters of K, quadratic in K
+per cluster, however fast each vector is enumerated. The stopped 10M row of the first table has K = 10,000: about
+10M x 1,165 = 1.2 x 10^10 vectors, at the walk's 1.4-1.8M vectors per second here **~2-2.5 hours against the 900 s
+target** (a miss of 7-10x that the walk's speed cannot close: it would need to be ~9x faster per vector). That is
+the rule (each class takes the best vector no earlier class took, so the k-th of K near-identical classes must
+look past k - 1 taken ones), not the implementation. What would scale, not built here: bounding each walk (e.g. a
+few hundred vectors) and giving a class that runs past it a free vector by a cheaper rule (keyed, or the nearest
+free vector of its cluster's centroid); for prototypes this tight the data says little about which of 10,000
+near-identical classes should own which vector, so the loss of exactness costs little, but that is a claim to
+measure in training (as the n_min + k table above did for width), not one made here.
 """
 
 
-def prototypes(kind: str, n: int, d: int, seed: int = 0) -> torch.Tensor:
+def prototypes(kind: str, n: int, d: int, seed: int = 0, clusters: int = CLUSTERS) -> torch.Tensor:
+    """[n, d] float32: Gaussian ("spread"), or `clusters` Gaussian centers plus noise at 0.3 of their norm."""
     g = torch.Generator().manual_seed(seed)
     if kind == "spread":
         return torch.randn(n, d, generator=g)
-    centers = torch.randn(1000, d, generator=g)
-    return centers[torch.randint(0, 1000, (n,), generator=g)] + 0.3 * torch.randn(n, d, generator=g)
+    centers = torch.randn(clusters, d, generator=g)
+    return centers[torch.randint(0, clusters, (n,), generator=g)] + 0.3 * torch.randn(n, d, generator=g)
 
 
-def point(nc: int, width: int, kind: str, compiled: bool, plus: int = 0) -> dict:
+def point(nc: int, width: int, kind: str, compiled: bool, plus: int = 0, clusters: int = CLUSTERS) -> dict:
     """One row, in this process: the assignment of nc classes in V^22 at width x n_min + plus, and this process's
     peak RSS."""
     import resource
 
     d = width * n_min("v22", nc) + plus
     s = make_system("v22", d)
-    proto = prototypes(kind, nc, d)
+    proto = prototypes(kind, nc, d, clusters=clusters)
     idx, st = assign_nearest_free(s, proto, compiled=compiled, progress=False)
     table = Assignment(idx, s.count)
     return {
@@ -128,11 +158,13 @@ def point(nc: int, width: int, kind: str, compiled: bool, plus: int = 0) -> dict
         "scans": st["scans"], "prototype_bytes": proto.numel() * proto.element_size(),
         "taken_state_bytes": st["taken_state_bytes"], "table_bytes": table.nbytes,
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-        "digest": table.digest,
+        "digest": table.digest, "clusters": clusters if kind == "clustered" else None,
     }  # fmt: skip
 
 
-def run_point(nc: int, width: int, kind: str, compiled: bool, timeout: float, plus: int = 0) -> dict | None:
+def run_point(
+    nc: int, width: int, kind: str, compiled: bool, timeout: float, plus: int = 0, clusters: int = CLUSTERS
+) -> dict | None:
     """`point` in a subprocess of its own (one thread): its peak RSS is that point's alone. None past timeout."""
     import json
     import os
@@ -141,7 +173,7 @@ def run_point(nc: int, width: int, kind: str, compiled: bool, timeout: float, pl
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "lsc.bench.assign", "--point", str(nc), str(width), kind, str(int(compiled))]
-    cmd += ["--plus", str(plus)]
+    cmd += ["--plus", str(plus), "--clusters", str(clusters)]
     try:
         out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, check=True)
     except subprocess.TimeoutExpired:
@@ -190,6 +222,42 @@ def scaling(a) -> None:
         write_readme(HERE, README)
 
 
+def per_cluster(a) -> None:
+    """Whether the walk's length follows the classes per cluster, not the class count: clustered prototypes at
+    n_min with --clusters clusters, for each of --classes."""
+    if a.classes:
+        points = [(int(nc), k) for nc in a.classes for k in a.clusters]
+    elif a.smoke:  # seconds: 100 and 1,000 classes per cluster
+        points = [(5_000, 50), (5_000, 5)]
+    else:  # 100, 1,000 and 10,000 classes per cluster at 1M; 1,000 at 10M (10,000 there: the stopped row above)
+        points = PER_CLUSTER_POINTS
+    rows, raw, t0 = [], [], time.time()
+    for nc, k in points:
+        r = run_point(nc, 1, "clustered", True, a.timeout, clusters=k)
+        d = n_min("v22", nc)
+        if r is None:
+            r = {"n_classes": nc, "n_dim": d, "count": make_system("v22", d).count, "seconds": None, "clusters": k}
+        raw.append(r)
+        done = r["seconds"] is not None
+        rows.append([f"{nc:,}", f"{k:,}", f"{nc // k:,}", d, f"{100 * nc / r['count']:.0f}%",
+                     f"{r['seconds']:.1f}" if done else f"> {a.timeout:,.0f} (stopped)",
+                     f"{100 * r['walk_share']:.1f}%" if done else "—",
+                     f"{r['pops_per_walk']:.1f}" if done else "—", f"{r['scans']:,}" if done else "—",
+                     fmt_bytes(r["peak_rss_bytes"]) if done else "—"])  # fmt: skip
+        print("  ", rows[-1], flush=True)
+    head = ["n_classes", "clusters", "classes / cluster", "n_dim", "full", "seconds", "classes walked",
+            "vectors / walk", "scans", "peak RSS"]  # fmt: skip
+    text = (
+        f"### Data-aware assignment vs classes per cluster, V^22 at n_min ({machine()}, compiled walk, one thread per "
+        f"point; {time.time() - t0:.0f} s)\n\n" + md_table(head, rows)
+    )
+    print(text)
+    name = "bench_assign_clusters" + ("_smoke" if a.smoke else "")
+    write_results(Path(a.out), name, text, {"machine": machine(), "rows": raw})
+    if not a.smoke and Path(a.out).resolve() == OUT:
+        write_readme(HERE, README)
+
+
 TARGETS = {(1_000_000, "clustered"): 60, (10_000_000, "clustered"): 900}  # seconds, one thread (the scale issue)
 
 
@@ -206,6 +274,10 @@ def main(argv=None):
     p.add_argument("--readme", action="store_true", help="only rewrite README.md from the committed results")
     p.add_argument("--scaling", action="store_true", help="only the n_dim sweep at n_min + k (clustered, 1M)")
     p.add_argument("--plus", type=int, nargs="+", default=[0, 1, 2, 4, 8], help="--scaling: n_dim = n_min + k")
+    p.add_argument("--per-cluster", action="store_true",
+                   help="only the classes-per-cluster sweep (clustered, n_min): --classes x --clusters")  # fmt: skip
+    p.add_argument("--clusters", type=int, nargs="+", default=[CLUSTERS],
+                   help="clusters of the clustered prototypes (--per-cluster with --classes: each pair)")  # fmt: skip
     p.add_argument("--point", nargs=4, metavar=("CLASSES", "WIDTH", "KIND", "COMPILED"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.readme:
@@ -213,10 +285,13 @@ def main(argv=None):
     if a.point:
         import json
 
-        print(json.dumps(point(int(a.point[0]), int(a.point[1]), a.point[2], bool(int(a.point[3])), a.plus[0])))
+        nc, width, kind, compiled = int(a.point[0]), int(a.point[1]), a.point[2], bool(int(a.point[3]))
+        print(json.dumps(point(nc, width, kind, compiled, a.plus[0], a.clusters[0])))
         return None
     if a.scaling:
         return scaling(a)
+    if a.per_cluster:
+        return per_cluster(a)
     a.classes = a.classes or [1e5, 1e6, 1e7]
     if a.smoke:
         a.classes, a.kinds, a.widths, a.max_reference = [2e4], ["spread"], [1], 2e4

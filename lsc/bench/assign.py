@@ -181,21 +181,40 @@ def run_point(
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def walk_cells(r: dict, timeout: float) -> list[str]:
+    """A row's seconds, classes walked, vectors / walk, scans and peak RSS (a stopped point: its timeout, dashes)."""
+    if r["seconds"] is None:
+        return [f"> {timeout:,.0f} (stopped)", "—", "—", "—", "—"]
+    return [f"{r['seconds']:.1f}", f"{100 * r['walk_share']:.1f}%", f"{r['pops_per_walk']:.1f}", f"{r['scans']:,}",
+            fmt_bytes(r["peak_rss_bytes"])]  # fmt: skip
+
+
+def clustered_point(nc: int, timeout: float, plus: int = 0, clusters: int = CLUSTERS) -> dict:
+    """`run_point` for clustered prototypes at n_min + plus, the compiled walk; a stopped point keeps its size."""
+    r = run_point(nc, 1, "clustered", True, timeout, plus=plus, clusters=clusters)
+    if r is None:
+        d = n_min("v22", nc) + plus
+        r = {"n_classes": nc, "n_dim": d, "count": make_system("v22", d).count, "seconds": None, "clusters": clusters}
+    return r
+
+
+def finish(a, name: str, text: str, raw: list[dict]) -> None:
+    """Print the table, write its markdown + JSON (`_smoke` for --smoke) and, for the committed results, the README."""
+    print(text)
+    write_results(Path(a.out), name + ("_smoke" if a.smoke else ""), text, {"machine": machine(), "rows": raw})
+    if not a.smoke and Path(a.out).resolve() == OUT:
+        write_readme(HERE, README)
+
+
 def scaling(a) -> None:
     """Whether the rule or the system is the wall: the compiled walk for clustered prototypes at n_min + k."""
     nc = int(a.classes[0]) if a.classes else 1_000_000
     rows, raw, t0 = [], [], time.time()
     for k in a.plus:
-        r = run_point(nc, 1, "clustered", True, a.timeout, plus=k)
-        d = n_min("v22", nc) + k
-        if r is None:
-            r = {"n_classes": nc, "n_dim": d, "count": make_system("v22", d).count, "seconds": None}
+        r = clustered_point(nc, a.timeout, plus=k)
         raw.append(r)
-        done = r["seconds"] is not None
-        rows.append([f"{nc:,}", f"{d} (n_min + {k})", f"{r['count']:,}", f"{100 * nc / r['count']:.0f}%",
-                     f"{r['seconds']:.1f}" if done else f"> {a.timeout:,.0f} (stopped)",
-                     f"{100 * r['walk_share']:.1f}%" if done else "—", f"{r['pops_per_walk']:.1f}" if done else "—",
-                     f"{r['scans']:,}" if done else "—", fmt_bytes(r["peak_rss_bytes"]) if done else "—"])  # fmt: skip
+        rows.append([f"{nc:,}", f"{r['n_dim']} (n_min + {k})", f"{r['count']:,}", f"{100 * nc / r['count']:.0f}%",
+                     *walk_cells(r, a.timeout)])  # fmt: skip
         print("  ", rows[-1], flush=True)
     text = (
         f"### Data-aware assignment vs n_dim, clustered prototypes, V^22 ({machine()}, compiled walk, one thread per "
@@ -215,11 +234,7 @@ def scaling(a) -> None:
             rows,
         )  # fmt: skip
     )
-    print(text)
-    name = "bench_assign_scaling" + ("_smoke" if a.smoke else "")
-    write_results(Path(a.out), name, text, {"machine": machine(), "rows": raw})
-    if not a.smoke and Path(a.out).resolve() == OUT:
-        write_readme(HERE, README)
+    finish(a, "bench_assign_scaling", text, raw)
 
 
 def per_cluster(a) -> None:
@@ -233,17 +248,10 @@ def per_cluster(a) -> None:
         points = PER_CLUSTER_POINTS
     rows, raw, t0 = [], [], time.time()
     for nc, k in points:
-        r = run_point(nc, 1, "clustered", True, a.timeout, clusters=k)
-        d = n_min("v22", nc)
-        if r is None:
-            r = {"n_classes": nc, "n_dim": d, "count": make_system("v22", d).count, "seconds": None, "clusters": k}
+        r = clustered_point(nc, a.timeout, clusters=k)
         raw.append(r)
-        done = r["seconds"] is not None
-        rows.append([f"{nc:,}", f"{k:,}", f"{nc // k:,}", d, f"{100 * nc / r['count']:.0f}%",
-                     f"{r['seconds']:.1f}" if done else f"> {a.timeout:,.0f} (stopped)",
-                     f"{100 * r['walk_share']:.1f}%" if done else "—",
-                     f"{r['pops_per_walk']:.1f}" if done else "—", f"{r['scans']:,}" if done else "—",
-                     fmt_bytes(r["peak_rss_bytes"]) if done else "—"])  # fmt: skip
+        rows.append([f"{nc:,}", f"{k:,}", f"{nc // k:,}", r["n_dim"], f"{100 * nc / r['count']:.0f}%",
+                     *walk_cells(r, a.timeout)])  # fmt: skip
         print("  ", rows[-1], flush=True)
     head = ["n_classes", "clusters", "classes / cluster", "n_dim", "full", "seconds", "classes walked",
             "vectors / walk", "scans", "peak RSS"]  # fmt: skip
@@ -251,11 +259,7 @@ def per_cluster(a) -> None:
         f"### Data-aware assignment vs classes per cluster, V^22 at n_min ({machine()}, compiled walk, one thread per "
         f"point; {time.time() - t0:.0f} s)\n\n" + md_table(head, rows)
     )
-    print(text)
-    name = "bench_assign_clusters" + ("_smoke" if a.smoke else "")
-    write_results(Path(a.out), name, text, {"machine": machine(), "rows": raw})
-    if not a.smoke and Path(a.out).resolve() == OUT:
-        write_readme(HERE, README)
+    finish(a, "bench_assign_clusters", text, raw)
 
 
 TARGETS = {(1_000_000, "clustered"): 60, (10_000_000, "clustered"): 900}  # seconds, one thread (the scale issue)
@@ -310,11 +314,7 @@ def main(argv=None):
                     raw.append(r)
                     done = r["seconds"] is not None
                     rows.append(
-                        [f"{nc:,}", r["n_dim"], f"{r['count']:,}", kind, r["walk"],
-                         f"{r['seconds']:.1f}" if done else f"> {a.timeout:,.0f} (stopped)",
-                         f"{100 * r['walk_share']:.1f}%" if done else "—",
-                         f"{r['pops_per_walk']:.1f}" if done else "—", f"{r['scans']:,}" if done else "—",
-                         fmt_bytes(r["peak_rss_bytes"]) if done else "—",
+                        [f"{nc:,}", r["n_dim"], f"{r['count']:,}", kind, r["walk"], *walk_cells(r, a.timeout),
                          fmt_bytes(r["taken_state_bytes"]) if done else "—",
                          fmt_bytes(r["table_bytes"]) if done else "—"]
                     )  # fmt: skip
@@ -359,12 +359,7 @@ def main(argv=None):
         f"Identical tables (digest) where both ran: {len(same)} of {sum(x['walk'] == 'python' for x in raw)}.\n"
         + "\n".join(lines)
     )
-    print(text)
-    write_results(
-        Path(a.out), "bench_assign" + ("_smoke" if a.smoke else ""), text, {"machine": machine(), "rows": raw}
-    )
-    if not a.smoke and Path(a.out).resolve() == OUT:
-        write_readme(HERE, README)
+    finish(a, "bench_assign", text, raw)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,14 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lsc.centers import METHODS, ClassCenters, n_min
-from lsc.centers.assignment import Assignment, assign_global_greedy, assign_nearest_free, check_assignable
+from lsc.centers.assignment import (
+    BOUNDED_WALK,
+    Assignment,
+    assign_bounded,
+    assign_global_greedy,
+    assign_nearest_free,
+    check_assignable,
+)
 from lsc.centers.prototypes import class_prototypes, default_cache_dir
 from lsc.models import build_backbone
 from lsc.models.module import init_weights_from
@@ -121,16 +128,19 @@ def build_centers(
         log.info(f"assign=data: grew {old.numel():,} -> {n_classes:,} classes (old centers kept)")
         return grown
     rule = cfg.get("assign_rule", "ordered")
-    if rule not in ("ordered", "global"):
-        raise ValueError(f"centers.assign_rule must be ordered or global, got {rule!r}")
+    if rule not in ("ordered", "global", "bounded"):
+        raise ValueError(f"centers.assign_rule must be ordered, bounded or global, got {rule!r}")
     if rule == "global":
         index, stats = assign_global_greedy(cc.system, proto)
         stats = {**stats, "walks": 0, "pops": 0}
+    elif rule == "bounded":
+        index, stats = assign_bounded(cc.system, proto, cfg.get("assign_walk_max", BOUNDED_WALK))
     else:
         index, stats = assign_nearest_free(cc.system, proto)
+    deferred = f"; {stats['deferred']:,} deferred to {stats['groups']:,} group walks" if "deferred" in stats else ""
     log.info(
-        f"assign=data: {n_classes:,} classes onto {cc.system.display} in {stats['seconds']:.1f} s "
-        f"({stats['walks']:,} classes walked past a taken vector, {stats['pops']:,} vectors enumerated)"
+        f"assign=data ({rule}): {n_classes:,} classes onto {cc.system.display} in {stats['seconds']:.1f} s "
+        f"({stats['walks']:,} classes walked past a taken vector, {stats['pops']:,} vectors enumerated{deferred})"
     )
     return ClassCenters(
         cc.system, n_classes, seed=seed, shuffle=cc.shuffle, assignment=Assignment(index, cc.system.count)

@@ -12,7 +12,7 @@ from helpers import make_cfg
 import lsc.eval
 import lsc.train
 from lsc.centers import ClassCenters, _kernels, make_system
-from lsc.centers.assignment import Assignment, assign_nearest_free, brute_force_assignment
+from lsc.centers.assignment import Assignment, assign_bounded, assign_nearest_free, brute_force_assignment
 from lsc.centers.prototypes import class_prototypes
 from lsc.data import SyntheticDataModule
 
@@ -65,6 +65,103 @@ def test_compiled_walk_gives_the_reference_table(name, n, tmp_path):
     from_file = np.load(tmp_path / "p.npy", mmap_mode="r")
     got, _ = assign_nearest_free(s, from_file, compiled=True, progress=False)
     assert torch.equal(got, assign_nearest_free(s, spread.float(), compiled=False)[0])
+
+
+def brute_force_bounded(system, p: torch.Tensor, walk_max: int) -> torch.Tensor:
+    """The bounded rule on a materialized system, from its description (tests): every score exact (math.fsum of
+    the products times 1/|v|), a class's vectors in levels of equal score; pass 1 in the ordered rule's order, a
+    walk popping a level's states and the first state of the next, deferred once it has popped more than walk_max
+    with no free vector; pass 2 groups the deferred by the prototype's (argmax, argmin), in the order of their
+    first member, each taking the free vectors nearest the mean of its unit prototypes, in order."""
+    import math
+
+    vec = system.vectors(torch.arange(system.count), dtype=torch.float64)
+    inv = system.inv_norms(torch.arange(system.count), torch.float64).tolist()
+    rows = [[(j, a) for j, a in enumerate(v) if a] for v in vec.tolist()]
+
+    def levels(z):
+        sc = [math.fsum(a * z[j] for j, a in r) * inv[i] for i, r in enumerate(rows)]
+        out = {}
+        for i, x in enumerate(sc):
+            out.setdefault(x, []).append(i)
+        return [sorted(out[x]) for x in sorted(out, reverse=True)]
+
+    cos = torch.nn.functional.normalize(p.double(), dim=1) @ torch.nn.functional.normalize(vec, dim=1).T
+    best = cos.max(1).values
+    order = sorted(range(p.shape[0]), key=lambda c: (-best[c].item(), c))
+    free = [True] * system.count
+    out = [-1] * p.shape[0]
+    deferred = []
+    for c in order:
+        lv = levels(p[c].tolist())
+        if free[lv[0][0]]:  # the nearest vector (ties: lowest index) is free
+            out[c] = lv[0][0]
+        else:
+            pops, got = 0, None
+            for i, level in enumerate(lv):
+                pops += 1
+                prev = [j for j in lv[i - 1] if free[j]] if i else []
+                if prev:
+                    got = prev[0]
+                    break
+                if i and pops > walk_max:
+                    break
+                pops += len(level) - 1
+            else:
+                got = [j for j in lv[-1] if free[j]][0]
+            if got is None:
+                deferred.append(c)
+                continue
+            out[c] = got
+        free[out[c]] = False
+    groups = {}
+    for c in deferred:
+        groups.setdefault((int(p[c].argmax()), int(p[c].argmin())), []).append(c)
+    for members in groups.values():  # dicts keep insertion order: groups by their first member
+        z = sum(p[c].double() / p[c].double().norm() for c in members)
+        take = [j for level in levels(z.tolist()) for j in level if free[j]][: len(members)]
+        for c, j in zip(members, take, strict=True):
+            out[c] = j
+            free[j] = False
+    return torch.tensor(out)
+
+
+@pytest.mark.parametrize(("name", "n"), [("v22", 8), ("v21", 8), ("a_n", 6), ("v31", 7)])
+def test_bounded_rule_matches_its_brute_force(name, n):
+    """Clustered prototypes in a 90%-full system: many walks run past small bounds, so both passes are exercised;
+    a bound no walk reaches gives the ordered rule's table; pass 1 pops at most max(2, walk_max + 1) per walk."""
+    s = make_system(name, n)
+    C = int(0.9 * s.count)
+    g = torch.Generator().manual_seed(3)
+    p = torch.randn(4, n, generator=g, dtype=torch.float64)[torch.randint(0, 4, (C,), generator=g)]
+    p += 0.2 * torch.randn(C, n, generator=g, dtype=torch.float64)
+    for walk_max in (0, 2, 16):
+        got, st = assign_bounded(s, p, walk_max, progress=False)
+        assert torch.equal(got, brute_force_bounded(s, p, walk_max)), walk_max
+        assert got.unique().numel() == C and st["deferred"] > 0
+        assert st["pops"] <= st["walks"] * max(2, walk_max + 1)  # levels of one vector here (Gaussian rows)
+    got, st = assign_bounded(s, p, s.count, progress=False)
+    assert st["deferred"] == 0 and torch.equal(got, assign_nearest_free(s, p, compiled=False)[0])
+
+
+def test_bounded_rule_cost_follows_the_classes_not_the_cluster():
+    """K near-identical classes: the ordered rule pops ~K^2 / 10 vectors per cluster, the bounded one at most
+    walk_max + 1 per class plus one shared walk per group; and its vectors stay near the data (mean cosine to the
+    prototypes far above a random table's ~0), where the ordered rule's are best."""
+    s = make_system("v22", 16)
+    C, K = 9000, 1500
+    g = torch.Generator().manual_seed(0)
+    p = torch.randn(C // K, 16, generator=g)[torch.randint(0, C // K, (C,), generator=g)]
+    p += 0.3 * torch.randn(C, 16, generator=g)
+    exact, se = assign_nearest_free(s, p, progress=False)
+    got, sb = assign_bounded(s, p, 8, progress=False)
+    assert sb["pops"] + sb["group_pops"] < (se["pops"]) / 4
+
+    def mean_cos(idx):
+        v = s.vectors(idx, normalize=True, dtype=torch.float64)
+        return float((torch.nn.functional.normalize(p.double(), dim=1) * v).sum(1).mean())
+
+    assert mean_cos(exact) >= mean_cos(got) > 0.5 * mean_cos(exact) > 0.1
 
 
 def test_rule_with_tied_prototypes():
@@ -166,9 +263,14 @@ def test_train_with_data_assignment_round_trip(tmp_path):
     ckpt = torch.load(tmp_path / "a" / "checkpoints" / "last.ckpt", weights_only=True)
     table = ckpt["lsc_assignment"]
     assert table.shape == (60,) and table.unique().numel() == 60 and ckpt["lsc_centers"]["assignment"]
-    # the same run again computes the same table (deterministic)
+    # the same run again computes the same table (deterministic); the bounded rule through the config
     _, _, cc = lsc.train.build(make_cfg(tmp_path / "b", *args))
     assert torch.equal(cc.assignment.index_of_label, table)
+    dm, _, cb = lsc.train.build(
+        make_cfg(tmp_path / "d", *args, "centers.assign_rule=bounded", "centers.assign_walk_max=0")
+    )
+    want, st = assign_bounded(cb.system, class_prototypes(dm, 9, seed=0), 0)
+    assert torch.equal(cb.assignment.index_of_label, want) and st["deferred"] > 0
     # eval rebuilds the run from the checkpoint, table included, and reproduces the final validation
     got = lsc.eval.evaluate(
         make_cfg(tmp_path / "e", config_name="eval"), str(tmp_path / "a" / "checkpoints" / "last.ckpt")

@@ -139,8 +139,10 @@ def _is_taken(bits, j):
     return (bits[j >> 3] >> (j & 7)) & 1
 
 
-def _walk(row, bits, budget, pos0, val0, nnz, gval, gmul, ngroups, place, inv_norm, offsets, binom):
-    """(best free vector of one prototype row, pops); (-1, pops) once a level ends past `budget` pops.
+def _walk(row, bits, budget, found, pos0, val0, nnz, gval, gmul, ngroups, place, inv_norm, offsets, binom):
+    """(free vectors found, pops): the best free vectors of one prototype row in the rule's order (levels of equal
+    score, lowest index first within a level) into found[:len(found)] (one for a class; a group's size for the
+    bounded rule's group walk); fewer once a level ends past `budget` pops (-1: no budget).
 
     Each state is pushed once, by one parent, with no set of seen states: a state pushes the successor made by the
     swap at frame positions (lo, lo + 1) only when lo is that successor's lowest ascent (its first adjacent pair
@@ -182,23 +184,32 @@ def _walk(row, bits, budget, pos0, val0, nnz, gval, gmul, ngroups, place, inv_no
     pops = 0
     have_level = False
     level_score = 0.0
-    best = -1  # lowest free index of the current level
+    want = found.shape[0]
+    nf = 0  # vectors found so far
+    lvl = np.empty(8, np.int64)  # the free vectors of the current level
+    m = 0
     while h_n > 0:
         neg, sid = _heap_pop(h_key, h_sid, h_n)
         h_n -= 1
         score = -neg
         pops += 1
         if have_level and score < level_score:
-            if best >= 0:
-                return best, pops
+            if m > 0:
+                nf = _take_level(lvl, m, found, nf)
+                m = 0
+                if nf == want:
+                    return nf, pops
             if budget >= 0 and pops > budget:
-                return -1, pops
+                return nf, pops
         level_score, have_level = score, True
         o = s_orb[sid]
         k = nnz[o]
         idx = _rank(s_pos, s_val, sid, k, o, order, gval, gmul, ngroups, place, offsets, binom, buf, tk)
-        if not _is_taken(bits, idx) and (best < 0 or idx < best):
-            best = idx
+        if not _is_taken(bits, idx):
+            if m == lvl.shape[0]:
+                lvl = _grow1(lvl, 2 * m)
+            lvl[m] = idx
+            m += 1
         asc = s_asc[sid]
         for a in range(k):  # successors: adjacent swaps moving a larger value down the frame
             p, va = s_pos[sid, a], s_val[sid, a]
@@ -242,7 +253,20 @@ def _walk(row, bits, budget, pos0, val0, nnz, gval, gmul, ngroups, place, inv_no
                 _heap_push(h_key, h_sid, h_n, -nscore, t)
                 h_n += 1
                 n_states += 1
-    return best, pops
+    if m > 0:
+        nf = _take_level(lvl, m, found, nf)
+    return nf, pops
+
+
+def _take_level(lvl, m, found, nf):
+    """Append the level's free vectors lvl[:m], lowest index first, to found[:nf] while it has room."""
+    lv = np.sort(lvl[:m])
+    j = 0
+    while j < m and nf < found.shape[0]:
+        found[nf] = lv[j]
+        nf += 1
+        j += 1
+    return nf
 
 
 def _heap_push(key, sid, n, k, i):
@@ -290,24 +314,59 @@ def _grow1(a, cap):
 
 
 def _assign_range(
-    protos, order, near, bits, out, start, stop, budget, stats,
+    protos, order, near, bits, out, start, stop, budget, stats, deferred,
     pos0, val0, nnz, gval, gmul, ngroups, place, inv_norm, offsets, binom,
 ):  # fmt: skip
     """Classes order[start:stop] in turn; returns the position of a class whose walk ran past the budget (the
-    caller scans for it and continues after it), or stop. stats: [walks, pops]."""
+    caller scans for it and continues after it), or stop. With a `deferred` array (the bounded rule, len > 0)
+    such a class is appended to it instead (out = -1) and the range goes on. stats: [walks, pops, deferred]."""
+    found = np.empty(1, np.int64)
     for i in range(start, stop):
         c = order[i]
         v = near[c]
         if _is_taken(bits, v):
             stats[0] += 1
             row = protos[c].astype(np.float64)
-            v, k = _walk(row, bits, budget, pos0, val0, nnz, gval, gmul, ngroups, place, inv_norm, offsets, binom)
+            nf, k = _walk(row, bits, budget, found, pos0, val0, nnz, gval, gmul, ngroups, place, inv_norm, offsets,
+                          binom)  # fmt: skip
             stats[1] += k
-            if v < 0:
-                return i
+            if nf == 0:
+                if deferred.shape[0] == 0:
+                    return i
+                deferred[stats[2]] = c
+                stats[2] += 1
+                out[c] = -1
+                continue
+            v = found[0]
         out[c] = v
         bits[v >> 3] |= np.uint8(1 << (v & 7))
     return stop
+
+
+def _assign_groups(
+    protos, members, starts, bits, out, stats,
+    pos0, val0, nnz, gval, gmul, ngroups, place, inv_norm, offsets, binom,
+):  # fmt: skip
+    """The bounded rule's second pass: for each group members[starts[g]:starts[g + 1]] (classes in the rule's
+    order), one walk from the mean of the members' unit prototypes hands out the group's size of free vectors, in
+    the walk's order, to the members in theirs. stats: [walks, pops]."""
+    n = protos.shape[1]
+    for g in range(starts.shape[0] - 1):
+        a, b = starts[g], starts[g + 1]
+        row = np.zeros(n)
+        for i in range(a, b):
+            r = protos[members[i]].astype(np.float64)
+            row += r / np.sqrt(np.sum(r * r))
+        if np.sum(row * row) < 1e-24:  # members that cancel out: the first member's own row
+            row = protos[members[a]].astype(np.float64)
+        found = np.empty(b - a, np.int64)
+        nf, k = _walk(row, bits, -1, found, pos0, val0, nnz, gval, gmul, ngroups, place, inv_norm, offsets, binom)
+        stats[0] += 1
+        stats[1] += k
+        for j in range(nf):
+            v = found[j]
+            out[members[a + j]] = v
+            bits[v >> 3] |= np.uint8(1 << (v & 7))
 
 
 if HAVE_NUMBA:
@@ -318,12 +377,20 @@ if HAVE_NUMBA:
     _heap_pop = numba.njit(cache=True, inline="always")(_heap_pop)
     _grow1 = numba.njit(cache=True)(_grow1)
     _grow2 = numba.njit(cache=True)(_grow2)
+    _take_level = numba.njit(cache=True)(_take_level)
     _walk = numba.njit(cache=True)(_walk)
     _assign_range = numba.njit(cache=True)(_assign_range)
+    _assign_groups = numba.njit(cache=True)(_assign_groups)
 
 
-def assign_range(protos, order, near, bits, out, start, stop, budget, stats, arrays) -> int:
-    return int(_assign_range(protos, order, near, bits, out, start, stop, budget, stats, *arrays))
+def assign_range(protos, order, near, bits, out, start, stop, budget, stats, arrays, deferred=None) -> int:
+    if deferred is None:
+        deferred = np.empty(0, np.int64)
+    return int(_assign_range(protos, order, near, bits, out, start, stop, budget, stats, deferred, *arrays))
+
+
+def assign_groups(protos, members, starts, bits, out, stats, arrays) -> None:
+    _assign_groups(protos, members, starts, bits, out, stats, *arrays)
 
 
 def set_taken(bits: np.ndarray, idx) -> None:

@@ -9,6 +9,7 @@ import pytest
 import torch
 from helpers import make_cfg
 
+import lsc.centers.assignment as assignment
 import lsc.eval
 import lsc.train
 from lsc.centers import ClassCenters, _kernels, make_system
@@ -67,22 +68,26 @@ def test_compiled_walk_gives_the_reference_table(name, n, tmp_path):
     assert torch.equal(got, assign_nearest_free(s, spread.float(), compiled=False)[0])
 
 
-def brute_force_bounded(system, p: torch.Tensor, walk_max: int) -> torch.Tensor:
+def brute_force_bounded(system, p: torch.Tensor, walk_max: int, pool: int = 2, chunk: int = 256) -> torch.Tensor:
     """The bounded rule on a materialized system, from its description (tests): every score exact (math.fsum of
     the products times 1/|v|), a class's vectors in levels of equal score; pass 1 in the ordered rule's order, a
     walk popping a level's states and the first state of the next, deferred once it has popped more than walk_max
     with no free vector; pass 2 groups the deferred by the prototype's (argmax, argmin), in the order of their
-    first member, each taking the free vectors nearest the mean of its unit prototypes, in order."""
+    first member; a group's candidates are the first pool x members free vectors nearest the mean of its unit
+    prototypes, in order; its members, in chunks, each take the remaining candidate of highest cosine among the
+    chunk's share (pool per member) and what the chunk before left (ties: the earlier candidate)."""
     import math
 
     vec = system.vectors(torch.arange(system.count), dtype=torch.float64)
     inv = system.inv_norms(torch.arange(system.count), torch.float64).tolist()
     rows = [[(j, a) for j, a in enumerate(v) if a] for v in vec.tolist()]
 
+    def scores(z):
+        return [math.fsum(a * z[j] for j, a in r) * inv[i] for i, r in enumerate(rows)]
+
     def levels(z):
-        sc = [math.fsum(a * z[j] for j, a in r) * inv[i] for i, r in enumerate(rows)]
         out = {}
-        for i, x in enumerate(sc):
+        for i, x in enumerate(scores(z)):
             out.setdefault(x, []).append(i)
         return [sorted(out[x]) for x in sorted(out, reverse=True)]
 
@@ -118,16 +123,26 @@ def brute_force_bounded(system, p: torch.Tensor, walk_max: int) -> torch.Tensor:
     for c in deferred:
         groups.setdefault((int(p[c].argmax()), int(p[c].argmin())), []).append(c)
     for members in groups.values():  # dicts keep insertion order: groups by their first member
-        z = sum(p[c].double() / p[c].double().norm() for c in members)
-        take = [j for level in levels(z.tolist()) for j in level if free[j]][: len(members)]
-        for c, j in zip(members, take, strict=True):
-            out[c] = j
-            free[j] = False
+        unit = [(p[c].double() / p[c].double().norm()).tolist() for c in members]
+        z = [math.fsum(u[j] for u in unit) for j in range(p.shape[1])]
+        found = [j for level in levels(z) for j in level if free[j]][: pool * len(members)]
+        left, q = [], 0
+        for a in range(0, len(members), chunk):
+            part = range(a, min(a + chunk, len(members)))
+            take = max(0, pool * len(part) - len(left))
+            cand, q = left + found[q : q + take], q + take
+            for i in part:
+                sc = scores(unit[i])
+                j = max(cand, key=lambda v: (sc[v], -cand.index(v)))
+                out[members[i]] = j
+                free[j] = False
+                cand.remove(j)
+            left = cand
     return torch.tensor(out)
 
 
 @pytest.mark.parametrize(("name", "n"), [("v22", 8), ("v21", 8), ("a_n", 6), ("v31", 7)])
-def test_bounded_rule_matches_its_brute_force(name, n):
+def test_bounded_rule_matches_its_brute_force(name, n, monkeypatch):
     """Clustered prototypes in a 90%-full system: many walks run past small bounds, so both passes are exercised;
     a bound no walk reaches gives the ordered rule's table; pass 1 pops at most max(2, walk_max + 1) per walk."""
     s = make_system(name, n)
@@ -135,9 +150,10 @@ def test_bounded_rule_matches_its_brute_force(name, n):
     g = torch.Generator().manual_seed(3)
     p = torch.randn(4, n, generator=g, dtype=torch.float64)[torch.randint(0, 4, (C,), generator=g)]
     p += 0.2 * torch.randn(C, n, generator=g, dtype=torch.float64)
-    for walk_max in (0, 2, 16):
+    for walk_max, chunk in ((0, 256), (0, 3), (2, 256), (16, 256)):  # chunk 3: members choose in several pools
+        monkeypatch.setattr(assignment, "BOUNDED_CHUNK", chunk)
         got, st = assign_bounded(s, p, walk_max, progress=False)
-        assert torch.equal(got, brute_force_bounded(s, p, walk_max)), walk_max
+        assert torch.equal(got, brute_force_bounded(s, p, walk_max, chunk=chunk)), (walk_max, chunk)
         assert got.unique().numel() == C and st["deferred"] > 0
         assert st["pops"] <= st["walks"] * max(2, walk_max + 1)  # levels of one vector here (Gaussian rows)
     got, st = assign_bounded(s, p, s.count, progress=False)

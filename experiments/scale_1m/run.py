@@ -228,7 +228,7 @@ def jobs_for(a) -> tuple[list, list]:
 
 LOG_S = {
     "prototypes_s": re.compile(r"prototypes \(pixels[^)]*\): [\d,]+ classes from [\d,]+ images in ([\d.]+) s"),
-    "assign_s": re.compile(r"assign=data: [\d,]+ classes onto .* in ([\d.]+) s"),
+    "assign_s": re.compile(r"assign=data(?: \(\w+\))?: [\d,]+ classes onto .* in ([\d.]+) s"),
     "data_s": re.compile(r"data: [\d,]+ classes, Fashion-MNIST tiles read and split in ([\d.]+) s"),
 }
 

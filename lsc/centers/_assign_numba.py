@@ -343,30 +343,17 @@ def _assign_range(
     return stop
 
 
-def _assign_groups(
-    protos, members, starts, bits, out, stats,
-    pos0, val0, nnz, gval, gmul, ngroups, place, inv_norm, offsets, binom,
-):  # fmt: skip
-    """The bounded rule's second pass: for each group members[starts[g]:starts[g + 1]] (classes in the rule's
-    order), one walk from the mean of the members' unit prototypes hands out the group's size of free vectors, in
-    the walk's order, to the members in theirs. stats: [walks, pops]."""
-    n = protos.shape[1]
-    for g in range(starts.shape[0] - 1):
-        a, b = starts[g], starts[g + 1]
-        row = np.zeros(n)
-        for i in range(a, b):
-            r = protos[members[i]].astype(np.float64)
-            row += r / np.sqrt(np.sum(r * r))
-        if np.sum(row * row) < 1e-24:  # members that cancel out: the first member's own row
-            row = protos[members[a]].astype(np.float64)
-        found = np.empty(b - a, np.int64)
-        nf, k = _walk(row, bits, -1, found, pos0, val0, nnz, gval, gmul, ngroups, place, inv_norm, offsets, binom)
-        stats[0] += 1
-        stats[1] += k
-        for j in range(nf):
-            v = found[j]
-            out[members[a + j]] = v
-            bits[v >> 3] |= np.uint8(1 << (v & 7))
+def _pick_greedy(scores, picks):
+    """Rows of scores [members, candidates] in turn, each the best candidate no earlier row took (ties: the
+    candidate found first) into picks."""
+    used = np.zeros(scores.shape[1], np.bool_)
+    for i in range(scores.shape[0]):
+        best, bj = -np.inf, -1
+        for j in range(scores.shape[1]):
+            if not used[j] and (bj < 0 or scores[i, j] > best):
+                best, bj = scores[i, j], j
+        used[bj] = True
+        picks[i] = bj
 
 
 if HAVE_NUMBA:
@@ -380,7 +367,7 @@ if HAVE_NUMBA:
     _take_level = numba.njit(cache=True)(_take_level)
     _walk = numba.njit(cache=True)(_walk)
     _assign_range = numba.njit(cache=True)(_assign_range)
-    _assign_groups = numba.njit(cache=True)(_assign_groups)
+    _pick_greedy = numba.njit(cache=True)(_pick_greedy)
 
 
 def assign_range(protos, order, near, bits, out, start, stop, budget, stats, arrays, deferred=None) -> int:
@@ -389,8 +376,18 @@ def assign_range(protos, order, near, bits, out, start, stop, budget, stats, arr
     return int(_assign_range(protos, order, near, bits, out, start, stop, budget, stats, deferred, *arrays))
 
 
-def assign_groups(protos, members, starts, bits, out, stats, arrays) -> None:
-    _assign_groups(protos, members, starts, bits, out, stats, *arrays)
+def walk_free(row, bits, want: int, arrays) -> tuple[np.ndarray, int]:
+    """The first `want` free vectors of a walk from row (float64), in the walk's order (fewer only when the system
+    has fewer free), and the pops."""
+    found = np.empty(want, np.int64)
+    nf, pops = _walk(np.ascontiguousarray(row, np.float64), bits, -1, found, *arrays)
+    return found[:nf], int(pops)
+
+
+def pick_greedy(scores: np.ndarray) -> np.ndarray:
+    picks = np.empty(scores.shape[0], np.int64)
+    _pick_greedy(np.ascontiguousarray(scores, np.float64), picks)
+    return picks
 
 
 def set_taken(bits: np.ndarray, idx) -> None:

@@ -399,9 +399,77 @@ def part_ordinary(a, out: Path):
     return jobs, keys, epochs
 
 
+BOUNDED_WALKS = (64, 8, 0)  # --part bounded: centers.assign_walk_max of the bounded rule's rows
+
+
+def bounded_rows(size: int, softmax: tuple[float, float]) -> list[tuple[str, list[str]]]:
+    """The best 5,000-class LSC recipe (V^22 at n_min, the full-system softmax) with the ordered rule, the bounded
+    rule at BOUNDED_WALKS and the keyed order: the ordered and keyed rows are the small study's runs (cached)."""
+    m = n_min("v22", size)
+    rows = dict(lsc_rows(size, softmax))
+    ordered, keyed = f"v22@{m} data softmax", f"v22@{m} keyed softmax"
+    out = [(ordered, rows[ordered])]
+    for w in BOUNDED_WALKS:
+        out.append((f"{ordered} bounded{w}", [*rows[ordered], "centers.assign_rule=bounded",
+                                               f"centers.assign_walk_max={w}"]))  # fmt: skip
+    return out + [(keyed, rows[keyed])]
+
+
+def part_bounded(a, out: Path):
+    """The bounded rule's effect on learning: the rows of `bounded_rows` at 5,000 instance classes."""
+    size, epochs = (200, 2) if a.smoke else (5000, a.epochs)
+    seeds = [0] if a.smoke else a.seeds
+    jobs, keys = [], []
+    for s in seeds:
+        for label, ov in bounded_rows(size, softmax_choice(out)):
+            name = f"{size}-{label.replace(' ', '_')}-s{s}"
+            jobs.append((name, [*base_overrides(epochs, epochs), *ov, f"data.limit={size}", f"seed={s}"]))
+            keys.append((size, label))
+    return jobs, keys, epochs
+
+
+def bounded_tables(size: int) -> tuple[str, list[dict]]:
+    """What each rule does to the table of these classes (no training): classes deferred to a group walk, vectors
+    enumerated, the share of classes on the ordered rule's vector, mean cosine between prototype and vector."""
+    from lsc.bench.assign import mean_cosine
+    from lsc.centers import make_system
+    from lsc.centers.assignment import assign_bounded, assign_nearest_free
+    from lsc.centers.prototypes import class_prototypes
+    from lsc.data import FashionMNISTDataModule
+
+    m = n_min("v22", size)
+    system = make_system("v22", m)
+    dm = FashionMNISTDataModule(instance_labels=True, limit=size, val_size=1000)
+    dm.prepare_data()
+    dm.setup("fit")
+    p = class_prototypes(dm, m, seed=0, cache_dir=None)
+    ref, st = assign_nearest_free(system, p, progress=False)
+    rows = [
+        [
+            "ordered",
+            f"{st['walks']:,}",
+            "0",
+            f"{(st['pops']) / size:.1f}",
+            "100.0",
+            f"{mean_cosine(system, p, ref):.3f}",
+        ]
+    ]
+    raw = [{"rule": "ordered", **st, "mean_cos": mean_cosine(system, p, ref)}]
+    for w in BOUNDED_WALKS:
+        idx, sb = assign_bounded(system, p, w, progress=False)
+        same = 100 * float((idx == ref).double().mean())
+        rows.append([f"bounded ({w})", f"{sb['walks']:,}", f"{sb['deferred']:,}",
+                     f"{(sb['pops'] + sb['group_pops']) / size:.1f}", f"{same:.1f}",
+                     f"{mean_cosine(system, p, idx):.3f}"])  # fmt: skip
+        raw.append({"rule": f"bounded{w}", **sb, "same_as_ordered": same, "mean_cos": mean_cosine(system, p, idx)})
+    head = ["rule (walk_max)", "classes walked", "deferred", "vectors / class", "same vector as ordered %",
+            "mean cosine"]  # fmt: skip
+    return md_table(head, rows), raw
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--part", choices=["sweep", "small", "full", "ordinary"], default="small")
+    p.add_argument("--part", choices=["sweep", "small", "full", "ordinary", "bounded"], default="small")
     p.add_argument("--sizes", type=int, nargs="+", default=[2000, 5000])
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--full-epochs", type=int, default=40)
@@ -426,7 +494,8 @@ def main(argv=None):
     if a.readme:
         return write_readme(HERE, README)
     out, t0 = Path(a.out), time.time()
-    parts = {"sweep": part_sweep, "small": part_small, "full": part_full, "ordinary": part_ordinary}
+    parts = {"sweep": part_sweep, "small": part_small, "full": part_full, "ordinary": part_ordinary,
+             "bounded": part_bounded}  # fmt: skip
     jobs, keys, epochs = parts[a.part](a, out)
     results = run_many(out / ("runs_smoke" if a.smoke else "runs"), jobs, workers=a.workers)
     if a.part == "full":  # a row stopped at 95% last validated up to 4 epochs earlier: score its last checkpoint
@@ -435,7 +504,7 @@ def main(argv=None):
     for key, r in zip(keys, results, strict=True):
         by.setdefault(key, []).append(r)
     name = {"sweep": "many_classes_sweep", "small": "many_classes", "full": "many_classes_60k",
-            "ordinary": "many_classes_10"}[a.part]  # fmt: skip
+            "ordinary": "many_classes_10", "bounded": "many_classes_bounded"}[a.part]  # fmt: skip
     name += "_smoke" if a.smoke else ""
     if a.part == "ordinary":
         rows, raw = [], []
@@ -472,6 +541,15 @@ def main(argv=None):
         "two runs sharing the 2 cores; runs cached from another day of this machine are not side by side (the "
         "JSON lists each run's directory; its wall_s.txt and train.log carry the date)."
     )
+    if a.part == "bounded":
+        size = 200 if a.smoke else 5000
+        tab, rules = bounded_tables(size)
+        text += (
+            f"\n\n**The tables themselves** ({size:,} classes, V_{n_min('v22', size)}^22, the same pixel prototypes; "
+            "no training): classes whose walk ran past walk_max pops are deferred to their group's shared walk; "
+            "mean cosine between a class's prototype and its vector (a random table: ~0).\n\n" + tab
+        )
+        raw = {"rows": raw, "rules": rules}
     print(text)
     write_results(out, name, text, raw)
     plot_curves(curves, out / f"{name}.png", _style, "dotted: keyed order, solid: data-aware, dashed: learned weights",

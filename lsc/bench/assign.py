@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from lsc.centers import make_system, n_min
-from lsc.centers.assignment import Assignment, assign_nearest_free
+from lsc.centers.assignment import BOUNDED_WALK, Assignment, assign_bounded, assign_nearest_free
 from lsc.study.report import fmt_bytes, machine, md_table, write_readme, write_results
 
 PER_CLUSTER_POINTS = [(1_000_000, 10_000), (1_000_000, 1_000), (1_000_000, 100), (10_000_000, 10_000)]
@@ -142,15 +142,20 @@ def prototypes(kind: str, n: int, d: int, seed: int = 0, clusters: int = CLUSTER
     return centers[torch.randint(0, clusters, (n,), generator=g)] + 0.3 * torch.randn(n, d, generator=g)
 
 
-def point(nc: int, width: int, kind: str, compiled: bool, plus: int = 0, clusters: int = CLUSTERS) -> dict:
-    """One row, in this process: the assignment of nc classes in V^22 at width x n_min + plus, and this process's
-    peak RSS."""
+def point(
+    nc: int, width: int, kind: str, compiled: bool, plus: int = 0, clusters: int = CLUSTERS, walk_max: int = -1
+) -> dict:
+    """One row, in this process: the assignment of nc classes in V^22 at width x n_min + plus (walk_max >= 0: the
+    bounded rule), its mean cosine between prototype and vector, and this process's peak RSS."""
     import resource
 
     d = width * n_min("v22", nc) + plus
     s = make_system("v22", d)
     proto = prototypes(kind, nc, d, clusters=clusters)
-    idx, st = assign_nearest_free(s, proto, compiled=compiled, progress=False)
+    if walk_max >= 0:
+        idx, st = assign_bounded(s, proto, walk_max, progress=False)
+    else:
+        idx, st = assign_nearest_free(s, proto, compiled=compiled, progress=False)
     table = Assignment(idx, s.count)
     return {
         "n_classes": nc, "n_dim": d, "count": s.count, "kind": kind, "walk": "numba" if compiled else "python",
@@ -159,12 +164,25 @@ def point(nc: int, width: int, kind: str, compiled: bool, plus: int = 0, cluster
         "taken_state_bytes": st["taken_state_bytes"], "table_bytes": table.nbytes,
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "digest": table.digest, "clusters": clusters if kind == "clustered" else None,
+        "rule": "bounded" if walk_max >= 0 else "ordered", "walk_max": walk_max if walk_max >= 0 else None,
+        "deferred": st.get("deferred", 0), "groups": st.get("groups", 0),
+        "pops_per_class": (st["pops"] + st.get("group_pops", 0)) / nc, "mean_cos": mean_cosine(s, proto, idx),
     }  # fmt: skip
 
 
+def mean_cosine(system, proto: torch.Tensor, idx: torch.Tensor, block: int = 1 << 18) -> float:
+    """Mean cosine between each class's prototype and its assigned vector (how near the data the table is)."""
+    total = 0.0
+    for a in range(0, idx.numel(), block):
+        v = system.vectors(idx[a : a + block], normalize=True, dtype=torch.float64)
+        total += float((torch.nn.functional.normalize(proto[a : a + block].double(), dim=1) * v).sum())
+    return total / idx.numel()
+
+
 def run_point(
-    nc: int, width: int, kind: str, compiled: bool, timeout: float, plus: int = 0, clusters: int = CLUSTERS
-) -> dict | None:
+    nc: int, width: int, kind: str, compiled: bool, timeout: float, plus: int = 0, clusters: int = CLUSTERS,
+    walk_max: int = -1,
+) -> dict | None:  # fmt: skip
     """`point` in a subprocess of its own (one thread): its peak RSS is that point's alone. None past timeout."""
     import json
     import os
@@ -173,7 +191,7 @@ def run_point(
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "lsc.bench.assign", "--point", str(nc), str(width), kind, str(int(compiled))]
-    cmd += ["--plus", str(plus), "--clusters", str(clusters)]
+    cmd += ["--plus", str(plus), "--clusters", str(clusters), "--walk-max", str(walk_max)]
     try:
         out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, check=True)
     except subprocess.TimeoutExpired:
@@ -189,12 +207,14 @@ def walk_cells(r: dict, timeout: float) -> list[str]:
             fmt_bytes(r["peak_rss_bytes"])]  # fmt: skip
 
 
-def clustered_point(nc: int, timeout: float, plus: int = 0, clusters: int = CLUSTERS) -> dict:
+def clustered_point(nc: int, timeout: float, plus: int = 0, clusters: int = CLUSTERS, walk_max: int = -1) -> dict:
     """`run_point` for clustered prototypes at n_min + plus, the compiled walk; a stopped point keeps its size."""
-    r = run_point(nc, 1, "clustered", True, timeout, plus=plus, clusters=clusters)
+    r = run_point(nc, 1, "clustered", True, timeout, plus=plus, clusters=clusters, walk_max=walk_max)
     if r is None:
         d = n_min("v22", nc) + plus
-        r = {"n_classes": nc, "n_dim": d, "count": make_system("v22", d).count, "seconds": None, "clusters": clusters}
+        r = {"n_classes": nc, "n_dim": d, "count": make_system("v22", d).count, "seconds": None, "clusters": clusters,
+             "rule": "bounded" if walk_max >= 0 else "ordered"}  # fmt: skip
+        r["walk_max"] = walk_max if walk_max >= 0 else None
     return r
 
 
@@ -262,6 +282,45 @@ def per_cluster(a) -> None:
     finish(a, "bench_assign_clusters", text, raw)
 
 
+BOUNDED_POINTS = [  # (classes, clusters, walk_max; -1: the ordered rule)
+    (1_000_000, 1_000, -1), (1_000_000, 1_000, BOUNDED_WALK), (1_000_000, 1_000, 0),
+    (1_000_000, 100, BOUNDED_WALK), (10_000_000, 1_000, BOUNDED_WALK),
+]  # fmt: skip
+
+
+def bounded(a) -> None:
+    """The bounded rule against the ordered one on clustered prototypes at n_min: seconds, vectors enumerated per
+    class and how near the data the table stays (mean cosine between a class's prototype and its vector)."""
+    if a.classes:
+        points = [(int(nc), k, w) for nc in a.classes for k in a.clusters for w in (-1, *a.walk_maxes)]
+    elif a.smoke:
+        points = [(20_000, 20, -1), (20_000, 20, BOUNDED_WALK), (20_000, 20, 0)]
+    else:
+        points = BOUNDED_POINTS
+    rows, raw, t0 = [], [], time.time()
+    for nc, k, w in points:
+        r = clustered_point(nc, a.timeout, clusters=k, walk_max=w)
+        raw.append(r)
+        rule = "ordered" if w < 0 else f"bounded ({w})"
+        done = r["seconds"] is not None
+        cells = [f"{r['seconds']:.1f}" if done else f"> {a.timeout:,.0f} (stopped)"]
+        cells += [f"{r['pops_per_class']:.1f}", f"{100 * r['deferred'] / nc:.1f}%", f"{r['groups']:,}",
+                  f"{r['mean_cos']:.3f}", fmt_bytes(r["peak_rss_bytes"])] if done else ["—"] * 5  # fmt: skip
+        rows.append([f"{nc:,}", f"{nc // k:,}", r["n_dim"], f"{100 * nc / r['count']:.0f}%", rule, *cells])
+        print("  ", rows[-1], flush=True)
+    head = ["n_classes", "classes / cluster", "n_dim", "full", "rule (walk_max)", "seconds", "vectors / class",
+            "deferred", "group walks", "mean cosine", "peak RSS"]  # fmt: skip
+    text = (
+        f"### The bounded rule vs the ordered rule, clustered prototypes, V^22 at n_min ({machine()}, compiled "
+        f"walk, one thread per point; {time.time() - t0:.0f} s)\n\n"
+        + md_table(head, rows)
+        + "\n\nvectors / class: vectors enumerated by all walks (both passes) per class. deferred: classes whose walk"
+        " ran past walk_max pops and took a vector from their group's shared walk. mean cosine: between a class's "
+        "prototype and its vector (1: every class on its own nearest vector; a random table: ~0).\n"
+    )
+    finish(a, "bench_assign_bounded", text, raw)
+
+
 TARGETS = {(1_000_000, "clustered"): 60, (10_000_000, "clustered"): 900}  # seconds, one thread (the scale issue)
 
 
@@ -282,6 +341,19 @@ def main(argv=None):
                    help="only the classes-per-cluster sweep (clustered, n_min): --classes x --clusters")  # fmt: skip
     p.add_argument("--clusters", type=int, nargs="+", default=[CLUSTERS],
                    help="clusters of the clustered prototypes (--per-cluster with --classes: each pair)")  # fmt: skip
+    p.add_argument(
+        "--bounded",
+        action="store_true",
+        help="only the bounded rule against the ordered one (clustered, n_min): --classes x --clusters",
+    )
+    p.add_argument("--walk-max", type=int, default=-1, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--walk-maxes",
+        type=int,
+        nargs="+",
+        default=[BOUNDED_WALK],
+        help="--bounded with --classes: the bounded rule's walk_max values beside the ordered rule",
+    )
     p.add_argument("--point", nargs=4, metavar=("CLASSES", "WIDTH", "KIND", "COMPILED"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.readme:
@@ -290,12 +362,14 @@ def main(argv=None):
         import json
 
         nc, width, kind, compiled = int(a.point[0]), int(a.point[1]), a.point[2], bool(int(a.point[3]))
-        print(json.dumps(point(nc, width, kind, compiled, a.plus[0], a.clusters[0])))
+        print(json.dumps(point(nc, width, kind, compiled, a.plus[0], a.clusters[0], a.walk_max)))
         return None
     if a.scaling:
         return scaling(a)
     if a.per_cluster:
         return per_cluster(a)
+    if a.bounded:
+        return bounded(a)
     a.classes = a.classes or [1e5, 1e6, 1e7]
     if a.smoke:
         a.classes, a.kinds, a.widths, a.max_reference = [2e4], ["spread"], [1], 2e4

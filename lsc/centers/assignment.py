@@ -277,10 +277,8 @@ def _groups(p, deferred: np.ndarray, block: int = 1 << 16) -> tuple[np.ndarray, 
         back = np.argsort(np.argsort(deferred[a : a + block], kind="stable"), kind="stable")
         rows = rows[back]
         key[a : a + block] = rows.argmax(1).astype(np.int64) * n + rows.argmin(1)
-    first = {}
-    for i, k in enumerate(key.tolist()):  # group rank = position of its first member
-        first.setdefault(k, i)
-    rank = np.array([first[k] for k in key.tolist()], np.int64)
+    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    rank = first[inverse.reshape(-1)]  # group rank = position of its first member
     perm = np.argsort(rank, kind="stable")
     members = deferred[perm]
     starts = np.flatnonzero(np.r_[True, rank[perm][1:] != rank[perm][:-1], True])

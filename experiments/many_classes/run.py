@@ -471,25 +471,19 @@ def bounded_tables(size: int) -> tuple[str, list[dict]]:
     dm.prepare_data()
     dm.setup("fit")
     p = class_prototypes(dm, m, seed=0, cache_dir=None)
-    ref, st = assign_nearest_free(system, p, progress=False)
-    rows = [
-        [
-            "ordered",
-            f"{st['walks']:,}",
-            "0",
-            f"{(st['pops']) / size:.1f}",
-            "100.0",
-            f"{mean_cosine(system, p, ref):.3f}",
-        ]
-    ]
-    raw = [{"rule": "ordered", **st, "mean_cos": mean_cosine(system, p, ref)}]
-    for w in BOUNDED_WALKS:
-        idx, sb = assign_bounded(system, p, w, progress=False)
-        same = 100 * float((idx == ref).double().mean())
-        rows.append([f"bounded ({w})", f"{sb['walks']:,}", f"{sb['deferred']:,}",
-                     f"{(sb['pops'] + sb['group_pops']) / size:.1f}", f"{same:.1f}",
-                     f"{mean_cosine(system, p, idx):.3f}"])  # fmt: skip
-        raw.append({"rule": f"bounded{w}", **sb, "same_as_ordered": same, "mean_cos": mean_cosine(system, p, idx)})
+    rows, raw, ref = [], [], None
+    for w in (None, *BOUNDED_WALKS):  # None: the ordered rule, the reference
+        if w is None:
+            idx, st = assign_nearest_free(system, p, progress=False)
+            ref = idx
+        else:
+            idx, st = assign_bounded(system, p, w, progress=False)
+        same, cos = 100 * float((idx == ref).double().mean()), mean_cosine(system, p, idx)
+        pops = (st["pops"] + st.get("group_pops", 0)) / size
+        rows.append([f"bounded ({w})" if w is not None else "ordered", f"{st['walks']:,}",
+                     f"{st.get('deferred', 0):,}", f"{pops:.1f}", f"{same:.1f}", f"{cos:.3f}"])  # fmt: skip
+        raw.append({"rule": f"bounded{w}" if w is not None else "ordered", **st, "same_as_ordered": same,
+                    "mean_cos": cos})  # fmt: skip
     head = ["rule (walk_max)", "classes walked", "deferred", "vectors / class", "same vector as ordered %",
             "mean cosine"]  # fmt: skip
     return md_table(head, rows), raw

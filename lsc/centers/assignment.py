@@ -265,6 +265,11 @@ def _assign_compiled(system, prototypes, taken_already, walk_budget, progress, b
     return torch.from_numpy(out), stats_out
 
 
+def _rows(p, idx: np.ndarray) -> np.ndarray:
+    """p[idx] read in sorted order (p may be an np.memmap), returned in idx's order."""
+    return np.asarray(p[np.sort(idx)])[np.argsort(np.argsort(idx, kind="stable"), kind="stable")]
+
+
 def _groups(p, deferred: np.ndarray, block: int = 1 << 16) -> tuple[np.ndarray, np.ndarray]:
     """The deferred classes (in the rule's order) grouped by their prototype's (largest, smallest) coordinate:
     (members, starts), groups in the order of their first member, members of a group in the rule's order."""
@@ -273,9 +278,7 @@ def _groups(p, deferred: np.ndarray, block: int = 1 << 16) -> tuple[np.ndarray, 
     n = p.shape[1]
     key = np.empty(deferred.size, np.int64)
     for a in range(0, deferred.size, block):
-        rows = np.asarray(p[np.sort(deferred[a : a + block])])  # sorted reads (an np.memmap), then back in order
-        back = np.argsort(np.argsort(deferred[a : a + block], kind="stable"), kind="stable")
-        rows = rows[back]
+        rows = _rows(p, deferred[a : a + block])
         key[a : a + block] = rows.argmax(1).astype(np.int64) * n + rows.argmin(1)
     _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
     rank = first[inverse.reshape(-1)]  # group rank = position of its first member
@@ -297,7 +300,7 @@ def _assign_groups(system, p, members, starts, bits, out, arrays) -> int:
     pops = 0
     for g in range(starts.size - 1):
         mem = members[starts[g] : starts[g + 1]]
-        rows = np.asarray(p[np.sort(mem)], np.float64)[np.argsort(np.argsort(mem, kind="stable"), kind="stable")]
+        rows = _rows(p, mem).astype(np.float64)
         unit = rows / np.sqrt((rows * rows).sum(1, keepdims=True))
         row = unit.sum(0)
         if float(row @ row) < 1e-24:  # members that cancel out: the first member's own row

@@ -92,8 +92,9 @@ bench-gpu: ## the same on CUDA
 bench-loss: ## full-system softmax vs cosine loss, step time at 1k-100M classes (table + JSON)
 	$(PYTHON) -m lsc.bench.loss
 
-bench-assign: ## data-aware class->vector assignment time and memory at 1e5-1e7 classes (table + JSON)
+bench-assign: ## data-aware class->vector assignment time and memory at 1e5-1e8 classes (table + JSON)
 	$(PYTHON) -m lsc.bench.assign
+	$(PYTHON) -m lsc.bench.assign --on-disk
 
 bench-data: ## images/s of every data path (image folder PIL/torchvision, prepared JPEG/raw chunks), table + JSON
 	$(PYTHON) -m lsc.bench.data

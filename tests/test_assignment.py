@@ -68,6 +68,41 @@ def test_compiled_walk_gives_the_reference_table(name, n, tmp_path):
     assert torch.equal(got, assign_nearest_free(s, spread.float(), compiled=False)[0])
 
 
+@pytest.mark.parametrize(("name", "n"), [("v22", 8), ("v21", 7), ("a_n", 6)])
+@pytest.mark.parametrize("bounded", [False, True])
+def test_float16_memmap_gives_the_table_of_its_values(name, n, bounded, tmp_path):
+    """float16 prototypes from a file (numba has no float16: the walk decodes their bits) give the table of the same
+    values in float64, for both rules; a copy-on-write memmap's edits are what gets assigned (the pages the
+    assignment unmaps after reading are a shared mapping's only)."""
+    s = make_system(name, n)
+    g = torch.Generator().manual_seed(3)
+    C = int(0.9 * s.count)
+    p = torch.randn(4, n, generator=g)[torch.randint(0, 4, (C,), generator=g)] + 0.1 * torch.randn(C, n, generator=g)
+    mm = np.lib.format.open_memmap(tmp_path / "p.npy", mode="w+", dtype=np.float16, shape=(C, n))
+    mm[:] = p.numpy().astype(np.float16)
+    mm.flush()
+    exact = torch.from_numpy(np.asarray(mm).astype(np.float64))
+
+    def run(x):
+        return assign_bounded(s, x, 2, progress=False)[0] if bounded else assign_nearest_free(s, x, progress=False)[0]
+
+    want = run(exact)
+    assert torch.equal(run(np.load(tmp_path / "p.npy", mmap_mode="r")), want)
+    assert not bounded or torch.equal(want, brute_force_bounded(s, exact, 2))
+    cow = np.load(tmp_path / "p.npy", mmap_mode="c")
+    cow[: C // 2] = cow[C // 2 : 2 * (C // 2)]  # edits in this process only
+    assert torch.equal(run(cow), run(torch.from_numpy(np.asarray(cow).astype(np.float64))))
+
+
+def test_float16_bits_decode_exactly():
+    """The walk's float16 decoding (uint16 bits -> float64) against numpy's, for every finite float16."""
+    from lsc.centers import _assign_numba as nb
+
+    bits = np.arange(1 << 16, dtype=np.uint16)
+    bits = bits[np.isfinite(bits.view(np.float16))]
+    assert np.array_equal(nb._half_bits_to_f64(bits), bits.view(np.float16).astype(np.float64))
+
+
 def brute_force_bounded(system, p: torch.Tensor, walk_max: int, pool: int = 2, chunk: int = 256) -> torch.Tensor:
     """The bounded rule on a materialized system, from its description (tests): every score exact (math.fsum of
     the products times 1/|v|), a class's vectors in levels of equal score; pass 1 in the ordered rule's order, a

@@ -406,6 +406,22 @@ def test_resume_into_the_same_dir_keeps_the_earlier_csv_log(tmp_path):
     assert rows[0]["val/acc"] == pytest.approx(val0[-1])
 
 
+def test_run_one_resumes_a_stopped_run(tmp_path):
+    # a study run killed after its first epoch (last.ckpt, no metrics.json) continues from that checkpoint when
+    # the study runs again: the new CSV log starts at epoch 1, the earlier one is kept, both epochs are read back
+    from lsc.study.runs import run_dir, run_one
+
+    ov = ["data=digits", "data.batch_size=64", "trainer.max_epochs=2", "trainer.precision=32-true"]
+    d = run_dir(tmp_path, "r", ov)
+    lsc.train.train(make_cfg(d, *ov[:2], "trainer.max_epochs=1", "logger=csv"))
+    (d / "metrics.json").unlink()  # as if killed before the end
+    r = run_one(tmp_path, "r", ov)
+    with open(d / "csv" / "metrics.csv") as f:
+        assert {int(x["epoch"]) for x in csv.DictReader(f) if x.get("val/acc")} == {1}
+    assert (d / "csv" / "metrics.1.csv").exists() and [e["epoch"] for e in r["epochs"]] == [0, 1]
+    assert r["wall_s"] > 0 and not (d / "wall_s.partial").exists()
+
+
 def test_final_validation_scores_the_last_epoch(tmp_path):
     # validating every 2nd of 3 epochs leaves the last epoch unscored: final_validation scores last.ckpt on the
     # validation split (lsc.eval split=val); the reference is the same run validating every epoch

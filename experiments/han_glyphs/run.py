@@ -327,6 +327,16 @@ HEAD_ROWS = ((800, 1, 128), (1600, 1, 128), (400, 2, None), (800, 2, None))  # (
 
 
 HEAD_FULL = ((16384, 1, 128), (32768, 1, 128))  # the full set: 0.8 and 1.6 hidden units per class, bottleneck 128
+PFC_FULL_FP32 = ("PFC cosface d128 r1.0 h2048 fp32", [*pfc(128), FP32, "model.backbone.hidden=2048"])
+
+
+def full_seed_jobs(seeds, epochs: int) -> tuple[list, list]:
+    """The full set's headline rows for every seed (3 epochs, float32): Partial FC at 2,048 hidden units (its first
+    row, in bf16, ran on an Intel machine with AVX-512; bf16 convolutions are ~8x slower on this one), then LSC with
+    32,768 behind the 128 bottleneck (seed 0 is the heads_full run). Partial FC first: it is the cheaper."""
+    j, k = jobs_for(None, [PFC_FULL_FP32], seeds, epochs)
+    j2, k2 = jobs_for(None, head_rows(HEAD_FULL[-1:], 256), seeds, epochs)
+    return j + j2, k + k2
 
 
 def head_rows(heads=HEAD_ROWS, n_dim: int = 128) -> list[tuple[str, list[str]]]:
@@ -613,8 +623,8 @@ def best(rows: list[dict], prefix: str) -> str:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parts = ["all", "baselines", "levers", "capacity", "heads", "heads_full", "headline", "small", "sweep", "seeds",
-             "full", "report"]  # fmt: skip
+    parts = ["all", "baselines", "levers", "capacity", "heads", "heads_full", "full_seeds", "headline", "small",
+             "sweep", "seeds", "full", "report"]  # fmt: skip
     p.add_argument("--part", choices=parts, default="all")
     p.add_argument("--sizes", type=int, nargs="+", default=[1000, 5000])
     p.add_argument("--epochs", type=int, default=10)
@@ -660,6 +670,9 @@ def main(argv=None):
         jobs, keys = jobs + j, keys + k
     if ("heads_full" in parts or a.part == "report") and not a.smoke:  # V_128^21 holds 16,256 classes: V_256^21
         j, k = jobs_for(None, head_rows(HEAD_FULL, 256), [0], a.lever_epochs)
+        jobs, keys = jobs + j, keys + k
+    if ("full_seeds" in parts or a.part == "report") and not a.smoke:
+        j, k = full_seed_jobs(SEEDS[: a.seeds], a.lever_epochs)
         jobs, keys = jobs + j, keys + k
     if ("headline" in parts or a.part == "report") and not a.smoke:
         j, k = jobs_for(sweep_size, headline_rows(), SEEDS[: a.seeds], a.lever_epochs, prefix="headline")

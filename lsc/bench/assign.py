@@ -176,25 +176,46 @@ def prototypes(kind: str, n: int, d: int, seed: int = 0, clusters: int = CLUSTER
     return centers[torch.randint(0, clusters, (n,), generator=g)] + 0.3 * torch.randn(n, d, generator=g)
 
 
+def write_prototypes(path: Path, n: int, d: int, dtype, seed: int = 0, rows: int = 1 << 20) -> float:
+    """Spread prototypes [n, d] written to an .npy file in `dtype`, rows at a time (never whole in memory; the
+    same draws, rounded, in every dtype). Returns the seconds it took."""
+    import numpy as np
+
+    t0 = time.perf_counter()
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": np.dtype(dtype).str, "fortran_order": False, "shape": (n, d)})
+        for k, a in enumerate(range(0, n, rows)):
+            g = torch.Generator().manual_seed(seed * 1_000_003 + k)
+            f.write(torch.randn(min(rows, n - a), d, generator=g).numpy().astype(dtype).tobytes())
+    return time.perf_counter() - t0
+
+
 def point(
-    nc: int, width: int, kind: str, compiled: bool, plus: int = 0, clusters: int = CLUSTERS, walk_max: int = -1
-) -> dict:
+    nc: int, width: int, kind: str, compiled: bool, plus: int = 0, clusters: int = CLUSTERS, walk_max: int = -1,
+    proto_file: str | None = None, table_out: str | None = None,
+) -> dict:  # fmt: skip
     """One row, in this process: the assignment of nc classes in V^22 at width x n_min + plus (walk_max >= 0: the
-    bounded rule), its mean cosine between prototype and vector, and this process's peak RSS."""
+    bounded rule), its mean cosine between prototype and vector, and this process's peak RSS. proto_file: the
+    prototypes from that .npy file, memory-mapped (`write_prototypes`) instead of drawn in memory; table_out: the
+    table saved there (.npy)."""
     import resource
+
+    import numpy as np
 
     d = width * n_min("v22", nc) + plus
     s = make_system("v22", d)
-    proto = prototypes(kind, nc, d, clusters=clusters)
+    proto = np.load(proto_file, mmap_mode="r") if proto_file else prototypes(kind, nc, d, clusters=clusters)
     if walk_max >= 0:
         idx, st = assign_bounded(s, proto, walk_max, progress=False)
     else:
         idx, st = assign_nearest_free(s, proto, compiled=compiled, progress=False)
     table = Assignment(idx, s.count)
+    if table_out:
+        np.save(table_out, idx.numpy())
     return {
         "n_classes": nc, "n_dim": d, "count": s.count, "kind": kind, "walk": "numba" if compiled else "python",
         "seconds": st["seconds"], "walk_share": st["walks"] / nc, "pops_per_walk": st["pops"] / max(1, st["walks"]),
-        "scans": st["scans"], "prototype_bytes": proto.numel() * proto.element_size(),
+        "scans": st["scans"], "prototype_bytes": proto.nbytes, "prototype_dtype": str(proto.dtype).split(".")[-1],
         "taken_state_bytes": st["taken_state_bytes"], "table_bytes": table.nbytes,
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "digest": table.digest, "clusters": clusters if kind == "clustered" else None,
@@ -204,18 +225,26 @@ def point(
     }  # fmt: skip
 
 
-def mean_cosine(system, proto: torch.Tensor, idx: torch.Tensor, block: int = 1 << 18) -> float:
-    """Mean cosine between each class's prototype and its assigned vector (how near the data the table is)."""
+def mean_cosine(system, proto, idx: torch.Tensor, block: int = 1 << 18) -> float:
+    """Mean cosine between each class's prototype (a tensor or an np.memmap) and its assigned vector (how near the
+    data the table is)."""
+    import numpy as np
+
+    from lsc.centers.assignment import drop_pages
+
     total = 0.0
     for a in range(0, idx.numel(), block):
         v = system.vectors(idx[a : a + block], normalize=True, dtype=torch.float64)
-        total += float((torch.nn.functional.normalize(proto[a : a + block].double(), dim=1) * v).sum())
+        z = proto[a : a + block]
+        z = torch.from_numpy(np.array(z, dtype=np.float64)) if isinstance(z, np.ndarray) else z.double()
+        total += float((torch.nn.functional.normalize(z, dim=1) * v).sum())
+        drop_pages(proto)
     return total / idx.numel()
 
 
 def run_point(
     nc: int, width: int, kind: str, compiled: bool, timeout: float, plus: int = 0, clusters: int = CLUSTERS,
-    walk_max: int = -1,
+    walk_max: int = -1, proto_file: str | None = None, table_out: str | None = None,
 ) -> dict | None:  # fmt: skip
     """`point` in a subprocess of its own (one thread): its peak RSS is that point's alone. None past timeout."""
     import json
@@ -226,6 +255,8 @@ def run_point(
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "lsc.bench.assign", "--point", str(nc), str(width), kind, str(int(compiled))]
     cmd += ["--plus", str(plus), "--clusters", str(clusters), "--walk-max", str(walk_max)]
+    cmd += ["--proto-file", proto_file] if proto_file else []
+    cmd += ["--table-out", table_out] if table_out else []
     try:
         out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, check=True)
     except subprocess.TimeoutExpired:
@@ -355,6 +386,71 @@ def bounded(a) -> None:
     finish(a, "bench_assign_bounded", text, raw)
 
 
+def _complete(path: Path, shape: tuple, dtype) -> bool:
+    """An .npy file `write_prototypes` finished with this shape and dtype (kept by an earlier --keep-files run)."""
+    import numpy as np
+
+    try:
+        m = np.load(path, mmap_mode="r")
+    except (OSError, ValueError):
+        return False
+    return m.shape == shape and m.dtype == np.dtype(dtype) and path.stat().st_size == m.offset + m.nbytes
+
+
+def on_disk(a) -> None:
+    """Spread prototypes from a file on disk, memory-mapped: float16 at --classes (default 1e7 and 1e8), beside
+    float32 where that file fits (--float32-max classes): seconds, peak RSS and the classes whose vector the
+    rounding to float16 changed. The files go to --proto-dir and are deleted after their points (--keep-files:
+    kept, and a complete one is used again instead of written)."""
+    import numpy as np
+
+    classes = [int(c) for c in (a.classes or ([2e4] if a.smoke else [1e7, 1e8]))]
+    tmp = Path(a.proto_dir)
+    tmp.mkdir(parents=True, exist_ok=True)
+    rows, raw, t0 = [], [], time.time()
+    for nc in classes:
+        d = n_min("v22", nc)
+        tables, start = {}, len(rows)
+        for dtype in ("float16", "float32") if nc <= a.float32_max else ("float16",):
+            path, table = tmp / f"proto_{nc}_{dtype}.npy", tmp / f"table_{nc}_{dtype}.npy"
+            write_s = write_prototypes(path, nc, d, dtype) if not _complete(path, (nc, d), dtype) else None
+            r = run_point(nc, 1, "spread", True, a.timeout, proto_file=str(path), table_out=str(table))
+            if not a.keep_files:
+                path.unlink()
+            if r is None:
+                r = {"n_classes": nc, "n_dim": d, "count": make_system("v22", d).count, "seconds": None}
+            else:
+                tables[dtype] = np.load(table)
+                table.unlink()
+            r.update(write_s=write_s, prototype_dtype=dtype, file_bytes=nc * d * np.dtype(dtype).itemsize)
+            raw.append(r)
+            done = r["seconds"] is not None
+            rows.append([f"{nc:,}", d, f"{r['count']:,}", dtype, fmt_bytes(r["file_bytes"]),
+                         "(kept)" if write_s is None else f"{write_s:.0f}",
+                         *walk_cells(r, a.timeout), f"{r['mean_cos']:.4f}" if done else "—"])  # fmt: skip
+            print("  ", rows[-1], flush=True)
+        if len(tables) == 2:  # rows[start]: float16, rows[start + 1]: float32
+            raw[start]["changed_vs_float32"] = float((tables["float16"] != tables["float32"]).mean())
+            rows[start].append(f"{100 * raw[start]['changed_vs_float32']:.2f}%")
+            rows[start + 1].append("(reference)")
+        else:
+            for row in rows[start:]:
+                row.append("—")
+    head = ["n_classes", "n_dim", "vectors", "prototypes", "file", "write s", "seconds", "classes walked",
+            "vectors / walk", "scans", "peak RSS", "mean cosine", "table changed vs float32"]  # fmt: skip
+    text = (
+        f"### Data-aware assignment from prototypes on disk, spread, V^22 at n_min ({machine()}, compiled walk, one "
+        f"thread per point; {time.time() - t0:.0f} s)\n\n"
+        + md_table(head, rows)
+        + "\n\nThe prototypes: an .npy file memory-mapped read-only (`np.load(mmap_mode='r')`), read in blocks for "
+        "the nearest-vector pass and one row per walk, the pages read unmapped after each block (they stay in the "
+        "page cache, not in the process's RSS). write s: drawing and writing the file (not part of seconds). peak "
+        "RSS: the assigning process, file pages it held mapped included. table changed: classes whose vector differs "
+        "from the table of the same draws in float32.\n"
+    )
+    finish(a, "bench_assign_disk", text, raw)
+
+
 TARGETS = {(1_000_000, "clustered"): 60, (10_000_000, "clustered"): 900}  # seconds, one thread (the scale issue)
 
 
@@ -388,6 +484,13 @@ def main(argv=None):
         default=[BOUNDED_WALK],
         help="--bounded with --classes: the bounded rule's walk_max values beside the ordered rule",
     )
+    p.add_argument("--on-disk", action="store_true",
+                   help="only spread prototypes memory-mapped from a file (float16, float32): 1e7, 1e8")  # fmt: skip
+    p.add_argument("--proto-dir", default="/tmp/lsc_bench_assign", help="--on-disk: where the prototype files go")
+    p.add_argument("--keep-files", action="store_true", help="--on-disk: keep the prototype files, reuse kept ones")
+    p.add_argument("--float32-max", type=float, default=1e7, help="--on-disk: float32 files up to this many classes")
+    p.add_argument("--proto-file", help=argparse.SUPPRESS)
+    p.add_argument("--table-out", help=argparse.SUPPRESS)
     p.add_argument("--point", nargs=4, metavar=("CLASSES", "WIDTH", "KIND", "COMPILED"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.readme:
@@ -396,7 +499,8 @@ def main(argv=None):
         import json
 
         nc, width, kind, compiled = int(a.point[0]), int(a.point[1]), a.point[2], bool(int(a.point[3]))
-        print(json.dumps(point(nc, width, kind, compiled, a.plus[0], a.clusters[0], a.walk_max)))
+        r = point(nc, width, kind, compiled, a.plus[0], a.clusters[0], a.walk_max, a.proto_file, a.table_out)
+        print(json.dumps(r))
         return None
     if a.scaling:
         return scaling(a)
@@ -404,6 +508,8 @@ def main(argv=None):
         return per_cluster(a)
     if a.bounded:
         return bounded(a)
+    if a.on_disk:
+        return on_disk(a)
     a.classes = a.classes or [1e5, 1e6, 1e7]
     if a.smoke:
         a.classes, a.kinds, a.widths, a.max_reference = [2e4], ["spread"], [1], 2e4

@@ -326,7 +326,7 @@ def _assign_range(
         v = near[c]
         if _is_taken(bits, v):
             stats[0] += 1
-            row = protos[c].astype(np.float64)
+            row = _row64(protos[c])
             nf, k = _walk(row, bits, budget, found, pos0, val0, nnz, gval, gmul, ngroups, place, inv_norm, offsets,
                           binom)  # fmt: skip
             stats[1] += k
@@ -343,6 +343,23 @@ def _assign_range(
     return stop
 
 
+def _row64(r):
+    """A prototype row as float64 (numba has no float16: a float16 array comes in as its uint16 bits, see
+    `assign_range`)."""
+    return r.astype(np.float64)
+
+
+def _half_bits_to_f64(r):
+    """float16 bit patterns (uint16) -> float64, exactly (finite values: the prototypes were checked)."""
+    out = np.empty(r.shape[0], np.float64)
+    for i in range(r.shape[0]):
+        h = np.int64(r[i])
+        e, m = (h >> 10) & 0x1F, h & 0x3FF
+        v = m * 2.0**-24 if e == 0 else (1024 + m) * 2.0 ** (e - 25)
+        out[i] = -v if h >> 15 else v
+    return out
+
+
 def _pick_greedy(scores, picks):
     """Rows of scores [members, candidates] in turn, each the best candidate no earlier row took (ties: the
     candidate found first) into picks."""
@@ -357,6 +374,16 @@ def _pick_greedy(scores, picks):
 
 
 if HAVE_NUMBA:
+    from numba.extending import overload
+
+    _half_bits_to_f64 = numba.njit(cache=True)(_half_bits_to_f64)
+
+    @overload(_row64, inline="always")
+    def _row64_numba(r):
+        if r.dtype == numba.types.uint16:
+            return lambda r: _half_bits_to_f64(r)
+        return lambda r: r.astype(np.float64)
+
     _fsum = numba.njit(cache=True, inline="always")(_fsum)
     _rank = numba.njit(cache=True, inline="always")(_rank)
     _is_taken = numba.njit(cache=True, inline="always")(_is_taken)
@@ -373,6 +400,8 @@ if HAVE_NUMBA:
 def assign_range(protos, order, near, bits, out, start, stop, budget, stats, arrays, deferred=None) -> int:
     if deferred is None:
         deferred = np.empty(0, np.int64)
+    if HAVE_NUMBA and protos.dtype == np.float16:  # numba has no float16: its bits, decoded per row (_row64)
+        protos = protos.view(np.uint16)
     return int(_assign_range(protos, order, near, bits, out, start, stop, budget, stats, deferred, *arrays))
 
 

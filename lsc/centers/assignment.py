@@ -29,6 +29,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import math
+import mmap
 
 import numpy as np
 import torch
@@ -226,12 +227,15 @@ def _assign_compiled(system, prototypes, taken_already, walk_budget, progress, b
     p = _check_prototypes(system, prototypes, old.size)
     n = p.shape[0]
     nearest, cos = _nearest_with_scores(system, p)
-    order = np.lexsort((np.arange(n), -cos.numpy()))  # descending cosine, then lower label
+    order = np.argsort(-cos.numpy(), kind="stable")  # descending cosine, then lower label
     del cos
     bits = np.zeros((system.count + 7) // 8, dtype=np.uint8)
     nb.set_taken(bits, old)
     out = nearest.numpy().copy()
     del nearest
+    _advise(p, "MADV_RANDOM")  # the walks read single rows in the rule's order: no read-ahead around them
+    if isinstance(p, np.memmap):  # a fault maps up to 16 cached pages around the row: unmap them more often
+        batch = min(batch, 1 << 8)
     arrays = nb.system_arrays(system)
     budget = -1 if walk_budget is None else int(walk_budget)
     stats = np.zeros(3, np.int64)
@@ -249,12 +253,14 @@ def _assign_compiled(system, prototypes, taken_already, walk_budget, progress, b
             scans += 1
             stop = j + 1
         i = stop
+        drop_pages(p)  # the rows this batch walked from
         if bar is None and (progress or (progress is None and time.perf_counter() - t0 > 5)):
             bar = tqdm(total=n, initial=i, desc="assign", unit="class", unit_scale=True, mininterval=1)
         elif bar is not None:
             bar.update(i - bar.n)
     if bar is not None:
         bar.close()
+    _advise(p, "MADV_NORMAL")
     stats_out = {"walks": int(stats[0]), "pops": int(stats[1]), "scans": scans}
     if bounded:
         deferred = deferred[: int(stats[2])]
@@ -267,7 +273,24 @@ def _assign_compiled(system, prototypes, taken_already, walk_budget, progress, b
 
 def _rows(p, idx: np.ndarray) -> np.ndarray:
     """p[idx] read in sorted order (p may be an np.memmap), returned in idx's order."""
-    return np.asarray(p[np.sort(idx)])[np.argsort(np.argsort(idx, kind="stable"), kind="stable")]
+    rows = np.asarray(p[np.sort(idx)])[np.argsort(np.argsort(idx, kind="stable"), kind="stable")]
+    drop_pages(p)
+    return rows
+
+
+def drop_pages(p) -> None:
+    """Unmap the pages of an np.memmap this process has read so far. They stay in the page cache (a re-read is a
+    minor fault), but no longer count in the process's RSS, which otherwise grows to the file's size (57 GB of
+    float32 prototypes at 10^8 classes) or to what the machine's memory holds of it. Shared mappings only (a
+    copy-on-write memmap, mode "c", would lose its writes)."""
+    _advise(p, "MADV_DONTNEED", shared_only=True)
+
+
+def _advise(p, flag: str, shared_only: bool = False) -> None:
+    """madvise(flag) on an np.memmap's mapping (nothing for other arrays, or where the OS lacks the flag)."""
+    m = getattr(p, "_mmap", None)
+    if m is not None and hasattr(mmap, flag) and not (shared_only and getattr(p, "mode", "c") == "c"):
+        m.madvise(getattr(mmap, flag))
 
 
 def _groups(p, deferred: np.ndarray, block: int = 1 << 16) -> tuple[np.ndarray, np.ndarray]:
@@ -356,7 +379,7 @@ def _nearest_with_scores(system, p, block: int = 1 << 16):
     cos = torch.empty(p.shape[0], dtype=torch.float64)
     for a in range(0, p.shape[0], block):
         z = (
-            torch.as_tensor(np.asarray(p[a : a + block])).double()
+            torch.from_numpy(np.array(p[a : a + block], dtype=np.float64))  # a copy: p may be a read-only memmap
             if isinstance(p, np.ndarray)
             else p[a : a + block].double()
         )
@@ -367,6 +390,7 @@ def _nearest_with_scores(system, p, block: int = 1 << 16):
         v = system.vectors(i, dtype=torch.float64)
         idx[a : a + block] = i
         cos[a : a + block] = (z * v).sum(1) * system.inv_norms(i, torch.float64) / norm
+        drop_pages(p)
     return idx, cos
 
 

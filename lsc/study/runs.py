@@ -1,7 +1,8 @@
 """Run many `python -m lsc.train` jobs in parallel single-threaded subprocesses and collect their results.
 
 Experiments describe each run as a list of Hydra overrides. A run whose directory already holds metrics.json is
-not run again, so an interrupted experiment resumes where it stopped; raw per-run outputs (the run's config,
+not run again, and one stopped after an epoch (its checkpoints/last.ckpt, no metrics.json) resumes from that
+checkpoint, so an interrupted experiment resumes where it stopped; raw per-run outputs (the run's config,
 metrics.json, the CSV log) stay in the run directory next to the published tables.
 """
 
@@ -41,8 +42,17 @@ def run_one(root: Path, name: str, overrides: list[str], threads: int = 1, timeo
     if not done.exists():
         t0 = time.time()
         args = [*overrides, "logger=csv", "~callbacks.rich_progress_bar", "~callbacks.embedding_plot"]
-        _run_module("lsc.train", args, d, threads, timeout, what=f"run {name}")
-        (d / "wall_s.txt").write_text(f"{time.time() - t0:.1f}\n")
+        last = d / "checkpoints" / "last.ckpt"  # a run stopped (killed) after an epoch: it resumes from there
+        before = float((d / "wall_s.partial").read_text()) if last.exists() and (d / "wall_s.partial").exists() else 0
+        if last.exists():
+            args.append(f"ckpt_path={last}")
+            if (d / "stdout.log").exists():
+                (d / "stdout.log").replace(d / f"stdout.before-{int(time.time())}.log")
+        try:
+            _run_module("lsc.train", args, d, threads, timeout, what=f"run {name}")
+        finally:  # the wall time so far survives a stop (KeyboardInterrupt, timeout; not kill -9 of this process)
+            (d / "wall_s.partial").write_text(f"{before + time.time() - t0:.1f}\n")
+        (d / "wall_s.partial").replace(d / "wall_s.txt")
     metrics = json.loads(done.read_text())
     wall = float((d / "wall_s.txt").read_text()) if (d / "wall_s.txt").exists() else metrics.get("time_s")
     return {

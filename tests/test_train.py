@@ -420,6 +420,10 @@ def test_run_one_resumes_a_stopped_run(tmp_path):
         assert {int(x["epoch"]) for x in csv.DictReader(f) if x.get("val/acc")} == {1}
     assert (d / "csv" / "metrics.1.csv").exists() and [e["epoch"] for e in r["epochs"]] == [0, 1]
     assert r["wall_s"] > 0 and not (d / "wall_s.partial").exists()
+    # a results header counts the runs' own wall times, cached ones included, not only this invocation's
+    from lsc.study.runs import wall_note
+
+    assert wall_note(0, [{"wall_s": 3600.0}, {"wall_s": 1800.0}, {"wall_s": None}, None]).endswith(", 1.5 h of runs")
 
 
 def test_final_validation_scores_the_last_epoch(tmp_path):

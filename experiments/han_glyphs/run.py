@@ -29,7 +29,7 @@ import torch
 
 from lsc.centers import n_min
 from lsc.study.report import fmt_bytes, machine, md_table, pyplot, save_figure, write_readme, write_results
-from lsc.study.runs import run_many
+from lsc.study.runs import run_many, wall_note
 
 HERE = Path(__file__).parent
 README = """
@@ -738,7 +738,7 @@ def main(argv=None):
     n_full = (baselines.get("full") or {}).get("classes")
     name = "han_glyphs_smoke" if a.smoke else "han_glyphs"
     text = (f"### Held-out type designs: top-1 / top-5 on glyphs of designs never trained on ({machine()}; "
-            f"{time.time() - t0:.0f} s wall incl. cached runs)\n\n" + table(raw, baselines, n_full) +
+            f"{wall_note(t0, [r for rs in by.values() for r in rs])})\n\n" + table(raw, baselines, n_full) +
             "\n\nHeld-out: the last epoch's accuracy on the 4 test designs (no selection on them); test@val: the test "
             "designs scored on the checkpoint the validation designs chose; train acc: running, last epoch (with "
             "augmentation: on augmented glyphs). s / epoch: median, two runs sharing the 2 cores. Class state: what "
@@ -781,7 +781,8 @@ def _cached(runs: Path, jobs) -> list:
             res.append(None)
             continue
         m = json.loads((d / "metrics.json").read_text())
-        res.append({"name": name, "overrides": ov, "dir": str(d), "metrics": m, "wall_s": None, "epochs": epochs(d)})
+        wall = float((d / "wall_s.txt").read_text()) if (d / "wall_s.txt").exists() else None
+        res.append({"name": name, "overrides": ov, "dir": str(d), "metrics": m, "wall_s": wall, "epochs": epochs(d)})
     return res
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from lsc.centers import n_min
 from lsc.study.report import fmt_bytes, machine, md_table, plot_curves, write_readme, write_results
-from lsc.study.runs import final_validation, run_many
+from lsc.study.runs import final_validation, run_many, wall_note
 
 HERE = Path(__file__).parent
 README = r"""
@@ -555,7 +555,7 @@ def main(argv=None):
     what = "until 95% or" if a.part == "full" else "for"
     text = (
         f"### Training accuracy, Fashion-MNIST instance labels ({machine()}; encoder_small_flat, AdamW 1e-3, batch 64, "
-        f"{what} {epochs} epochs; {time.time() - t0:.0f} s wall incl. cached runs)\n\n"
+        f"{what} {epochs} epochs; {wall_note(t0, results)})\n\n"
         + md_table(HEADER, rows)
         + "\n\nEpochs counted on the running training accuracy; '—' = not reached; (k/n) = reached by k seeds. "
         "Class state: what grows with n_classes (LSC keyed: nothing; data-assigned: its 16-byte-per-class table; "

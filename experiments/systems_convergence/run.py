@@ -26,7 +26,7 @@ from pathlib import Path
 
 from lsc.centers import n_min
 from lsc.study.report import machine, md_table, plot_curves, write_readme, write_results
-from lsc.study.runs import run_many
+from lsc.study.runs import run_many, wall_note
 
 HERE = Path(__file__).parent
 README = """
@@ -207,7 +207,7 @@ def main(argv=None):
         )
     text = (
         f"### Training accuracy vs vector system, Fashion-MNIST instance labels ({machine()}; encoder_small_flat, "
-        f"{a.epochs} epochs, seeds {a.seeds}; {time.time() - t0:.0f} s wall incl. cached runs)\n\n"
+        f"{a.epochs} epochs, seeds {a.seeds}; {wall_note(t0, results)})\n\n"
         + md_table(
             [
                 "classes",

@@ -131,7 +131,8 @@ def assign_nearest_free(
     progress: bool | None = None,
 ) -> tuple[torch.Tensor, dict]:
     """The greedy rule of the module docstring. prototypes: [C, n_dim] (float64 recommended; a numpy array,
-    e.g. an np.memmap of a prototype file, is read row by row and never copied whole).
+    e.g. an np.memmap of a prototype file, float16 included, is read in blocks and single rows and never copied
+    whole; the pages of a memmap are unmapped after each block, so they do not add up in the process's RSS).
 
     taken_already: vector indices owned by existing classes (growing a label space: `ClassCenters.grow`); the
     new classes take free vectors only.

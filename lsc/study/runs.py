@@ -65,6 +65,13 @@ def run_one(root: Path, name: str, overrides: list[str], threads: int = 1, timeo
     }
 
 
+def wall_note(t0: float, results) -> str:
+    """A results header's time: this invocation's seconds (cached runs are only read back) and the summed wall time
+    of the runs it reports (each run's wall_s.txt; a run without one counts 0)."""
+    total = sum(float(r.get("wall_s") or 0) for r in results if r)
+    return f"{time.time() - t0:.0f} s this invocation, {total / 3600:.1f} h of runs"
+
+
 def final_validation(r: dict, threads: int = 1) -> dict:
     """A run stopped early (or validating every k epochs) last validated before its final epoch: score its last
     checkpoint on the validation split (`python -m lsc.eval split=val`, cached in <run>/final_eval/) and put that in

@@ -94,6 +94,37 @@ def test_float16_memmap_gives_the_table_of_its_values(name, n, bounded, tmp_path
     assert torch.equal(run(cow), run(torch.from_numpy(np.asarray(cow).astype(np.float64))))
 
 
+@pytest.mark.parametrize("rule", ["ordered", "ordered-scan", "bounded"])
+def test_spilled_memmap_gives_the_in_memory_table(rule, tmp_path, monkeypatch):
+    """A prototype file larger than SPILL_BYTES is copied in the rule's order, in buckets, before the walks: the
+    same table (and walks, pops, scans, deferred) as the prototypes in memory, with buckets of a few rows so that
+    walks, scans and deferrals cross bucket boundaries; the bucket files are gone afterwards."""
+    monkeypatch.setattr(assignment, "SPILL_BYTES", 0)
+    monkeypatch.setattr(assignment, "SPILL_BUCKET_BYTES", 8 * 7 * 97)  # 97 float64 rows of V_8^22 per bucket
+    s = make_system("v22", 8)
+    g = torch.Generator().manual_seed(5)
+    C = int(0.95 * s.count)
+    p = torch.randn(5, 8, generator=g, dtype=torch.float64)[torch.randint(0, 5, (C,), generator=g)]
+    p += 0.2 * torch.randn(C, 8, generator=g, dtype=torch.float64)
+    mm = np.lib.format.open_memmap(tmp_path / "p.npy", mode="w+", dtype=np.float64, shape=(C, 8))
+    mm[:] = p.numpy()
+    mm.flush()
+    from_file = np.load(tmp_path / "p.npy", mmap_mode="r")
+
+    def run(x):
+        if rule == "bounded":
+            return assign_bounded(s, x, 1, progress=False)
+        return assign_nearest_free(s, x, walk_budget=0 if rule == "ordered-scan" else "auto", progress=False)
+
+    want, st_mem = run(p)
+    got, st = run(from_file)
+    assert st["spilled"] and not st_mem["spilled"] and torch.equal(got, want)
+    keys = ("walks", "pops", "scans", "deferred")
+    assert [st.get(k) for k in keys] == [st_mem.get(k) for k in keys]
+    assert st["walks"] > 0 and (rule != "ordered-scan" or st["scans"] > 0) and (rule != "bounded" or st["deferred"])
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["p.npy"]
+
+
 def test_float16_bits_decode_exactly():
     """The walk's float16 decoding (uint16 bits -> float64) against numpy's, for every finite float16."""
     from lsc.centers import _assign_numba as nb

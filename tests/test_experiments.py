@@ -25,9 +25,10 @@ def check_scale_1m(out):
     for r in rows.values():
         end, mid = r["curve"][-1], r["curve"][:-1]
         assert end["at"] is None and end["n_test"] == 300 and all(c["n_test"] == 100 for c in mid)
-        # stopped by the clock, not before its budget; the slack allows a slow step or two on a loaded machine (a CI
-        # run beside another job stopped a 15-s row at 25.5 s)
-        assert budget <= end["wall_s"] < 2 * budget + 5
+        # stopped by the clock (max_epochs is 100,000) at the first step that ended past its budget, not before (on a
+        # loaded machine the start-up can take the whole budget: then the first step is that step, before is None)
+        before, last = r["last_steps_wall_s"]
+        assert (before is None or before < budget) and budget <= last and budget <= end["wall_s"]
         assert 0 <= end["acc1"] <= end["acc5"] <= 1
         assert 0 < r["first_step_s"] < end["wall_s"] and r["images_per_s"] > 0 and r["data_s"] > 0
         assert r["peak_rss_train"] > 100 * 2**20

@@ -95,6 +95,7 @@ class WallClock(L.Callback):
         self.rss_train = None
         self.train_acc, self.eval_batch, self.mid_size = train_acc, eval_batch, mid_size
         self.rss_pre_eval = None  # peak RSS before the first scoring: training's own (scoring may add its logits)
+        self.step_walls = [None, None]  # the wall at the last two step ends: the stop came at the first past budget
 
     def wall(self, now: float | None = None) -> float:
         return (now or time.time()) - self.t0 - self.paused
@@ -124,6 +125,7 @@ class WallClock(L.Callback):
         if self.t_first_step is None:
             self.t_first_step = time.time()
         w = self.wall()
+        self.step_walls = [self.step_walls[1], round(w, 3)]
         due = [t for t in self.eval_at if t <= w]
         if due:  # several due at once (a start-up past them, or a long step): one score, for the latest
             self.eval_at = [t for t in self.eval_at if t > w]
@@ -192,6 +194,7 @@ class WallClock(L.Callback):
             "eval_pause_s": round(self.paused, 2),
             "train_s": None if train_s is None else round(train_s, 2),  # training wall, evaluation pauses excluded
             "steps": self.steps,
+            "last_steps_wall_s": self.step_walls,  # training wall (scoring excluded) at the last two step ends
             "images": self.images,
             "images_per_s": None if not train_s else round(self.images / train_s, 1),
             "peak_rss_built": self.rss_init,

@@ -260,6 +260,7 @@ def summarize(k: int, model: str, r: dict) -> dict:
         "model": model,
         "dir": str(d.relative_to(HERE)) if d.is_relative_to(HERE) else str(d),
         "budget_s": clock["budget_s"],
+        "last_steps_wall_s": clock.get("last_steps_wall_s"),
         "data_s": clock.get("data_s") or logs["data_s"],
         "prototypes_s": logs["prototypes_s"],
         "assign_s": logs["assign_s"] if logs["assign_s"] is not None else r["metrics"].get("assign_s"),

@@ -84,9 +84,37 @@ cores busy), for the same pops and the same table (tests/test_assignment.py chec
 for every system family). Memory: 8 B per class for the table while assigning (16 B in the final `Assignment`), 1
 bit per vector for the taken bitmap, the prototypes read per row (an np.memmap stays on disk). float16 prototypes
 change the table for 0.8-2.4% of the classes (100,000 spread / clustered, 1M spread), so the prototypes stay
-float32; 10^8 classes were not run here: their float32 prototypes are 57 GB at V_143^22 (more than this machine's
-24 GB of RAM, so a memmap on disk), and the rule reads them in its own order (classes by descending fit), not the
-file's: ~47M random row reads.
+float32 where they fit; 10^8 classes: the next section.
+
+## 10^8 classes: prototypes on disk
+
+At 10^8 classes (V_143^22) the prototypes are 57 GB in float32, 28.6 GB in float16: more than this machine's 24 GB
+of RAM, so they are a file, memory-mapped (`np.load(mmap_mode="r")`); the compiled walk reads float16 rows as
+they are (numba has no float16: their bits are decoded per row, `_assign_numba._row64`). `python -m
+lsc.bench.assign --on-disk` writes spread prototypes to a file (float16 at 10M and 100M, float32 beside it at 10M)
+and assigns from it:
+
+<!-- RESULT results/bench_assign_disk.md -->
+<!-- /RESULT -->
+
+What it shows (one thread; the other core ran a CI test run or a training run throughout, so seconds are ~1.5-2x
+what the point takes alone: the 10M float32 point took 103 s alone from memory, above):
+- **10^8 spread classes assigned to the end from a float16 file, 3,061 s, peak RSS 4.5 GiB** (the target: runs to
+  the end at <= 8 GiB: met). The peak is the ordering: the nearest vector, its cosine and the stable argsort of 10^8
+  classes (int64 and float64 arrays of 800 MB each); the prototype pages read are unmapped after every block.
+- It took a change of how the file is read. The walks read a class's row in the rule's order (classes by descending
+  fit), not the file's, and a 28.6 GB file does not fit in this machine's page cache: the first 100M run read one
+  random row per walk, at ~4,600 random 4-KiB reads/s (18 MB/s) here, and was stopped after 43 minutes with most of
+  its walks ahead (its logs: results/logs/bench_assign_disk_100m_random_reads*). Since then a memmap larger than 2 GiB
+  is first copied in the rule's order (one sequential read; ~512 MiB bucket files beside it, each read back whole
+  while the walks run, then deleted; as much free disk again as the file): the same table, walks and scans as in
+  memory (tests/test_assignment.py), and at 10M float32 (spilled, 3.1 GiB) 192 s against 146 s for the float16 file
+  read in place.
+- float16 halves the file and the reads; it rounds the prototypes, which changes the vector of 1.28% of the classes at
+  10M (the same draws in float32: the reference row), with the same mean cosine to four places. The assignment
+  is as near the data either way; it is not the same table.
+- Clustered prototypes at 10^8 were not run (the ordered rule is quadratic in the classes per cluster; the bounded
+  rule above took 560 s at 10M).
 
 ## Is the rule the wall? n_dim above n_min
 
@@ -443,8 +471,11 @@ def on_disk(a) -> None:
         f"thread per point; {time.time() - t0:.0f} s)\n\n"
         + md_table(head, rows)
         + "\n\nThe prototypes: an .npy file memory-mapped read-only (`np.load(mmap_mode='r')`), read in blocks for "
-        "the nearest-vector pass and one row per walk, the pages read unmapped after each block (they stay in the "
-        "page cache, not in the process's RSS). write s: drawing and writing the file (not part of seconds). peak "
+        "the nearest-vector pass; the walks read one row per walk from the file (the 1.5 GiB float16 file), or, for a "
+        "file over 2 GiB (the other two rows), from a copy in the rule's order made first (`_spill`, counted in "
+        "seconds); the pages read are unmapped after each block (they stay in the page cache, not in the process's "
+        "RSS). write s: drawing and writing the file (not part of seconds; (kept): written by an earlier, stopped "
+        "run). peak "
         "RSS: the assigning process, file pages it held mapped included. table changed: classes whose vector differs "
         "from the table of the same draws in float32.\n"
     )

@@ -772,7 +772,7 @@ def main(argv=None):
 
 def _cached(runs: Path, jobs) -> list:
     """Finished runs only (report): None for a job that has not run."""
-    from lsc.study.runs import epochs, run_dir
+    from lsc.study.runs import epochs, run_dir, run_wall
 
     res = []
     for name, ov in jobs:
@@ -781,8 +781,8 @@ def _cached(runs: Path, jobs) -> list:
             res.append(None)
             continue
         m = json.loads((d / "metrics.json").read_text())
-        wall = float((d / "wall_s.txt").read_text()) if (d / "wall_s.txt").exists() else None
-        res.append({"name": name, "overrides": ov, "dir": str(d), "metrics": m, "wall_s": wall, "epochs": epochs(d)})
+        res.append({"name": name, "overrides": ov, "dir": str(d), "metrics": m, "wall_s": run_wall(d, m),
+                    "epochs": epochs(d)})  # fmt: skip
     return res
 
 

@@ -268,7 +268,8 @@ def _assign_compiled(
                 stop = j + 1
             done += stop - i
             i = stop
-            drop_pages(p)  # the rows this batch walked from
+            if not spill:
+                drop_pages(p)  # the rows this batch walked from (spilled: the walks read the buckets, not p)
             if bar is None and (progress or (progress is None and time.perf_counter() - t0 > 5)):
                 bar = tqdm(total=n, initial=done, desc="assign", unit="class", unit_scale=True, mininterval=1)
             elif bar is not None:

@@ -54,7 +54,7 @@ def run_one(root: Path, name: str, overrides: list[str], threads: int = 1, timeo
             (d / "wall_s.partial").write_text(f"{before + time.time() - t0:.1f}\n")
         (d / "wall_s.partial").replace(d / "wall_s.txt")
     metrics = json.loads(done.read_text())
-    wall = float((d / "wall_s.txt").read_text()) if (d / "wall_s.txt").exists() else metrics.get("time_s")
+    wall = run_wall(d, metrics)
     return {
         "name": name,
         "overrides": overrides,
@@ -63,6 +63,11 @@ def run_one(root: Path, name: str, overrides: list[str], threads: int = 1, timeo
         "wall_s": wall,
         "epochs": epochs(d),
     }
+
+
+def run_wall(d: Path, metrics: dict | None = None) -> float | None:
+    """A finished run's wall seconds: its wall_s.txt (all its invocations), else the metrics' time_s."""
+    return float((d / "wall_s.txt").read_text()) if (d / "wall_s.txt").exists() else (metrics or {}).get("time_s")
 
 
 def wall_note(t0: float, results) -> str:

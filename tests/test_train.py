@@ -415,7 +415,8 @@ def test_run_one_resumes_a_stopped_run(tmp_path):
     d = run_dir(tmp_path, "r", ov)
     lsc.train.train(make_cfg(d, *ov[:2], "trainer.max_epochs=1", "logger=csv"))
     (d / "metrics.json").unlink()  # as if killed before the end
-    r = run_one(tmp_path, "r", ov)
+    r = run_one(tmp_path, "r", ov, ckpt_every=7)  # last.ckpt every 7 steps too; the run's key stays the same
+    assert "callbacks.last_checkpoint.every_n_train_steps=7" in (d / ".hydra" / "overrides.yaml").read_text()
     with open(d / "csv" / "metrics.csv") as f:
         assert {int(x["epoch"]) for x in csv.DictReader(f) if x.get("val/acc")} == {1}
     assert (d / "csv" / "metrics.1.csv").exists() and [e["epoch"] for e in r["epochs"]] == [0, 1]

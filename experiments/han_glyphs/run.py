@@ -634,6 +634,7 @@ def main(argv=None):
     p.add_argument("--full-rows", nargs="+", default=["lsc", "pfc", "ce"], choices=["lsc", "pfc", "ce", "lsc2"])
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (2 for one run alone on 2 cores)")
+    p.add_argument("--ckpt-every", type=int, default=500, help="last.ckpt every N steps too: a killed run loses less")
     p.add_argument("--no-full-baselines", dest="full_baselines", action="store_false",
                    help="baselines at --sizes only (the full set's 1-NN takes minutes)")  # fmt: skip
     p.add_argument("--smoke", action="store_true")
@@ -686,7 +687,7 @@ def main(argv=None):
         jobs, keys = jobs + j, keys + k
 
     def go(jobs):  # run (cached runs are read back), or for the report only read what has run
-        return run_many(runs, jobs, workers=a.workers, threads=a.threads) if a.part != "report" else _cached(runs, jobs)
+        return run_many(runs, jobs, a.workers, a.threads, a.ckpt_every) if a.part != "report" else _cached(runs, jobs)
 
     by: dict = {}
     if jobs:

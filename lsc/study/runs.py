@@ -1,9 +1,9 @@
 """Run many `python -m lsc.train` jobs in parallel single-threaded subprocesses and collect their results.
 
 Experiments describe each run as a list of Hydra overrides. A run whose directory already holds metrics.json is
-not run again, and one stopped after an epoch (its checkpoints/last.ckpt, no metrics.json) resumes from that
-checkpoint, so an interrupted experiment resumes where it stopped; raw per-run outputs (the run's config,
-metrics.json, the CSV log) stay in the run directory next to the published tables.
+not run again, and one stopped after an epoch, or after a step when ckpt_every is set (its checkpoints/last.ckpt,
+no metrics.json), resumes from that checkpoint, so an interrupted experiment resumes where it stopped; raw per-run
+outputs (the run's config, metrics.json, the CSV log) stay in the run directory next to the published tables.
 """
 
 from __future__ import annotations
@@ -36,13 +36,25 @@ def _run_module(module: str, args: list[str], d: Path, threads: int, timeout: fl
         raise RuntimeError(f"{what} failed ({p.returncode}); see {d / 'stdout.log'}")
 
 
-def run_one(root: Path, name: str, overrides: list[str], threads: int = 1, timeout: float | None = None) -> dict:
+def run_one(
+    root: Path,
+    name: str,
+    overrides: list[str],
+    threads: int = 1,
+    timeout: float | None = None,
+    ckpt_every: int | None = None,
+) -> dict:
+    """Run (or read back) one study run. ckpt_every: also write last.ckpt every that many optimizer steps, so that a
+    long run killed mid-epoch resumes from its last such step (the train loader's position is in the checkpoint);
+    it is not part of the run's key, like everything that does not change what is learned."""
     d = run_dir(root, name, overrides)
     done = d / "metrics.json"
     if not done.exists():
         t0 = time.time()
         args = [*overrides, "logger=csv", "~callbacks.rich_progress_bar", "~callbacks.embedding_plot"]
-        last = d / "checkpoints" / "last.ckpt"  # a run stopped (killed) after an epoch: it resumes from there
+        if ckpt_every:
+            args.append(f"callbacks.last_checkpoint.every_n_train_steps={ckpt_every}")
+        last = d / "checkpoints" / "last.ckpt"  # a run stopped (killed): it resumes from there
         before = float((d / "wall_s.partial").read_text()) if last.exists() and (d / "wall_s.partial").exists() else 0
         if last.exists():
             args.append(f"ckpt_path={last}")
@@ -116,13 +128,15 @@ def epochs(d: Path) -> list[dict]:
     return [by_epoch[k] for k in sorted(by_epoch)]
 
 
-def run_many(root: Path, jobs: list[tuple[str, list[str]]], workers: int = 2, threads: int = 1) -> list[dict]:
-    """jobs: (name, overrides). Runs `workers` at a time; returns results in job order."""
+def run_many(
+    root: Path, jobs: list[tuple[str, list[str]]], workers: int = 2, threads: int = 1, ckpt_every: int | None = None
+) -> list[dict]:
+    """jobs: (name, overrides). Runs `workers` at a time; returns results in job order. ckpt_every: see run_one."""
     root.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
 
     def go(job):
-        r = run_one(root, job[0], job[1], threads)
+        r = run_one(root, job[0], job[1], threads, ckpt_every=ckpt_every)
         m = r["metrics"]
         acc = m.get("test/acc_topk", m.get("val/acc_topk", m.get("test/acc", m.get("val/acc"))))
         print(f"  [{time.time() - t0:6.0f}s] {job[0]}: acc={acc} wall={r['wall_s']}s", flush=True)

@@ -52,6 +52,30 @@ def test_fresh_draws_differ_per_epoch_fixed_ones_do_not_and_both_are_seeded():
     assert all(i // n == 2 for i in loader.sampler)  # the sampler hands the epoch to the draws
 
 
+def test_prototype_draws_average_each_class_over_its_first_epochs_of_training_grids():
+    # centers.assign=data on fresh grids: a class's prototype is the projected mean of its training grids of the
+    # first `prototype_draws` epochs (the grids training serves); reference: mean images by brute force, projected
+    from lsc.centers.prototypes import class_prototypes
+
+    dm = FashionMNISTGridDataModule(k=1, seed=2, prototype_draws=3)
+    dm.setup("fit")
+    n, view = dm.num_classes, dm.prototype_set()
+    assert len(view) == 3 * n
+    assert all(torch.equal(view[e * n + i][0], dm.train_set[e * n + i][0]) for e in range(3) for i in range(n))
+    x = torch.stack([dm.train_set[j][0] for j in range(3 * n)]).double().flatten(1)  # epochs 0, 1, 2
+    y = torch.tensor([dm.train_set[j][1] for j in range(3 * n)])
+    means = torch.stack([x[y == c].mean(0) for c in range(n)]) - x.mean(0)
+    g = torch.Generator().manual_seed(1_000_003 * 5 + 7)  # the pixel projection of seed 5
+    want = means @ (torch.randn(x.shape[1], 12, generator=g, dtype=torch.float64) / x.shape[1] ** 0.5)
+    got = class_prototypes(dm, 12, seed=5)
+    assert torch.allclose(got, want, atol=1e-9)
+    one = FashionMNISTGridDataModule(k=1, seed=2)  # the default: the first epoch's grid of each class only
+    one.setup("fit")
+    assert len(one.prototype_set()) == n and not torch.allclose(class_prototypes(one, 12, seed=5), want, atol=1e-3)
+    with pytest.raises(ValueError, match=r"data\.prototype_draws must be a positive integer"):
+        FashionMNISTGridDataModule(prototype_draws=0)
+
+
 def test_bad_settings():
     for kw, msg in ((dict(k=0), r"data\.k must be a positive integer"), (dict(tile=5), r"data\.tile must divide 28"),
                     (dict(instance_labels=True), r"fmnist_grid has no data\.instance_labels"),

@@ -69,6 +69,20 @@ class GridSet(Dataset):
         return x, int(self.classes[i])
 
 
+class Draws(Dataset):
+    """`draws` fresh draws of every item of a fresh GridSet: index e * n + i is item i drawn for epoch e (the
+    data-aware prototype pass averages a class over its first `draws` epochs' training grids)."""
+
+    def __init__(self, grids: GridSet, draws: int):
+        self.grids, self.draws = grids, draws
+
+    def __len__(self) -> int:
+        return len(self.grids) * self.draws
+
+    def __getitem__(self, index: int):
+        return self.grids[index]
+
+
 class FashionMNISTGridDataModule(LSCDataModule):
     """Grids of k Fashion-MNIST tiles, 10^k classes (module docstring)."""
 
@@ -82,6 +96,7 @@ class FashionMNISTGridDataModule(LSCDataModule):
         fresh: bool = True,
         eval_size: int = 10_000,
         root: str = FMNIST_DEBIAN,
+        prototype_draws: int = 1,
         **kw,
     ):
         for name in ("instance_labels", "copies", "classes", "keep_classes", "replay_per_class"):
@@ -90,14 +105,15 @@ class FashionMNISTGridDataModule(LSCDataModule):
         if kw.get("transforms", "none") != "none":
             raise ValueError("data=fmnist_grid takes data.transforms=none (fresh draws are its augmentation)")
         super().__init__(**kw)
-        for name, value in (("k", k), ("tile", tile), ("per_class", per_class), ("eval_size", eval_size)):
+        sizes = (("k", k), ("tile", tile), ("per_class", per_class), ("eval_size", eval_size))
+        for name, value in (*sizes, ("prototype_draws", prototype_draws)):
             positive_int(f"data.{name}", value)
         if k > 9:
             raise ValueError(f"data.k={k}: 10^k classes past 10^9 do not fit this dataset; use k <= 9")
         if 28 % tile:
             raise ValueError(f"data.tile must divide 28 (the Fashion-MNIST image side), got {tile}")
         self.k, self.tile, self.per_class, self.fresh, self.eval_size = k, tile, per_class, bool(fresh), eval_size
-        self.root = root
+        self.root, self.prototype_draws = root, prototype_draws
         self.side = math.ceil(math.sqrt(k))
         self.native_size = self.side * tile
         self.mean, self.std = (0.286 * k / self.side**2,), (0.353,)
@@ -149,7 +165,9 @@ class FashionMNISTGridDataModule(LSCDataModule):
         m = min(self.eval_size, self.val_limit or self.eval_size)
         self.val_set = GridSet(pva, gva, rng.integers(0, n, m), key=self.seed * 3 + 1, **kw)
         self.test_set = GridSet(pte, gte, rng.integers(0, n, m), key=self.seed * 3 + 2, **kw)
-        self._prototype_view = GridSet(ptr, gtr, np.arange(n, dtype=np.int64), key=self.seed * 3 + 0, **kw)
+        # the prototype pass: every class's training grids of the first `prototype_draws` epochs
+        proto = GridSet(ptr, gtr, np.arange(n, dtype=np.int64), key=self.seed * 3 + 0, fresh=True, **kw)
+        self._prototype_view = Draws(proto, self.prototype_draws)
         if self.train_eval_size:
             self.train_eval_set = GridSet(ptr, gtr, rng.integers(0, n, self.train_eval_size), key=self.seed * 3, **kw)
 

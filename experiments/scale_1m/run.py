@@ -97,6 +97,47 @@ python experiments/scale_1m/run.py --k 4 --rows LSC PFC_r1.0 --budgets 900 --out
 
 ![held-out top-1 vs wall time, 900 s at 10^4](results/long_k4/scale_1m.png)
 
+## Centers that follow the classes
+
+Why LSC did not learn the grids, and a lever that changes it. A class is a tuple of 4 tile labels: Partial FC's
+learned class weights can become sums of per-tile vectors, so its backbone only has to learn what a tile is. LSC's
+centers are fixed; a target that is a linear function of the tile labels would be learnable the same way, an
+arbitrary one must be memorized class by class. `center_structure.py` measures how linear in the tile labels the
+10^4 centers are (R^2 of a least-squares fit from the tile-label one-hots):
+
+<!-- RESULT results/center_structure.md -->
+<!-- /RESULT -->
+
+Keyed centers are unrelated to the tiles (R^2 ~0). The data-aware assignment puts each class on the free vector
+nearest a random projection of its mean training image, and a grid's mean image is the sum of its tiles' means, so
+its prototypes are linear in the tile labels; two things lost that: the prototype was one training grid per class
+(the tiles drawn, not the tile classes' means), and V^22 (two +1, two -1) quantizes a prototype coarsely. Averaging
+16 grids per class (`data.prototype_draws=16`, new: the first 16 epochs' fresh grids of each class) and the denser
+V^44 (four +1, four -1, the same n_dim 16) keep most of it. Trained, 900 s per row, two rows side by side (a new
+run of the LSC recipe and Partial FC beside the levers; this machine ran these rows at about half the images/s of
+the table above, so compare rows within a table, not across):
+
+```bash
+python experiments/scale_1m/run.py --k 4 --budgets 900 --rows LSC LSC_h16384 LSC_v44 LSC_v44_p16 LSC_v44_p16_h16384 \
+  PFC_r1.0 --out experiments/scale_1m/results/k4_centers
+python experiments/scale_1m/run.py --k 4 --budgets 1800 --rows LSC_v44_p16 PFC_r1.0 \
+  --out experiments/scale_1m/results/k4_1800
+```
+
+<!-- RESULT results/k4_centers/scale_1m.md -->
+<!-- /RESULT -->
+
+![held-out top-1 vs wall time, 900 s at 10^4, the levers](results/k4_centers/scale_1m.png)
+
+The same two rows with twice the budget:
+
+<!-- RESULT results/k4_1800/scale_1m.md -->
+<!-- /RESULT -->
+
+![held-out top-1 vs wall time, 1,800 s at 10^4](results/k4_1800/scale_1m.png)
+
+K4_READING
+
 ## Reading
 
 **LSC loses here.** Given 900 s at 10^4 classes, Partial FC (rate 1.0) learns the task: held-out top-1 0.1% at
@@ -157,11 +198,22 @@ HIDDEN = 1024
 BATCH = 128
 
 
-MODELS = ["LSC", "LSC n_min+8", "PFC r1.0", "PFC r0.1", "CE"]
+# levers on the LSC recipe, each its overrides on top of it (the 10^4 rows of results/k4_centers: README "Centers
+# that follow the classes")
+WIDE = ["model.backbone.hidden=16384", "model.backbone.bottleneck=128"]
+LEVERS = {
+    "LSC h16384": WIDE,  # the Han glyphs lever: 16,384 hidden units behind a 128 bottleneck
+    "LSC v44": ["centers.system=v44"],  # denser centers (4 +1s, 4 -1s) at the same n_dim
+    "LSC v44 p16": ["centers.system=v44", "data.prototype_draws=16"],  # + prototypes from 16 grids per class
+    "LSC v44 p16 h16384": ["centers.system=v44", "data.prototype_draws=16", *WIDE],
+}
+MODELS = ["LSC", "LSC n_min+8", *LEVERS, "PFC r1.0", "PFC r0.1", "CE"]
 BUDGETS = {4: 240.0, 5: 360.0, 6: 720.0}  # seconds per row from the process's start, by k
 
 
 def row_overrides(model: str, k: int) -> list[str]:
+    if model in LEVERS:
+        return [*row_overrides("LSC", k), *LEVERS[model]]
     if model.startswith("LSC"):
         n_dim = n_min("v22", 10**k) + (8 if model.endswith("+8") else 0)
         return ["centers=v22", f"centers.n_dim={n_dim}", "centers.assign=data", "centers.prototype_cache=null",
@@ -172,8 +224,7 @@ def row_overrides(model: str, k: int) -> list[str]:
 
 
 def models_for(k: int, a) -> list[str]:
-    ms = ["LSC", "LSC n_min+8", "PFC r1.0", "PFC r0.1", "CE"]
-    ms = [m for m in ms if (m != "CE" or k <= a.ce_max_k) and (m != "LSC n_min+8" or k in a.wide_lsc_k)]
+    ms = [m for m in MODELS if (m != "CE" or k <= a.ce_max_k) and (m != "LSC n_min+8" or k in a.wide_lsc_k)]
     return [m for m in ms if slug(m) in a.rows]
 
 
@@ -219,6 +270,7 @@ def jobs_for(a) -> tuple[list, list]:
     for k in sorted(a.k, reverse=True):
         order = ["PFC r1.0", "LSC n_min+8", "PFC r0.1", "LSC", "CE"] if k in a.wide_lsc_k else \
             ["PFC r1.0", "LSC", "PFC r0.1", "CE"]  # fmt: skip
+        order += list(LEVERS)
         for m in [m for m in order if m in models_for(k, a)]:
             ov = [*base_overrides(k, a.budgets[k], eval_times(a.budgets[k], a.evals), a), *row_overrides(m, k)]
             jobs.append((f"k{k}-{slug(m)}", ov))
@@ -386,7 +438,8 @@ def table(raw: list[dict], ceil: dict, a) -> str:
         + " (Fashion-MNIST test tiles: every image new); t = wall time since the row's process started, scoring "
         "excluded; a point due before the first step is the untrained model's. '—': not reached. data / prototypes "
         "/ assignment: seconds of each start-up part (LSC's data-aware centers: the pixel-projection prototype of one "
-        "training grid per class, then the ordered nearest-free walk); first step at: seconds from process start to "
+        "training grid per class (16 in the p16 rows), then the ordered nearest-free walk); first step at: seconds "
+        "from process start to "
         "the end of the first optimizer step (imports, data, prototypes, assignment, model, Trainer included). "
         "s / epoch: median of full epochs (10^k fresh images), else 10^k / images/s (est.). Peak RSS: the process's "
         "peak before its first scoring (start-up and training; the JSON also has it with scoring). Class state: what "
@@ -410,7 +463,8 @@ def plot(raw: list[dict], ceil: dict, path: Path) -> None:
     plt = pyplot()
     ks = sorted({r["k"] for r in raw})
     fig, axes = plt.subplots(1, len(ks), figsize=(5.2 * len(ks), 4.2), squeeze=False)
-    colors = {"LSC": "C0", "LSC n_min+8": "C4", "PFC r1.0": "C1", "PFC r0.1": "C2", "CE": "C3"}
+    colors = {"LSC": "C0", "LSC n_min+8": "C4", "PFC r1.0": "C1", "PFC r0.1": "C2", "CE": "C3", "LSC h16384": "C5",
+              "LSC v44": "C6", "LSC v44 p16": "C9", "LSC v44 p16 h16384": "C8"}  # fmt: skip
     for ax, k in zip(axes[0], ks, strict=True):
         floor = 0.5 / max(c["n_test"] for r in raw if r["k"] == k for c in r["curve"])  # half a hit of the most
         for r in (r for r in raw if r["k"] == k):
@@ -447,7 +501,13 @@ def main(argv=None):
     p.add_argument("--wide-lsc-k", type=int, nargs="*", default=[6], help="sizes with an LSC row at n_min + 8")
     p.add_argument("--limit", type=int, default=None, help="data.limit (training images per epoch)")
     p.add_argument("--tile-epochs", type=int, default=5)
-    p.add_argument("--rows", nargs="+", default=[slug(m) for m in MODELS], choices=[slug(m) for m in MODELS])
+    p.add_argument(
+        "--rows",
+        nargs="+",
+        default=[slug(m) for m in MODELS if m not in LEVERS],
+        choices=[slug(m) for m in MODELS],
+        help="rows (default: all but the LSC levers)",
+    )
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--smoke", action="store_true")
     p.add_argument("--out", default=str(HERE / "results"))

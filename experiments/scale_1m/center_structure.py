@@ -7,7 +7,8 @@ one-hot of the tile labels (+ a bias) and reports R^2: 0 for unrelated points, 1
 per-tile vectors. Rows: keyed (seeded order), and the data-aware assignment (`centers.assign=data`) from pixel
 prototypes of 1 or 16 training grids per class (`data.prototype_draws`), onto V^22 and the denser V^44 at n_dim 16.
 
-    python experiments/scale_1m/center_structure.py     # ~2 min on one core: results/center_structure.{md,json}
+    python experiments/scale_1m/center_structure.py     # ~2 min on one core: results/center_structure.{md,json,png}
+    python experiments/scale_1m/center_structure.py --plot   # only the PNG, from the committed JSON
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 from omegaconf import OmegaConf
 
 from lsc.data.fmnist_grid import FashionMNISTGridDataModule
-from lsc.study.report import md_table
+from lsc.study.report import md_table, pyplot, save_figure
 from lsc.train import build_centers
 
 HERE = Path(__file__).resolve().parent
@@ -39,6 +40,20 @@ def tile_r2(centers: np.ndarray, k: int) -> float:
     y = centers / np.linalg.norm(centers, axis=1, keepdims=True)
     w, *_ = np.linalg.lstsq(x, y, rcond=None)
     return float(1 - ((x @ w - y) ** 2).sum() / ((y - y.mean(0)) ** 2).sum())
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 3.2))
+    labels = [f"{r['system']} {r['assign']}" + (f", {r['prototype_draws']} grid(s)" if r["prototype_draws"] else "")
+              for r in rows]  # fmt: skip
+    ax.barh(range(len(rows)), [r["r2"] for r in rows], color="C0")
+    ax.set_yticks(range(len(rows)), labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set(xlim=(0, 1), xlabel="R^2 from the tile labels (1: a sum of per-tile vectors)",
+           title="How linear in the tile labels are the 10^4 centers?")  # fmt: skip
+    ax.grid(alpha=0.3, axis="x")
+    save_figure(fig, path)
 
 
 def main(k: int = 4, n_dim: int = 16) -> None:
@@ -61,8 +76,15 @@ def main(k: int = 4, n_dim: int = 16) -> None:
     out = HERE / "results"
     (out / "center_structure.md").write_text(text + "\n")
     (out / "center_structure.json").write_text(json.dumps({"k": k, "n_dim": n_dim, "rows": rows}, indent=1) + "\n")
+    plot(rows, out / "center_structure.png")
     print(text)
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    if "--plot" in sys.argv:
+        plot(json.loads((HERE / "results" / "center_structure.json").read_text())["rows"],
+             HERE / "results" / "center_structure.png")  # fmt: skip
+    else:
+        main()

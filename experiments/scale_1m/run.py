@@ -108,6 +108,8 @@ arbitrary one must be memorized class by class. `center_structure.py` measures h
 <!-- RESULT results/center_structure.md -->
 <!-- /RESULT -->
 
+![R^2 of the centers from the tile labels](results/center_structure.png)
+
 Keyed centers are unrelated to the tiles (R^2 ~0). The data-aware assignment puts each class on the free vector
 nearest a random projection of its mean training image, and a grid's mean image is the sum of its tiles' means, so
 its prototypes are linear in the tile labels; two things lost that: the prototype was one training grid per class

@@ -70,8 +70,10 @@ class GridSet(Dataset):
 
 
 class Draws(Dataset):
-    """`draws` fresh draws of every item of a fresh GridSet: index e * n + i is item i drawn for epoch e (the
-    data-aware prototype pass averages a class over its first `draws` epochs' training grids)."""
+    """`draws` fresh draws of every item of a fresh GridSet: index e * n + i is item i drawn for epoch e. The
+    data-aware prototype pass averages each class over `draws` grids of the training pool: with `fresh` and
+    `per_class` 1 (the default), exactly the class's training grids of the first `draws` epochs; otherwise grids
+    drawn the same way that training may not serve (still training-split tiles only)."""
 
     def __init__(self, grids: GridSet, draws: int):
         self.grids, self.draws = grids, draws
@@ -165,7 +167,7 @@ class FashionMNISTGridDataModule(LSCDataModule):
         m = min(self.eval_size, self.val_limit or self.eval_size)
         self.val_set = GridSet(pva, gva, rng.integers(0, n, m), key=self.seed * 3 + 1, **kw)
         self.test_set = GridSet(pte, gte, rng.integers(0, n, m), key=self.seed * 3 + 2, **kw)
-        # the prototype pass: every class's training grids of the first `prototype_draws` epochs
+        # the prototype pass: `prototype_draws` grids per class from the training pool (see Draws)
         proto = GridSet(ptr, gtr, np.arange(n, dtype=np.int64), key=self.seed * 3 + 0, fresh=True, **kw)
         self._prototype_view = Draws(proto, self.prototype_draws)
         if self.train_eval_size:

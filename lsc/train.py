@@ -275,6 +275,21 @@ def warn_slow_cpu_bf16(trainer) -> bool:
     return True
 
 
+def checkpoint_to_test(trainer: L.Trainer) -> str | None:
+    """What `trainer.test` scores: the best checkpoint's path (the one validation chose), or None (the weights in
+    memory) when there is no best checkpoint, or its file is gone. The last happens on resuming a finished run from a
+    last.ckpt written before LastCheckpoint ran behind ModelCheckpoint: its state names the best file that the same
+    epoch's save then replaced."""
+    cb = trainer.checkpoint_callback
+    best = getattr(cb, "best_model_path", "") if cb is not None else ""
+    if not best:
+        return None
+    if not Path(best).is_file():
+        log.warning(f"test: the best checkpoint {best} is gone; testing the weights in memory (the last epoch's)")
+        return None
+    return best  # not "best": Lightning would warn that last.ckpt's LastCheckpoint is a second checkpoint callback
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit (and test), write metrics.json, print the summary line; returns the metrics.
 
@@ -324,8 +339,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         metrics = to_float_dict(trainer.callback_metrics)
         if cfg.get("test") and not trainer.fast_dev_run and dm.test_set is not None:
             # the test split is scored once, on the checkpoint that validation (held out from train) chose
-            ckpt = "best" if trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path else None
-            trainer.test(module, datamodule=dm, ckpt_path=ckpt, weights_only=True)
+            trainer.test(module, datamodule=dm, ckpt_path=checkpoint_to_test(trainer), weights_only=True)
             metrics.update(to_float_dict(trainer.callback_metrics))
     finally:
         if any(type(lg).__name__ == "WandbLogger" for lg in loggers):

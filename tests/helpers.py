@@ -270,22 +270,26 @@ class BatchRecorder:
 
 
 class CrashAt:
-    """Raises after training step `step` (after the other callbacks' hooks for it: a crash right after a save)."""
+    """Raises after training step `step`, as the next batch starts (after every callback's hooks for `step`,
+    checkpoints included, which Lightning calls last: a crash right after a save)."""
 
     def __new__(cls, step: int):
         import lightning as L
 
         class _Crash(L.Callback):
-            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-                if trainer.global_step == step:
+            def on_train_start(self, trainer, pl_module):
+                self.start = trainer.global_step  # a run resumed at `step` (its stored config has this callback)
+
+            def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+                if trainer.global_step == step > self.start:
                     raise RuntimeError(f"simulated crash at step {step}")
 
         return _Crash()
 
 
 class KillAt:
-    """SIGKILL of the training process itself after step `step` (after the other callbacks' hooks: the checkpoint of
-    that step is on disk), like `kill -9` of the job: no exception, no cleanup, no finally."""
+    """SIGKILL of the training process itself after step `step`, as the next batch starts (after every callback's
+    hooks for `step`: the checkpoint of that step is on disk), like `kill -9` of the job: no exception, no cleanup."""
 
     def __new__(cls, step: int):
         import signal
@@ -293,8 +297,11 @@ class KillAt:
         import lightning as L
 
         class _Kill(L.Callback):
-            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-                if trainer.global_step == step:
+            def on_train_start(self, trainer, pl_module):
+                self.start = trainer.global_step  # a run resumed at `step` (its stored config has this callback)
+
+            def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+                if trainer.global_step == step > self.start:
                     os.kill(os.getpid(), signal.SIGKILL)
 
         return _Kill()
@@ -316,7 +323,7 @@ def crash_and_resume(tmp_path: Path, args: list[str], step: int = 17):
     rec = "+callbacks.recorder._target_=helpers.BatchRecorder"
     lsc.train.train(make_cfg(a, *args, rec, f"+callbacks.recorder.path={tmp_path / 'a.txt'}"))
     crash = ["+callbacks.crash._target_=helpers.CrashAt", f"+callbacks.crash.step={step}"]
-    cfg = make_cfg(b, *args, f"callbacks.last_checkpoint.every_n_train_steps={step}", rec, *crash)
+    cfg = make_cfg(b, *args, f"callbacks.last_checkpoint.every_n_train_steps={step}", *crash, rec)  # crash first
     with open_dict(cfg):
         cfg.callbacks.recorder.path = str(tmp_path / "b.txt")
     with pytest.raises(RuntimeError, match=f"simulated crash at step {step}"):

@@ -267,8 +267,8 @@ def test_kill_9_mid_epoch_then_resume_serves_exactly_one_epoch(digits_raw, tmp_p
         return subprocess.run([sys.executable, "-m", "lsc.train", *args, *extra], env=env, cwd=tmp_path,
                               capture_output=True, text=True, timeout=300)  # fmt: skip
 
-    p = train(REC, f"+callbacks.recorder.path={tmp_path / 'b.txt'}", "+callbacks.kill._target_=helpers.KillAt",
-              "+callbacks.kill.step=17", f"hydra.run.dir={b}")  # fmt: skip
+    p = train("+callbacks.kill._target_=helpers.KillAt", "+callbacks.kill.step=17", REC,  # kill before recording
+              f"+callbacks.recorder.path={tmp_path / 'b.txt'}", f"hydra.run.dir={b}")  # fmt: skip
     assert p.returncode == -signal.SIGKILL, p.stderr[-3000:]
     last = b / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=False)["global_step"] == 17  # epoch 2, batch 5 of 12

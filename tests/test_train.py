@@ -567,3 +567,27 @@ def test_bf16_on_a_cpu_without_native_bf16_warns(precision, native, warns, monke
     with caplog.at_level(logging.WARNING, logger="lsc.train"):
         assert train_mod.warn_slow_cpu_bf16(t) is warns
     assert ("set trainer.precision=32-true" in caplog.text) is warns
+
+
+def test_last_ckpt_names_the_best_checkpoint_its_epoch_saved(tmp_path, caplog):
+    # at epoch 2's end ModelCheckpoint saves best_epoch_001 and deletes best_epoch_000; last.ckpt, written at the same
+    # moment, must name the new file. It named the deleted one, so a finished run killed before its test step could
+    # not be resumed: the test step asked for the deleted file.
+    args = ("data=fmnist_grid", "data.k=1", "data.per_class=20", "data.eval_size=200", "data.batch_size=50",
+            "trainer.precision=32-true", "trainer.max_epochs=2")  # fmt: skip
+    newest = ("callbacks.model_checkpoint.monitor=step", "callbacks.model_checkpoint.mode=max")  # each epoch the best
+    first = lsc.train.train(make_cfg(tmp_path / "a", *args, *newest))
+    ckdir = tmp_path / "a" / "checkpoints"
+    ck = torch.load(ckdir / "last.ckpt", weights_only=False)
+    (key,) = [k for k in ck["callbacks"] if k.startswith("ModelCheckpoint")]
+    assert Path(ck["callbacks"][key]["best_model_path"]) == ckdir / "best_epoch_001.ckpt"
+    assert (ckdir / "best_epoch_001.ckpt").is_file() and not (ckdir / "best_epoch_000.ckpt").exists()
+    resumed = lsc.train.train(make_cfg(tmp_path / "b", *args, *newest, f"ckpt_path={ckdir / 'last.ckpt'}"))
+    assert resumed["test/acc_topk"] == first["test/acc_topk"]  # the same best weights, tested again
+    # a last.ckpt naming a best file that is gone (as written before the fix): the weights in memory are tested
+    ck["callbacks"][key]["best_model_path"] = str(ckdir / "best_epoch_000.ckpt")
+    torch.save(ck, tmp_path / "stale.ckpt")
+    with caplog.at_level("WARNING", logger="lsc.train"):
+        stale = lsc.train.train(make_cfg(tmp_path / "c", *args, *newest, f"ckpt_path={tmp_path / 'stale.ckpt'}"))
+    assert "best_epoch_000.ckpt is gone; testing the weights in memory" in caplog.text
+    assert stale["test/acc_topk"] == first["test/acc_topk"]  # the last epoch's weights are the best here

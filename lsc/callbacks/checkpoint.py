@@ -4,16 +4,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import lightning as L
+from lightning.pytorch.callbacks import Checkpoint
 
 
-class LastCheckpoint(L.Callback):
+class LastCheckpoint(Checkpoint):
     """Keeps `<dirpath>/last.ckpt` current: after every training epoch (validation included) and every
     `every_n_train_steps` optimizer steps when set. Writes go through `trainer.save_checkpoint`, i.e. Lightning's
     checkpoint IO, which saves atomically (temp file, then rename), so a killed run never leaves half a file.
     Resume with `ckpt_path=<dirpath>/last.ckpt`.
 
     Lightning's ModelCheckpoint cannot combine step and epoch triggers (they are mutually exclusive there).
+
+    At an epoch's end this callback runs after every ModelCheckpoint, so last.ckpt holds their state after that
+    epoch's save: a run resumed from it knows the newest best checkpoint, not the one that save replaced and deleted.
+    Lightning calls a `Checkpoint`'s on_train_epoch_end after every other callback's and the module's, in list
+    order among checkpoints; `setup` moves this one behind the others.
     """
 
     def __init__(self, dirpath: str, every_n_train_steps: int | None = None, filename: str = "last.ckpt"):
@@ -23,6 +28,12 @@ class LastCheckpoint(L.Callback):
         self.path = Path(dirpath) / filename
         self.every = every_n_train_steps
         self._last_step = -1
+
+    def setup(self, trainer, pl_module, stage):
+        # a ModelCheckpoint behind this one would save (and delete the best file last.ckpt names) after last.ckpt
+        # was written. A new list: the loop calling this hook goes on over the old one.
+        ours = [c for c in trainer.callbacks if c is self]
+        trainer.callbacks = [c for c in trainer.callbacks if c is not self] + ours
 
     def _save(self, trainer):
         if trainer.fast_dev_run or trainer.sanity_checking or trainer.global_step == self._last_step:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import hydra
 import lightning as L
+import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.loggers import CSVLogger
@@ -121,7 +122,10 @@ def build_centers(
         ckpt=cfg.get("prototype_ckpt"),
         decode=cfg.get("prototype_decode", "draft"),
         cache_dir=_prototype_cache(cfg.get("prototype_cache", "auto")),
+        memory_bytes=float(cfg.get("prototype_ram_gb", 2)) * 2**30,
     )
+    if isinstance(proto, np.ndarray) and (old is not None or cfg.get("assign_rule", "ordered") == "global"):
+        proto = torch.from_numpy(np.asarray(proto, dtype=np.float64))  # these two take them in memory
     if old is not None:  # grow: old classes keep their vectors, the new ones take free vectors nearest their data
         base = ClassCenters.from_spec({**cc.spec, "assignment": init[CENTERS_KEY].get("assignment")}, old)
         grown = base.grow(n_classes - old.numel(), proto[old.numel() :])

@@ -133,24 +133,28 @@ def embedder(*a, **k):
     return g
 P._pixel_embedder = embedder
 dm = SyntheticDataModule(num_samples=80, num_classes=5, image_size=8, batch_size=8, val_fraction=0.1)
-P.class_prototypes(dm, 6, batch_size=8, cache_dir=sys.argv[1], save_every=0)
+P.class_prototypes(dm, 6, batch_size=8, cache_dir=sys.argv[1], save_every=0, memory_bytes=float(sys.argv[2]))
 """
 
 
-def test_a_pass_killed_with_sigkill_resumes_where_it_stopped(tmp_path, caplog):
+@pytest.mark.parametrize("memory_bytes", [2**31, 0], ids=["in_memory", "on_disk"])
+def test_a_pass_killed_with_sigkill_resumes_where_it_stopped(tmp_path, caplog, memory_bytes):
     """kill -9 during the pass: the partial sums saved so far survive (atomic writes), the next pass continues at the
-    first unsaved batch and gives exactly the prototypes of an uninterrupted pass."""
+    first unsaved batch and gives exactly the prototypes of an uninterrupted pass (sums in memory or on disk)."""
     cache = tmp_path / "cache"
-    p = subprocess.run([sys.executable, "-c", textwrap.dedent(KILLED), str(cache)], capture_output=True, text=True)
+    cmd = [sys.executable, "-c", textwrap.dedent(KILLED), str(cache), str(memory_bytes)]
+    p = subprocess.run(cmd, capture_output=True, text=True)
     assert p.returncode == -9, p.stderr[-2000:]
     (partial,) = cache.glob("*.partial.pt")
     assert torch.load(partial, weights_only=True)["done"] == 24  # three batches of 8
-    assert not [f for f in cache.iterdir() if f.name.endswith(".pt") and ".partial" not in f.name]
+    assert not [f for f in cache.iterdir() if f.suffix in (".pt", ".npy") and ".partial" not in f.name]
     dm = SyntheticDataModule(num_samples=80, num_classes=5, image_size=8, batch_size=8, val_fraction=0.1)
+    kw = dict(batch_size=8, save_every=0, memory_bytes=memory_bytes)
     with caplog.at_level(logging.INFO, logger="lsc.data"):
-        resumed = class_prototypes(dm, 6, batch_size=8, cache_dir=cache, save_every=0)
+        resumed = class_prototypes(dm, 6, cache_dir=cache, **kw)
     assert "resuming at image 24 of 72" in caplog.text
-    assert torch.equal(resumed, class_prototypes(dm, 6, batch_size=8))  # bit for bit: the same additions in order
+    uninterrupted = class_prototypes(dm, 6, cache_dir=tmp_path / "other", **kw)
+    assert np.array_equal(np.asarray(resumed), np.asarray(uninterrupted))  # bit for bit: the same additions in order
     assert not list(cache.glob("*.partial.pt"))
 
 
@@ -220,3 +224,105 @@ def test_train_uses_the_cache_dir_from_the_config(tmp_path):
     assert list((Path(os.environ["LSC_CACHE"]) / "prototypes").glob("*.pt"))
     with pytest.raises(ValueError, match="prototype_cache must be auto, null or a directory"):
         centers("centers.prototype_cache=3")
+
+
+# ---- on disk: class counts whose float64 sums would not fit in memory -----------------------------------------
+
+
+def grid_dm(**kw):
+    """200 classes, ~3 training images each."""
+    return SyntheticDataModule(num_samples=600, num_classes=200, image_size=8, batch_size=32, val_fraction=0.1, **kw)
+
+
+def test_on_disk_the_pass_gives_the_in_memory_prototypes_as_a_float32_memmap(tmp_path):
+    """memory_bytes below the sums' size: the sums live in the cache dir and the result is <key>.npy, memory-mapped;
+    it equals the in-memory pass's float64 prototypes to float32 rounding, a second call reads it back, and the
+    assignment takes it as it is (the same table as from the in-memory prototypes)."""
+    from lsc.centers import make_system
+    from lsc.centers.assignment import assign_nearest_free
+
+    dm = grid_dm()
+    ref = class_prototypes(dm, 12, batch_size=32)
+    disk = class_prototypes(dm, 12, batch_size=32, cache_dir=tmp_path, memory_bytes=0, save_every=0)
+    assert isinstance(disk, np.memmap) and disk.dtype == np.float32 and disk.shape == tuple(ref.shape)
+    assert np.allclose(disk, ref.numpy(), rtol=1e-5, atol=1e-5)
+    assert sorted(f.suffix for f in tmp_path.iterdir()) == [".npy"]  # sums, journal and partial removed
+    again = class_prototypes(dm, 12, batch_size=32, cache_dir=tmp_path, memory_bytes=0)
+    assert isinstance(again, np.memmap) and np.array_equal(again, disk)
+    back = class_prototypes(dm, 12, batch_size=32, cache_dir=tmp_path)  # in memory now: the entry as float64
+    assert isinstance(back, torch.Tensor) and back.dtype == torch.float64 and np.array_equal(back.numpy(), disk)
+    system = make_system("v22", 12)  # 264 vectors for 200 classes: many walk past taken ones
+    a, _ = assign_nearest_free(system, ref)
+    b, _ = assign_nearest_free(system, disk)
+    assert torch.equal(a, b)
+
+
+def test_on_disk_without_a_cache_dir_is_refused_early():
+    with pytest.raises(ValueError, match=r"set centers\.prototype_cache=auto or a directory"):
+        class_prototypes(grid_dm(), 12, memory_bytes=0)
+
+
+@pytest.mark.parametrize("crash", ["before_apply", "after_apply"])
+def test_on_disk_a_save_killed_midway_resumes_exactly(tmp_path, crash):
+    """A save killed after writing its journal, before or after putting the journal's rows into the sums file, and
+    before recording it (partial still at the save before): the next pass applies the journal (again: new values,
+    not increments, so twice is once) and continues to the uninterrupted pass's prototypes, bit for bit."""
+    from lsc.centers import prototypes as P
+
+    dm = grid_dm()
+    ref = class_prototypes(dm, 12, batch_size=32, cache_dir=tmp_path / "ref", memory_bytes=0, save_every=0)
+    cut = "_apply" if crash == "before_apply" else "_record"
+    real, calls = getattr(P._DiskSums, cut), [0]
+
+    def killed(self, *a):
+        calls[0] += 1
+        if calls[0] == 3:  # the third batch's save
+            raise KeyboardInterrupt
+        return real(self, *a)
+
+    setattr(P._DiskSums, cut, killed)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            class_prototypes(dm, 12, batch_size=32, cache_dir=tmp_path / "c", memory_bytes=0, save_every=0)
+    finally:
+        setattr(P._DiskSums, cut, real)
+    c = tmp_path / "c"
+    assert torch.load(next(c.glob("*.partial.pt")), weights_only=True)["done"] == 64
+    assert torch.load(next(c.glob("*.journal.pt")), weights_only=True)["done"] == 96
+    resumed = class_prototypes(dm, 12, batch_size=32, cache_dir=c, memory_bytes=0, save_every=0)
+    assert np.array_equal(resumed, ref)
+    assert sorted(f.suffix for f in c.iterdir()) == [".npy"]
+
+
+def test_train_keeps_the_prototypes_on_disk_above_prototype_ram_gb(tmp_path):
+    # the app's path: centers.prototype_ram_gb=0 puts the sums on disk; the assignment is the in-memory pass's
+    from lsc.train import build
+
+    def centers(*ov):
+        cfg = make_cfg(tmp_path, "centers.assign=data", "data=synthetic", "data.num_samples=64", *ov)
+        return build(cfg)[2]
+
+    mem = centers("centers.prototype_cache=null")
+    disk = centers(f"centers.prototype_cache={tmp_path / 'c'}", "centers.prototype_ram_gb=0")
+    assert len(list((tmp_path / "c").glob("*.npy"))) == 1
+    assert torch.equal(mem.assignment.index_of_label, disk.assignment.index_of_label)
+    with pytest.raises(ValueError, match=r"more than centers\.prototype_ram_gb=0"):
+        centers("centers.prototype_cache=null", "centers.prototype_ram_gb=0")
+
+
+def test_on_disk_the_buffer_is_written_once_it_holds_max_rows(tmp_path):
+    # memory stays bounded at any image rate: a save every max_rows images, not only every save_every seconds
+    from lsc.centers.prototypes import _Cache, _DiskSums
+
+    acc = _DiskSums(_Cache(tmp_path, "k", 7, 3), 7, 3, max_rows=25)
+    total, g = torch.zeros(3, dtype=torch.float64), torch.Generator().manual_seed(0)
+    ys, es = [], []
+    for b in range(3):
+        y, e = torch.randint(0, 7, (10,), generator=g), torch.randn(10, 3, generator=g, dtype=torch.float64)
+        total += e.sum(0)
+        acc.add(y, e, 10 * (b + 1), total)
+        ys.append(y), es.append(e)
+    assert acc.buffered == 0 and torch.load(tmp_path / "k.partial.pt", weights_only=True)["done"] == 30
+    y, e = torch.cat(ys), torch.cat(es)
+    want = torch.zeros(7, 4, dtype=torch.float64).index_add_(0, y, torch.cat([e, torch.ones(30, 1)], 1))
+    assert np.allclose(acc.mm, want.numpy(), atol=1e-5)  # sums and counts, as a brute-force index_add

@@ -19,6 +19,12 @@ At scale (ImageNet's 1.28M JPEGs, 10^6..10^8 classes) the pass is the slow part 
                 killed at any point (kill -9 included) continues from the last save, adding the same batches in
                 the same order: the same prototypes as an uninterrupted pass.
   DDP           rank 0 computes; the other ranks wait for its cache entry and read it.
+  on disk       when the float64 sums would pass `memory_bytes` (2 GiB: ~2.7M classes at n_dim 95; 10^8 classes at
+                n_dim 143 would need 114 GB), they are kept in the cache dir instead: one float32 file [n_classes,
+                n_dim + 1] (sums and the count), updated at each save from the batches buffered since the last one
+                (journaled: a kill -9 at any point resumes exactly), and the result is a float32 `<key>.npy` that the
+                assignment reads as an np.memmap, in blocks. The process's RSS stays at the buffer and the pages in
+                flight, whatever the class count.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from torch.utils.data import DataLoader
 
 log = logging.getLogger("lsc.data")
 PROTOTYPES = ("pixels", "checkpoint")
+IN_MEMORY_BYTES = 2 * 2**30  # float64 sums above this are kept on disk (centers.prototype_ram_gb)
 DECODES = ("draft", "full")
 CACHE_VERSION = 1
 
@@ -61,12 +68,15 @@ def class_prototypes(
     progress: bool | None = None,
     rank: int | None = None,
     wait_s: float = 24 * 3600.0,
-) -> torch.Tensor:
-    """[num_classes, n_dim] float64 prototypes from the DataModule's training images (eval transform).
+    memory_bytes: float = IN_MEMORY_BYTES,
+) -> torch.Tensor | np.memmap:
+    """[num_classes, n_dim] float64 prototypes from the DataModule's training images (eval transform); a float32
+    np.memmap of the cache's `<key>.npy` when the sums (num_classes x n_dim x 8 bytes) would pass `memory_bytes`.
 
-    cache_dir: where results (and partial sums, for resume) are kept; None: no cache, no resume. rank: this
-    process's global rank (default: Lightning's, from the launcher's environment); a rank other than 0 waits up
-    to `wait_s` for rank 0's cache entry. progress: a progress bar with ETA (None: when the pass runs past 5 s)."""
+    cache_dir: where results (and partial sums, for resume) are kept; None: no cache, no resume (and no pass larger
+    than `memory_bytes`). rank: this process's global rank (default: Lightning's, from the launcher's environment); a
+    rank other than 0 waits up to `wait_s` for rank 0's cache entry. progress: a progress bar with ETA (None: when the
+    pass runs past 5 s)."""
     if kind not in PROTOTYPES:
         raise ValueError(f"centers.prototype must be one of {', '.join(PROTOTYPES)}, got {kind!r}")
     if decode not in DECODES:
@@ -74,6 +84,13 @@ def class_prototypes(
     dm.setup("fit")
     ds = dm.prototype_set()
     n_classes = dm.num_classes
+    on_disk = n_classes * n_dim * 8 > memory_bytes
+    if on_disk and cache_dir is None:
+        raise ValueError(
+            f"the prototypes of {n_classes:,} classes at n_dim={n_dim} need {n_classes * n_dim * 8 / 2**30:.1f} GiB of "
+            f"float64 sums, more than centers.prototype_ram_gb={memory_bytes / 2**30:g}: they are kept on disk in the "
+            "prototype cache, so set centers.prototype_cache=auto or a directory (or raise centers.prototype_ram_gb)"
+        )
     embed = _pixel_embedder(n_dim, seed, size, dm.channels) if kind == "pixels" else _ckpt_embedder(ckpt, n_dim, dm)
     reduced = kind == "pixels" and decode == "draft" and bool(getattr(dm, "large_images", False))
     if reduced:
@@ -90,17 +107,24 @@ def class_prototypes(
         if hit is None and rank != 0:
             hit = cache.wait(wait_s)
         if hit is not None:
-            log.info(f"prototypes ({kind}): {n_classes:,} classes read from the cache {cache.final}")
+            log.info(f"prototypes ({kind}): {n_classes:,} classes read from the cache {cache.root / cache.key}.*")
+            if isinstance(hit, np.ndarray) and not on_disk:  # written on disk under a lower centers.prototype_ram_gb
+                hit = torch.from_numpy(np.asarray(hit, dtype=np.float64))
             return hit
     elif rank != 0:
         log.info(f"prototypes: rank {rank} computes its own (no centers.prototype_cache to share rank 0's)")
-    state = (cache.resume() if cache is not None else None) or {
-        "sums": torch.zeros(n_classes, n_dim, dtype=torch.float64),
-        "counts": torch.zeros(n_classes, dtype=torch.float64),
-        "total": torch.zeros(n_dim, dtype=torch.float64),
-        "done": 0,
-    }
-    sums, counts, total, start = state["sums"], state["counts"], state["total"], int(state["done"])
+    if on_disk:
+        acc = _DiskSums(cache, n_classes, n_dim)  # resumes (a leftover journal applied) or starts from zeros
+        state = acc.state
+    else:
+        state = (cache.resume() if cache is not None else None) or {
+            "sums": torch.zeros(n_classes, n_dim, dtype=torch.float64),
+            "counts": torch.zeros(n_classes, dtype=torch.float64),
+            "total": torch.zeros(n_dim, dtype=torch.float64),
+            "done": 0,
+        }
+        sums, counts = state["sums"], state["counts"]
+    total, start = state["total"], int(state["done"])
     n = len(ds)
     if start:
         log.info(f"prototypes ({kind}): resuming at image {start:,} of {n:,} ({cache.partial})")
@@ -118,9 +142,12 @@ def class_prototypes(
             if batch is not None:  # None: every image of the batch unreadable (skipped, counted by the data)
                 x, y = batch
                 e = embed(x.to(device)).double().cpu()  # [B, n_dim]
-                sums.index_add_(0, y, e)
-                counts.index_add_(0, y, torch.ones_like(y, dtype=torch.float64))
                 total += e.sum(0)
+                if on_disk:
+                    acc.add(y, e, done, total)
+                else:
+                    sums.index_add_(0, y, e)
+                    counts.index_add_(0, y, torch.ones_like(y, dtype=torch.float64))
             now = time.perf_counter()
             if bar is None and (progress or (progress is None and now - t0 > 5)):
                 from tqdm import tqdm
@@ -129,28 +156,42 @@ def class_prototypes(
             elif bar is not None:
                 bar.update(done - bar.n)
             if cache is not None and done < n and now - last >= save_every:
-                cache.save_partial({"sums": sums, "counts": counts, "total": total, "done": done})
+                if on_disk:
+                    acc.save(done, total)
+                else:
+                    cache.save_partial({"sums": sums, "counts": counts, "total": total, "done": done})
                 last = now
     if bar is not None:
         bar.close()
+    if on_disk:
+        acc.save(done, total)
+        proto, seen = acc.finish(total, kind == "pixels")
+        _log_pass(kind, reduced, n_classes, seen, time.perf_counter() - t0, done - start)
+        return proto
     missing = (counts == 0).nonzero()[:, 0]
     if missing.numel():
-        raise ValueError(
-            f"{missing.numel():,} class(es) have no training image (first: {missing[0].item()}); a data-aware "
-            "assignment needs images of every class"
-        )
+        _no_images(missing.numel(), missing[0].item())
     proto = sums / counts[:, None]
     if kind == "pixels":
         proto -= total / counts.sum()  # centred: the shared mean image carries no class information
-    dt = time.perf_counter() - t0
-    rate = (done - start) / max(dt, 1e-9)
-    log.info(
-        f"prototypes ({kind}{', draft decode' if reduced else ''}): {n_classes:,} classes from "
-        f"{int(counts.sum()):,} images in {dt:.1f} s ({rate:,.0f} images/s)"
-    )
+    _log_pass(kind, reduced, n_classes, int(counts.sum()), time.perf_counter() - t0, done - start)
     if cache is not None:
         cache.save(proto)
     return proto
+
+
+def _no_images(n_missing: int, first: int):
+    raise ValueError(
+        f"{n_missing:,} class(es) have no training image (first: {first}); a data-aware assignment needs images of "
+        "every class"
+    )
+
+
+def _log_pass(kind: str, reduced: bool, n_classes: int, images: int, dt: float, passed: int) -> None:
+    log.info(
+        f"prototypes ({kind}{', draft decode' if reduced else ''}): {n_classes:,} classes from {images:,} images in "
+        f"{dt:.1f} s ({passed / max(dt, 1e-9):,.0f} images/s)"
+    )
 
 
 # ---- reduced-size decoding ---------------------------------------------------------------------------------------
@@ -265,11 +306,13 @@ def _key(dm, ds, kind, n_dim, seed, size, decode, ckpt) -> str:
 
 
 class _Cache:
-    """<dir>/<key>.pt (the prototypes) and <dir>/<key>.partial.pt (running sums), written atomically."""
+    """<dir>/<key>.pt (the prototypes) and <dir>/<key>.partial.pt (running sums), written atomically; on disk (see
+    _DiskSums) <dir>/<key>.npy (float32 prototypes), <key>.sums.f32 and <key>.journal.pt while the pass runs."""
 
     def __init__(self, root: Path, key: str, n_classes: int, n_dim: int):
         self.root, self.key, self.shape = root, key, (n_classes, n_dim)
         self.final, self.partial = root / f"{key}.pt", root / f"{key}.partial.pt"
+        self.big = root / f"{key}.npy"
 
     def _read(self, path: Path):
         try:
@@ -285,6 +328,16 @@ class _Cache:
         return obj
 
     def load(self):
+        if self.big.is_file():  # written by os.replace once complete: the key in its name is the data's
+            try:
+                p = np.load(self.big, mmap_mode="r")
+            except Exception as e:
+                log.warning(f"prototypes: ignoring unreadable cache file {self.big} ({type(e).__name__}: {e})")
+                return None
+            if p.shape == self.shape:
+                return p
+            log.warning(f"prototypes: {self.big} has shape {p.shape}, not {self.shape}; ignored")
+            return None
         obj = self._read(self.final)
         if obj is None:
             return None
@@ -309,8 +362,8 @@ class _Cache:
 
     def resume(self):
         obj = self._read(self.partial)
-        if obj is None or tuple(obj["sums"].shape) != self.shape:
-            return None
+        if obj is None or "sums" not in obj or tuple(obj["sums"].shape) != self.shape:
+            return None  # none, or another size's, or the on-disk pass's (its sums are in <key>.sums.f32)
         return obj
 
     def _write(self, path: Path, obj: dict) -> None:
@@ -325,6 +378,110 @@ class _Cache:
     def save(self, proto: torch.Tensor) -> None:
         self._write(self.final, {"prototypes": proto})
         self.partial.unlink(missing_ok=True)
+
+
+class _DiskSums:
+    """The pass's running sums in <key>.sums.f32, an np.memmap [n_classes, n_dim + 1] float32 (the last column: the
+    class's image count), for class counts whose float64 sums would not fit in memory.
+
+    Batches are buffered in memory (at most `max_rows` images) and written at each `save`: the new values of the
+    rows they touch go to <key>.journal.pt (atomic), then into the file (flushed), then <key>.partial.pt records how
+    many images the file holds, and the journal is removed. The file changes only while a complete journal exists,
+    and writing a row's new value twice gives the same row, so a pass killed anywhere resumes from `partial`
+    (re-applying a leftover journal) with the file holding exactly those images' sums.
+    """
+
+    def __init__(self, cache: _Cache, n_classes: int, n_dim: int, max_rows: int = 1 << 16):
+        self.cache, self.n_dim, self.max_rows = cache, n_dim, max_rows
+        self.path, self.journal = cache.root / f"{cache.key}.sums.f32", cache.root / f"{cache.key}.journal.pt"
+        self.ys, self.es, self.buffered = [], [], 0
+        shape = (n_classes, n_dim + 1)
+        state = cache._read(cache.partial)
+        fresh = state is None or state.get("disk") != list(shape) or not self.path.is_file()
+        if fresh:
+            cache.root.mkdir(parents=True, exist_ok=True)
+            self.journal.unlink(missing_ok=True)
+            self.path.unlink(missing_ok=True)  # a sparse file of zeros: no write of 4 x n_classes x n_dim bytes
+            self.mm = np.memmap(self.path, dtype=np.float32, mode="w+", shape=shape)
+            state = {"done": 0, "seen": 0, "total": torch.zeros(n_dim, dtype=torch.float64)}
+        else:
+            self.mm = np.memmap(self.path, dtype=np.float32, mode="r+", shape=shape)
+            journal = cache._read(self.journal)
+            if journal is not None:  # killed between writing a journal and recording it: apply it again
+                self._apply(journal)
+                self._record({k: journal[k] for k in ("done", "seen", "total")})
+                state = journal
+        self.state = {k: state[k] for k in ("done", "seen", "total")}
+
+    def add(self, y: torch.Tensor, e: torch.Tensor, done: int, total: torch.Tensor) -> None:
+        """Buffer a batch (`done`, `total`: the pass's counters with it); saves once `max_rows` are buffered."""
+        self.ys.append(y)
+        self.es.append(e)
+        self.buffered += len(y)
+        if self.buffered >= self.max_rows:
+            self.save(done, total)
+
+    def save(self, done: int, total: torch.Tensor) -> None:
+        seen = int(self.state["seen"]) + sum(len(y) for y in self.ys)
+        state = {"done": int(done), "seen": seen, "total": total.clone()}
+        self._journal(state)
+        self._record(state)
+
+    def _journal(self, state: dict) -> None:
+        """The buffered batches' rows, as their new values, into the journal and then into the sums file."""
+        if self.ys:
+            y = torch.cat(self.ys)
+            rows, inv = torch.unique(y, return_inverse=True)  # sorted: the file is read and written in order
+            delta = torch.zeros(len(rows), self.n_dim + 1, dtype=torch.float64)
+            delta[:, : self.n_dim].index_add_(0, inv, torch.cat(self.es))
+            delta[:, self.n_dim].index_add_(0, inv, torch.ones(len(y), dtype=torch.float64))
+            values = torch.from_numpy(self.mm[rows.numpy()]).double() + delta
+            self.cache._write(self.journal, {**state, "rows": rows, "values": values.float()})
+            self._apply({"rows": rows, "values": values.float()})
+            self.ys, self.es, self.buffered = [], [], 0
+
+    def _record(self, state: dict) -> None:
+        """partial.pt: the sums file now holds these images; the journal is done with."""
+        self.cache._write(self.cache.partial, {**state, "disk": list(self.mm.shape)})
+        self.journal.unlink(missing_ok=True)
+        self.state = state
+
+    def _apply(self, journal: dict) -> None:
+        from lsc.centers.assignment import drop_pages
+
+        self.mm[journal["rows"].numpy()] = journal["values"].numpy()
+        self.mm.flush()
+        drop_pages(self.mm)  # written back: the pages need not stay in this process's RSS
+
+    def finish(self, total: torch.Tensor, centred: bool, block: int = 1 << 16) -> tuple[np.memmap, int]:
+        """sums / counts (minus the mean image's projection when centred) into <key>.npy, block by block; returns
+        it memory-mapped, and the number of images."""
+        from lsc.centers.assignment import drop_pages
+
+        n, seen = self.mm.shape[0], int(self.state["seen"])
+        mean = (total / max(seen, 1)).numpy() if centred else 0.0
+        tmp = self.cache.big.with_name(f".{self.cache.big.name}.{os.getpid()}.tmp")
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, self.n_dim))
+        try:
+            for a in range(0, n, block):
+                rows = np.asarray(self.mm[a : a + block], dtype=np.float64)
+                empty = np.flatnonzero(rows[:, self.n_dim] == 0)
+                if empty.size:
+                    _no_images(int((self.mm[:, self.n_dim] == 0).sum()), a + int(empty[0]))
+                out[a : a + block] = rows[:, : self.n_dim] / rows[:, self.n_dim :] - mean
+                drop_pages(self.mm)
+                drop_pages(out)
+            out.flush()
+        except BaseException:
+            del out
+            tmp.unlink(missing_ok=True)
+            raise
+        del out
+        os.replace(tmp, self.cache.big)
+        del self.mm
+        self.path.unlink(missing_ok=True)
+        self.cache.partial.unlink(missing_ok=True)
+        return np.load(self.cache.big, mmap_mode="r"), seen
 
 
 def _pixel_embedder(n_dim: int, seed: int, size: int, channels: int):

@@ -31,6 +31,17 @@ def test_bench_assign_per_cluster_smoke(tmp_path):
     assert "| 5,000 | 5 | 1,000 |" in (tmp_path / "bench_assign_clusters_smoke.md").read_text()
 
 
+def test_bench_assign_pass_sums_smoke(tmp_path):
+    """The two accumulators side by side: the on-disk one writes the float32 file it reports (sums + count column)
+    and returns a memory-mapped result; the in-memory one holds no file."""
+    assign.main(["--pass-sums", "--smoke", "--out", str(tmp_path)])
+    mem, disk = json.loads((tmp_path / "bench_assign_pass_sums_smoke.json").read_text())["rows"]
+    assert (mem["on_disk"], disk["on_disk"]) == (False, True) and mem["n_dim"] == disk["n_dim"] == 19
+    assert disk["sums_file_bytes"] == 20_000 * 20 * 4 and mem["float64_sums_bytes"] == 20_000 * 19 * 8
+    assert (mem["result"], disk["result"]) == ("tensor", "memmap") and disk["result_file_bytes"] == 20_000 * 19 * 4
+    assert all(r["peak_rss_bytes"] >= r["rss_after_import_bytes"] > 0 for r in (mem, disk))
+
+
 def test_bench_data_end_to_end_smoke(tmp_path):
     """The headline command trained on prepared chunks: the wait share it reports is the run's own DataWaitMonitor
     figure, the run took exactly the steps asked for, and copies made the epoch long enough not to end in it."""

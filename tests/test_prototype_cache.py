@@ -262,34 +262,34 @@ def test_on_disk_without_a_cache_dir_is_refused_early():
         class_prototypes(grid_dm(), 12, memory_bytes=0)
 
 
-@pytest.mark.parametrize("crash", ["before_apply", "after_apply"])
-def test_on_disk_a_save_killed_midway_resumes_exactly(tmp_path, crash):
-    """A save killed after writing its journal, before or after putting the journal's rows into the sums file, and
-    before recording it (partial still at the save before): the next pass applies the journal (again: new values,
-    not increments, so twice is once) and continues to the uninterrupted pass's prototypes, bit for bit."""
+def test_on_disk_a_save_killed_after_appending_resumes_exactly(tmp_path):
+    """A save killed after appending its records but before recording the files' lengths: the next pass cuts the
+    files back to the lengths of the save before, appends the same records again and gives the uninterrupted pass's
+    prototypes, bit for bit."""
     from lsc.centers import prototypes as P
 
     dm = grid_dm()
-    ref = class_prototypes(dm, 12, batch_size=32, cache_dir=tmp_path / "ref", memory_bytes=0, save_every=0)
-    cut = "_apply" if crash == "before_apply" else "_record"
-    real, calls = getattr(P._DiskSums, cut), [0]
+    kw = dict(batch_size=32, memory_bytes=0, save_every=0)
+    ref = class_prototypes(dm, 12, cache_dir=tmp_path / "ref", **kw)
+    real, calls = P._DiskSums._append, [0]
 
-    def killed(self, *a):
+    def killed(self):
+        real(self)
         calls[0] += 1
-        if calls[0] == 3:  # the third batch's save
+        if calls[0] == 3:  # the third batch's save: its records are in the files, partial.pt still says two batches
             raise KeyboardInterrupt
-        return real(self, *a)
 
-    setattr(P._DiskSums, cut, killed)
+    P._DiskSums._append = killed
     try:
         with pytest.raises(KeyboardInterrupt):
-            class_prototypes(dm, 12, batch_size=32, cache_dir=tmp_path / "c", memory_bytes=0, save_every=0)
+            class_prototypes(dm, 12, cache_dir=tmp_path / "c", **kw)
     finally:
-        setattr(P._DiskSums, cut, real)
+        P._DiskSums._append = real
     c = tmp_path / "c"
-    assert torch.load(next(c.glob("*.partial.pt")), weights_only=True)["done"] == 64
-    assert torch.load(next(c.glob("*.journal.pt")), weights_only=True)["done"] == 96
-    resumed = class_prototypes(dm, 12, batch_size=32, cache_dir=c, memory_bytes=0, save_every=0)
+    state = torch.load(next(c.glob("*.partial.pt")), weights_only=True)
+    on_disk = sum(f.stat().st_size for f in next(c.glob("*.spill")).iterdir())
+    assert state["done"] == 64 and on_disk == 96 * (4 + 12 * 4) > int(state["sizes"].sum())
+    resumed = class_prototypes(dm, 12, cache_dir=c, **kw)
     assert np.array_equal(resumed, ref)
     assert sorted(f.suffix for f in c.iterdir()) == [".npy"]
 
@@ -311,18 +311,30 @@ def test_train_keeps_the_prototypes_on_disk_above_prototype_ram_gb(tmp_path):
 
 
 def test_on_disk_the_buffer_is_written_once_it_holds_max_rows(tmp_path):
-    # memory stays bounded at any image rate: a save every max_rows images, not only every save_every seconds
+    # memory stays bounded at any image rate: a save every max_rows images, not only every save_every seconds; the
+    # records go to the file of their class range and finish sums them per class (against a brute-force index_add)
     from lsc.centers.prototypes import _Cache, _DiskSums
 
-    acc = _DiskSums(_Cache(tmp_path, "k", 7, 3), 7, 3, max_rows=25)
+    acc = _DiskSums(_Cache(tmp_path, "k", 7, 3), 7, 3, max_rows=25, per_file=3)  # classes 0-2, 3-5, 6
     total, g = torch.zeros(3, dtype=torch.float64), torch.Generator().manual_seed(0)
     ys, es = [], []
-    for b in range(3):
+    for b in range(4):
         y, e = torch.randint(0, 7, (10,), generator=g), torch.randn(10, 3, generator=g, dtype=torch.float64)
+        y[:7] = torch.arange(7) if b == 0 else y[:7]  # every class has an image
         total += e.sum(0)
         acc.add(y, e, 10 * (b + 1), total)
         ys.append(y), es.append(e)
-    assert acc.buffered == 0 and torch.load(tmp_path / "k.partial.pt", weights_only=True)["done"] == 30
+    saved = torch.load(tmp_path / "k.partial.pt", weights_only=True)
+    assert acc.buffered == 10 and saved["done"] == 30 and int(saved["sizes"].sum()) == 30 * 16
+    assert sorted(f.name for f in (tmp_path / "k.spill").iterdir()) == ["000000.bin", "000001.bin", "000002.bin"]
+    acc.save(40, total)
+    proto, seen = acc.finish(total, centred=False)
     y, e = torch.cat(ys), torch.cat(es)
-    want = torch.zeros(7, 4, dtype=torch.float64).index_add_(0, y, torch.cat([e, torch.ones(30, 1)], 1))
-    assert np.allclose(acc.mm, want.numpy(), atol=1e-5)  # sums and counts, as a brute-force index_add
+    want = torch.zeros(7, 3, dtype=torch.float64).index_add_(0, y, e) / torch.bincount(y, minlength=7)[:, None]
+    assert seen == 40 and np.allclose(proto, want.numpy(), atol=1e-6)
+    lonely = _DiskSums(_Cache(tmp_path / "x", "k", 7, 3), 7, 3, per_file=3)
+    lonely.add(torch.arange(6), torch.ones(6, 3, dtype=torch.float64), 6, total)
+    lonely.save(6, total)
+    with pytest.raises(ValueError, match=r"^1 class\(es\) have no training image \(first: 6\)"):
+        lonely.finish(total, centred=False)
+    assert not list((tmp_path / "x").glob("*.npy"))  # no half-written result left behind

@@ -192,6 +192,19 @@ rule where the ordered one cannot finish, not in its place. The 10M point's
 peak RSS (9.9 GiB) is mostly the benchmark's synthetic prototypes (10M x 82 float32 = 3.3 GB, built with two
 temporaries of the same size); the rule itself adds the taken bitmap (1 bit per vector), the table (16 bytes per
 class) and its deferred list and groups (a few 8-byte integers per class).
+
+## The prototype pass's class sums: in memory or on disk
+
+The assignment above reads its prototypes from a file; the pass that makes them (`lsc.centers.prototypes`) kept a
+float64 sum per class in memory: 6.1 GiB at 10M classes (n_dim 82), 114 GB at 100M (n_dim 143). Above
+`centers.prototype_ram_gb` (2 by default) the pass now appends each image's projection (float32, with its class) to
+files in the prototype cache, one per range of classes, from a buffer of at most 64K images, and reduces one file
+at a time into a float32 `.npy` that the assignment memory-maps. `python -m lsc.bench.assign --pass-sums` times
+the two accumulators alone on one embedding per class (random, the classes in random order, batches of 4,096, as
+the pass adds its images; no images decoded):
+
+<!-- RESULT results/bench_assign_pass_sums.md -->
+<!-- /RESULT -->
 """
 
 
@@ -482,6 +495,88 @@ def on_disk(a) -> None:
     finish(a, "bench_assign_disk", text, raw)
 
 
+def _peak_rss() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+
+def sums_point(nc: int, on_disk: bool, root: str) -> dict:
+    """The pass's accumulator for nc classes, one random embedding per class in shuffled batches: in memory (float64
+    index_add, as `class_prototypes` below centers.prototype_ram_gb) or on disk (`_DiskSums` under root)."""
+    from lsc.centers.prototypes import _Cache, _DiskSums
+
+    torch.set_num_threads(1)
+    base = _peak_rss()  # torch, numpy and lsc imported
+    d, batch, g = n_min("v22", nc), 4096, torch.Generator().manual_seed(0)
+    t0 = time.perf_counter()
+    total = torch.zeros(d, dtype=torch.float64)
+    if on_disk:
+        acc = _DiskSums(_Cache(Path(root), "bench", nc, d), nc, d)
+    else:
+        sums, counts = torch.zeros(nc, d, dtype=torch.float64), torch.zeros(nc, dtype=torch.float64)
+    order = torch.randperm(nc, generator=g)
+    for a in range(0, nc, batch):
+        y = order[a : a + batch]
+        e = torch.randn(len(y), d, generator=g, dtype=torch.float64)
+        total += e.sum(0)
+        if on_disk:
+            acc.add(y, e, a + len(y), total)
+        else:
+            sums.index_add_(0, y, e)
+            counts.index_add_(0, y, torch.ones(len(y), dtype=torch.float64))
+    if on_disk:
+        acc.save(nc, total)
+        proto, _ = acc.finish(total, True)
+        kind, file_bytes = type(proto).__name__, proto.nbytes
+        Path(proto.filename).unlink()
+    else:
+        proto = sums / counts[:, None]  # as class_prototypes: one float64 copy beside the sums
+        proto -= total / counts.sum()
+        kind, file_bytes = "tensor", 0
+    return {"n_classes": nc, "n_dim": d, "on_disk": on_disk, "seconds": round(time.perf_counter() - t0, 1),
+            "peak_rss_bytes": _peak_rss(), "rss_after_import_bytes": base, "float64_sums_bytes": nc * d * 8,
+            "sums_file_bytes": nc * (d + 1) * 4 if on_disk else 0, "result": kind,
+            "result_file_bytes": file_bytes}  # fmt: skip
+
+
+def pass_sums(a) -> None:
+    """`sums_point` at --classes (default 1e6 1e7), in memory and on disk, one subprocess per point."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    classes = [int(c) for c in (a.classes or ([2e4] if a.smoke else [1e6, 1e7]))]
+    rows, raw, t0 = [], [], time.time()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    for nc in classes:
+        for disk in (False, True):
+            with tempfile.TemporaryDirectory(dir=a.proto_dir if Path(a.proto_dir).is_dir() else None) as root:
+                cmd = [sys.executable, "-m", "lsc.bench.assign", "--sums-point", str(nc), str(int(disk)), root]
+                out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=a.timeout, check=True)
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            raw.append(r)
+            rows.append([f"{nc:,}", r["n_dim"], "disk (float32 file)" if disk else "memory (float64)",
+                         fmt_bytes(r["float64_sums_bytes"]), fmt_bytes(r["sums_file_bytes"]) if disk else "—",
+                         f"{r['seconds']:.1f}", fmt_bytes(r["peak_rss_bytes"]),
+                         fmt_bytes(r["peak_rss_bytes"] - r["rss_after_import_bytes"])])  # fmt: skip
+            print("  ", rows[-1], flush=True)
+    head = ["n_classes", "n_dim", "sums", "float64 sums", "sums file", "seconds", "peak RSS", "peak RSS - imports"]
+    text = (
+        f"### The prototype pass's class sums, one embedding per class ({machine()}, one thread per point; "
+        f"{time.time() - t0:.0f} s)\n\n"
+        + md_table(head, rows)
+        + "\n\nseconds: adding every class's embedding and writing the prototypes (memory: sums / counts - mean, a "
+        "float64 tensor; disk: `_DiskSums` appends every 64K images to its class-range files, then sums one file at a "
+        "time into the float32 .npy). peak RSS - imports: above the process's RSS after importing torch and lsc. No images are "
+        "decoded: the pass's own cost per image (decode, projection) is in "
+        "[bench_data](../bench_data/README.md#the-prototype-pass-reduced-size-decoding).\n"
+    )
+    finish(a, "bench_assign_pass_sums", text, raw)
+
+
 TARGETS = {(1_000_000, "clustered"): 60, (10_000_000, "clustered"): 900}  # seconds, one thread (the scale issue)
 
 
@@ -523,6 +618,9 @@ def main(argv=None):
     p.add_argument("--proto-file", help=argparse.SUPPRESS)
     p.add_argument("--table-out", help=argparse.SUPPRESS)
     p.add_argument("--point", nargs=4, metavar=("CLASSES", "WIDTH", "KIND", "COMPILED"), help=argparse.SUPPRESS)
+    p.add_argument("--pass-sums", action="store_true",
+                   help="only the prototype pass's class sums, in memory vs on disk (1e6 1e7 classes)")  # fmt: skip
+    p.add_argument("--sums-point", nargs=3, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.readme:
         return write_readme(HERE, README)
@@ -533,6 +631,13 @@ def main(argv=None):
         r = point(nc, width, kind, compiled, a.plus[0], a.clusters[0], a.walk_max, a.proto_file, a.table_out)
         print(json.dumps(r))
         return None
+    if a.sums_point:
+        import json
+
+        print(json.dumps(sums_point(int(a.sums_point[0]), bool(int(a.sums_point[1])), a.sums_point[2])))
+        return None
+    if a.pass_sums:
+        return pass_sums(a)
     if a.scaling:
         return scaling(a)
     if a.per_cluster:

@@ -20,11 +20,10 @@ At scale (ImageNet's 1.28M JPEGs, 10^6..10^8 classes) the pass is the slow part 
                 the same order: the same prototypes as an uninterrupted pass.
   DDP           rank 0 computes; the other ranks wait for its cache entry and read it.
   on disk       when the float64 sums would pass `memory_bytes` (2 GiB: ~2.7M classes at n_dim 95; 10^8 classes at
-                n_dim 143 would need 114 GB), they are kept in the cache dir instead: one float32 file [n_classes,
-                n_dim + 1] (sums and the count), updated at each save from the batches buffered since the last one
-                (journaled: a kill -9 at any point resumes exactly), and the result is a float32 `<key>.npy` that the
-                assignment reads as an np.memmap, in blocks. The process's RSS stays at the buffer and the pages in
-                flight, whatever the class count.
+                n_dim 143 would need 114 GB), the images' projections are appended to files in the cache dir, one
+                per range of classes, and reduced one file at a time into a float32 `<key>.npy` that the assignment
+                reads as an np.memmap, in blocks (see _DiskSums). A kill -9 at any point resumes exactly; the
+                process's RSS stays at a buffer and one file's sums, whatever the class count.
 """
 
 from __future__ import annotations
@@ -114,7 +113,7 @@ def class_prototypes(
     elif rank != 0:
         log.info(f"prototypes: rank {rank} computes its own (no centers.prototype_cache to share rank 0's)")
     if on_disk:
-        acc = _DiskSums(cache, n_classes, n_dim)  # resumes (a leftover journal applied) or starts from zeros
+        acc = _DiskSums(cache, n_classes, n_dim)  # resumes (files cut back to the last save) or starts anew
         state = acc.state
     else:
         state = (cache.resume() if cache is not None else None) or {
@@ -307,7 +306,7 @@ def _key(dm, ds, kind, n_dim, seed, size, decode, ckpt) -> str:
 
 class _Cache:
     """<dir>/<key>.pt (the prototypes) and <dir>/<key>.partial.pt (running sums), written atomically; on disk (see
-    _DiskSums) <dir>/<key>.npy (float32 prototypes), <key>.sums.f32 and <key>.journal.pt while the pass runs."""
+    _DiskSums) <dir>/<key>.npy (float32 prototypes), and <key>.spill/ while the pass runs."""
 
     def __init__(self, root: Path, key: str, n_classes: int, n_dim: int):
         self.root, self.key, self.shape = root, key, (n_classes, n_dim)
@@ -363,7 +362,7 @@ class _Cache:
     def resume(self):
         obj = self._read(self.partial)
         if obj is None or "sums" not in obj or tuple(obj["sums"].shape) != self.shape:
-            return None  # none, or another size's, or the on-disk pass's (its sums are in <key>.sums.f32)
+            return None  # none, or another size's, or the on-disk pass's (its records are in <key>.spill/)
         return obj
 
     def _write(self, path: Path, obj: dict) -> None:
@@ -381,37 +380,49 @@ class _Cache:
 
 
 class _DiskSums:
-    """The pass's running sums in <key>.sums.f32, an np.memmap [n_classes, n_dim + 1] float32 (the last column: the
-    class's image count), for class counts whose float64 sums would not fit in memory.
+    """The pass's images on disk, for class counts whose float64 sums would not fit in memory: each image's
+    (class, projected embedding) record is appended to the file of its class range (<key>.spill/<b>.bin, `per_file`
+    classes each), and `finish` reduces one file at a time to its classes' prototypes (float64 sums) into <key>.npy.
 
-    Batches are buffered in memory (at most `max_rows` images) and written at each `save`: the new values of the
-    rows they touch go to <key>.journal.pt (atomic), then into the file (flushed), then <key>.partial.pt records how
-    many images the file holds, and the journal is removed. The file changes only while a complete journal exists,
-    and writing a row's new value twice gives the same row, so a pass killed anywhere resumes from `partial`
-    (re-applying a leftover journal) with the file holding exactly those images' sums.
+    Appends are sequential whatever the order of the labels (updating rows of one [n_classes, n_dim] file in place
+    would rewrite a 4 KiB page per image: ~1 GB/s of writes for ~20 MB of sums here). Memory: a buffer of at most
+    `max_rows` records and one file's sums. Resume: partial.pt records every file's length at each save; a pass
+    killed anywhere truncates the files to those lengths and appends the same records again, so its prototypes are
+    the uninterrupted pass's, bit for bit. Disk: n_images x (n_dim + 1) x 4 bytes of records, plus the result.
     """
 
-    def __init__(self, cache: _Cache, n_classes: int, n_dim: int, max_rows: int = 1 << 16):
-        self.cache, self.n_dim, self.max_rows = cache, n_dim, max_rows
-        self.path, self.journal = cache.root / f"{cache.key}.sums.f32", cache.root / f"{cache.key}.journal.pt"
+    def __init__(self, cache: _Cache, n_classes: int, n_dim: int, max_rows: int = 1 << 16, per_file: int = 0):
+        self.cache, self.n_classes, self.n_dim, self.max_rows = cache, n_classes, n_dim, max_rows
+        self.per_file = per_file or max(1, (1 << 28) // (8 * (n_dim + 1)))  # one file's float64 sums: <= 256 MiB
+        self.n_files = -(-n_classes // self.per_file)
+        self.dir = cache.root / f"{cache.key}.spill"
+        self.record = np.dtype([("y", "<i4"), ("e", "<f4", (n_dim,))])  # y: the class within its file
         self.ys, self.es, self.buffered = [], [], 0
-        shape = (n_classes, n_dim + 1)
         state = cache._read(cache.partial)
-        fresh = state is None or state.get("disk") != list(shape) or not self.path.is_file()
-        if fresh:
-            cache.root.mkdir(parents=True, exist_ok=True)
-            self.journal.unlink(missing_ok=True)
-            self.path.unlink(missing_ok=True)  # a sparse file of zeros: no write of 4 x n_classes x n_dim bytes
-            self.mm = np.memmap(self.path, dtype=np.float32, mode="w+", shape=shape)
+        spill = [n_classes, n_dim, self.per_file]
+        if state is None or state.get("spill") != spill or not self._truncate(state["sizes"]):
+            import shutil
+
+            shutil.rmtree(self.dir, ignore_errors=True)
             state = {"done": 0, "seen": 0, "total": torch.zeros(n_dim, dtype=torch.float64)}
-        else:
-            self.mm = np.memmap(self.path, dtype=np.float32, mode="r+", shape=shape)
-            journal = cache._read(self.journal)
-            if journal is not None:  # killed between writing a journal and recording it: apply it again
-                self._apply(journal)
-                self._record({k: journal[k] for k in ("done", "seen", "total")})
-                state = journal
-        self.state = {k: state[k] for k in ("done", "seen", "total")}
+            state["sizes"] = torch.zeros(self.n_files, dtype=torch.int64)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.state = {k: state[k] for k in ("done", "seen", "total", "sizes")}
+
+    def _file(self, b: int) -> Path:
+        return self.dir / f"{b:06d}.bin"
+
+    def _truncate(self, sizes: torch.Tensor) -> bool:
+        """Cut every file back to its recorded length (what a killed pass appended after its last save); False when a
+        file is shorter than recorded (not this pass's files: start again)."""
+        for b, size in enumerate(sizes.tolist()):
+            f = self._file(b)
+            have = f.stat().st_size if f.is_file() else 0
+            if have < size:
+                return False
+            if have > size:
+                os.truncate(f, size)
+        return True
 
     def add(self, y: torch.Tensor, e: torch.Tensor, done: int, total: torch.Tensor) -> None:
         """Buffer a batch (`done`, `total`: the pass's counters with it); saves once `max_rows` are buffered."""
@@ -421,56 +432,60 @@ class _DiskSums:
         if self.buffered >= self.max_rows:
             self.save(done, total)
 
+    def _append(self) -> None:
+        if not self.ys:
+            return
+        y = torch.cat(self.ys).numpy()
+        e = torch.cat(self.es).numpy()
+        order = np.argsort(y // self.per_file, kind="stable")  # by file, each file's records in the pass's order
+        y, e = y[order], e[order]
+        rec = np.empty(len(y), self.record)
+        rec["y"], rec["e"] = y % self.per_file, e
+        files, starts = np.unique(y // self.per_file, return_index=True)
+        sizes = self.state["sizes"].clone()
+        for b, a, z in zip(files.tolist(), starts.tolist(), [*starts[1:].tolist(), len(y)], strict=True):
+            with open(self._file(b), "ab") as f:
+                f.write(rec[a:z].tobytes())
+            sizes[b] += (z - a) * self.record.itemsize
+        self.state["sizes"] = sizes
+        self.ys, self.es, self.buffered = [], [], 0
+
     def save(self, done: int, total: torch.Tensor) -> None:
-        seen = int(self.state["seen"]) + sum(len(y) for y in self.ys)
-        state = {"done": int(done), "seen": seen, "total": total.clone()}
-        self._journal(state)
-        self._record(state)
+        """Append the buffer, then record the files' lengths with the pass's counters (atomically)."""
+        seen = int(self.state["seen"]) + self.buffered
+        self._append()
+        self.state.update(done=int(done), seen=seen, total=total.clone())
+        spill = [self.n_classes, self.n_dim, self.per_file]
+        self.cache._write(self.cache.partial, {**self.state, "spill": spill})
 
-    def _journal(self, state: dict) -> None:
-        """The buffered batches' rows, as their new values, into the journal and then into the sums file."""
-        if self.ys:
-            y = torch.cat(self.ys)
-            rows, inv = torch.unique(y, return_inverse=True)  # sorted: the file is read and written in order
-            delta = torch.zeros(len(rows), self.n_dim + 1, dtype=torch.float64)
-            delta[:, : self.n_dim].index_add_(0, inv, torch.cat(self.es))
-            delta[:, self.n_dim].index_add_(0, inv, torch.ones(len(y), dtype=torch.float64))
-            values = torch.from_numpy(self.mm[rows.numpy()]).double() + delta
-            self.cache._write(self.journal, {**state, "rows": rows, "values": values.float()})
-            self._apply({"rows": rows, "values": values.float()})
-            self.ys, self.es, self.buffered = [], [], 0
-
-    def _record(self, state: dict) -> None:
-        """partial.pt: the sums file now holds these images; the journal is done with."""
-        self.cache._write(self.cache.partial, {**state, "disk": list(self.mm.shape)})
-        self.journal.unlink(missing_ok=True)
-        self.state = state
-
-    def _apply(self, journal: dict) -> None:
+    def finish(self, total: torch.Tensor, centred: bool) -> tuple[np.memmap, int]:
+        """Each file's records summed per class (float64), divided by the counts (minus the mean image's projection
+        when centred), into <key>.npy; returns it memory-mapped, and the number of images."""
         from lsc.centers.assignment import drop_pages
 
-        self.mm[journal["rows"].numpy()] = journal["values"].numpy()
-        self.mm.flush()
-        drop_pages(self.mm)  # written back: the pages need not stay in this process's RSS
-
-    def finish(self, total: torch.Tensor, centred: bool, block: int = 1 << 16) -> tuple[np.memmap, int]:
-        """sums / counts (minus the mean image's projection when centred) into <key>.npy, block by block; returns
-        it memory-mapped, and the number of images."""
-        from lsc.centers.assignment import drop_pages
-
-        n, seen = self.mm.shape[0], int(self.state["seen"])
+        seen = int(self.state["seen"])
         mean = (total / max(seen, 1)).numpy() if centred else 0.0
         tmp = self.cache.big.with_name(f".{self.cache.big.name}.{os.getpid()}.tmp")
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, self.n_dim))
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(self.n_classes, self.n_dim))
         try:
-            for a in range(0, n, block):
-                rows = np.asarray(self.mm[a : a + block], dtype=np.float64)
-                empty = np.flatnonzero(rows[:, self.n_dim] == 0)
+            missing = []
+            for b in range(self.n_files):
+                a = b * self.per_file
+                k = min(self.per_file, self.n_classes - a)
+                rec = np.fromfile(self._file(b), dtype=self.record) if self._file(b).is_file() else None
+                sums, counts = np.zeros((k, self.n_dim)), np.zeros(k)
+                if rec is not None and len(rec):
+                    y = torch.from_numpy(rec["y"].astype(np.int64))
+                    torch.from_numpy(sums).index_add_(0, y, torch.from_numpy(rec["e"].astype(np.float64)))
+                    counts = np.bincount(rec["y"], minlength=k).astype(np.float64)
+                empty = np.flatnonzero(counts == 0)
                 if empty.size:
-                    _no_images(int((self.mm[:, self.n_dim] == 0).sum()), a + int(empty[0]))
-                out[a : a + block] = rows[:, : self.n_dim] / rows[:, self.n_dim :] - mean
-                drop_pages(self.mm)
+                    missing.append((empty.size, a + int(empty[0])))
+                    continue
+                out[a : a + k] = sums / counts[:, None] - mean
                 drop_pages(out)
+            if missing:
+                _no_images(sum(m for m, _ in missing), missing[0][1])
             out.flush()
         except BaseException:
             del out
@@ -478,8 +493,9 @@ class _DiskSums:
             raise
         del out
         os.replace(tmp, self.cache.big)
-        del self.mm
-        self.path.unlink(missing_ok=True)
+        import shutil
+
+        shutil.rmtree(self.dir, ignore_errors=True)
         self.cache.partial.unlink(missing_ok=True)
         return np.load(self.cache.big, mmap_mode="r"), seen
 

@@ -569,9 +569,9 @@ def pass_sums(a) -> None:
         f"{time.time() - t0:.0f} s)\n\n"
         + md_table(head, rows)
         + "\n\nseconds: adding every class's embedding and writing the prototypes (memory: sums / counts - mean, a "
-        "float64 tensor; disk: `_DiskSums` appends every 64K images to its class-range files, then sums one file at a "
-        "time into the float32 .npy). peak RSS - imports: above the process's RSS after importing torch and lsc. No images are "
-        "decoded: the pass's own cost per image (decode, projection) is in "
+        "float64 tensor; disk: `_DiskSums` appends every 64K images to its class-range files, then sums one file at "
+        "a time into the float32 .npy). peak RSS - imports: above the process's RSS after importing torch and lsc. "
+        "No images are decoded: the pass's own cost per image (decode, projection) is in "
         "[bench_data](../bench_data/README.md#the-prototype-pass-reduced-size-decoding).\n"
     )
     finish(a, "bench_assign_pass_sums", text, raw)

@@ -452,6 +452,7 @@ def curve(r: dict, key: str = "heldout/acc1") -> list[float]:
 def summarize(by: dict) -> list[dict]:
     raw = []
     for (tag, label), rs in by.items():
+        rs = list({r["dir"]: r for r in rs}.values())  # a run two parts share (heads_full's seed 0) counts once
         top1 = [curve(r)[-1] if curve(r) else float("nan") for r in rs]
         top5 = [curve(r, "heldout/acc5")[-1] if curve(r, "heldout/acc5") else float("nan") for r in rs]
         sec = [statistics.median([e["train/epoch_s"] for e in r["epochs"] if "train/epoch_s" in e] or [0]) for r in rs]

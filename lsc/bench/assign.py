@@ -205,6 +205,16 @@ the pass adds its images; no images decoded):
 
 <!-- RESULT results/bench_assign_pass_sums.md -->
 <!-- /RESULT -->
+
+What it shows (the other core ran a training run throughout): at 10M classes the in-memory pass holds 12.4 GiB
+above the imports (the float64 sums and the float64 copy the division makes), half this machine's memory, and at
+100M (114 GB of sums) it cannot run; on disk the same pass holds ~0.4 GiB at 1M and at 10M classes (a buffer of
+64K images and one file's float64 sums, at most 128 MiB), at ~1.5x the time (87 s against 60 s at 10M), writing each
+image once as a (n_dim + 1) x 4-byte record. A first version updated the rows of one [classes, n_dim + 1] float32
+file in place; with the classes in random order each image dirtied a 4 KiB page of its own, and its 10M point wrote
+~1 GB/s to disk for minutes before it was stopped: appending to class-range files made the writes sequential. Not
+run: 100M classes (n_dim 143), which needs 57.6 GB of records and 57.2 GB of float32 prototypes on disk at once,
+more than this machine's free disk; at the 10M point's rate it would take ~15-20 minutes.
 """
 
 
@@ -558,19 +568,19 @@ def pass_sums(a) -> None:
                 out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=a.timeout, check=True)
             r = json.loads(out.stdout.strip().splitlines()[-1])
             raw.append(r)
-            rows.append([f"{nc:,}", r["n_dim"], "disk (float32 file)" if disk else "memory (float64)",
+            rows.append([f"{nc:,}", r["n_dim"], "disk (class-range files)" if disk else "memory (float64)",
                          fmt_bytes(r["float64_sums_bytes"]), fmt_bytes(r["sums_file_bytes"]) if disk else "—",
                          f"{r['seconds']:.1f}", fmt_bytes(r["peak_rss_bytes"]),
                          fmt_bytes(r["peak_rss_bytes"] - r["rss_after_import_bytes"])])  # fmt: skip
             print("  ", rows[-1], flush=True)
-    head = ["n_classes", "n_dim", "sums", "float64 sums", "sums file", "seconds", "peak RSS", "peak RSS - imports"]
+    head = ["n_classes", "n_dim", "sums", "float64 sums", "records on disk", "seconds", "peak RSS", "RSS - imports"]
     text = (
         f"### The prototype pass's class sums, one embedding per class ({machine()}, one thread per point; "
         f"{time.time() - t0:.0f} s)\n\n"
         + md_table(head, rows)
         + "\n\nseconds: adding every class's embedding and writing the prototypes (memory: sums / counts - mean, a "
         "float64 tensor; disk: `_DiskSums` appends every 64K images to its class-range files, then sums one file at "
-        "a time into the float32 .npy). peak RSS - imports: above the process's RSS after importing torch and lsc. "
+        "a time into the float32 .npy). RSS - imports: peak RSS above the process's RSS after importing torch and lsc. "
         "No images are decoded: the pass's own cost per image (decode, projection) is in "
         "[bench_data](../bench_data/README.md#the-prototype-pass-reduced-size-decoding).\n"
     )

@@ -393,7 +393,7 @@ class _DiskSums:
 
     def __init__(self, cache: _Cache, n_classes: int, n_dim: int, max_rows: int = 1 << 16, per_file: int = 0):
         self.cache, self.n_classes, self.n_dim, self.max_rows = cache, n_classes, n_dim, max_rows
-        self.per_file = per_file or max(1, (1 << 28) // (8 * (n_dim + 1)))  # one file's float64 sums: <= 256 MiB
+        self.per_file = per_file or max(1, (1 << 27) // (8 * n_dim))  # one file's float64 sums: <= 128 MiB
         self.n_files = -(-n_classes // self.per_file)
         self.dir = cache.root / f"{cache.key}.spill"
         self.record = np.dtype([("y", "<i4"), ("e", "<f4", (n_dim,))])  # y: the class within its file
@@ -458,7 +458,7 @@ class _DiskSums:
         spill = [self.n_classes, self.n_dim, self.per_file]
         self.cache._write(self.cache.partial, {**self.state, "spill": spill})
 
-    def finish(self, total: torch.Tensor, centred: bool) -> tuple[np.memmap, int]:
+    def finish(self, total: torch.Tensor, centred: bool, chunk: int = 1 << 16) -> tuple[np.memmap, int]:
         """Each file's records summed per class (float64), divided by the counts (minus the mean image's projection
         when centred), into <key>.npy; returns it memory-mapped, and the number of images."""
         from lsc.centers.assignment import drop_pages
@@ -472,17 +472,25 @@ class _DiskSums:
             for b in range(self.n_files):
                 a = b * self.per_file
                 k = min(self.per_file, self.n_classes - a)
-                rec = np.fromfile(self._file(b), dtype=self.record) if self._file(b).is_file() else None
-                sums, counts = np.zeros((k, self.n_dim)), np.zeros(k)
-                if rec is not None and len(rec):
-                    y = torch.from_numpy(rec["y"].astype(np.int64))
-                    torch.from_numpy(sums).index_add_(0, y, torch.from_numpy(rec["e"].astype(np.float64)))
-                    counts = np.bincount(rec["y"], minlength=k).astype(np.float64)
+                sums, counts = torch.zeros(k, self.n_dim, dtype=torch.float64), np.zeros(k)
+                size = self._file(b).stat().st_size if self._file(b).is_file() else 0
+                if size:
+                    rec = np.memmap(self._file(b), dtype=self.record, mode="r")
+                    for r in range(0, len(rec), chunk):  # records in chunks: memory is the sums and one chunk
+                        part = rec[r : r + chunk]
+                        y = torch.from_numpy(part["y"].astype(np.int64))
+                        sums.index_add_(0, y, torch.from_numpy(part["e"].astype(np.float64)))
+                        counts += np.bincount(part["y"], minlength=k)
+                        drop_pages(rec)
+                    del rec
+                sums = sums.numpy()
                 empty = np.flatnonzero(counts == 0)
                 if empty.size:
                     missing.append((empty.size, a + int(empty[0])))
                     continue
-                out[a : a + k] = sums / counts[:, None] - mean
+                sums /= counts[:, None]  # in place: one file's float64 sums are the only large array
+                sums -= mean
+                out[a : a + k] = sums
                 drop_pages(out)
             if missing:
                 _no_images(sum(m for m, _ in missing), missing[0][1])

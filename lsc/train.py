@@ -288,7 +288,7 @@ def checkpoint_to_test(trainer: L.Trainer) -> str | None:
     best = getattr(cb, "best_model_path", "") if cb is not None else ""
     if not best:
         return None
-    if not Path(best).is_file():
+    if not trainer.strategy.broadcast(Path(best).is_file(), src=0):  # rank 0's answer: every rank tests the same
         log.warning(f"test: the best checkpoint {best} is gone; testing the weights in memory (the last epoch's)")
         return None
     return best  # not "best": Lightning would warn that last.ckpt's LastCheckpoint is a second checkpoint callback

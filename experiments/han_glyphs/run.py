@@ -184,10 +184,11 @@ Partial FC in float32 on this machine, the same 3 epochs and seed as the LSC row
 (`python experiments/han_glyphs/run.py --part full_seeds --workers 1 --threads 2`, which goes on to seeds 1 and 2 of
 both rows, resuming from a checkpoint every 500 steps): held-out top-1 91.6 -> 98.9 -> **99.2%** per epoch (top-5
 99.97%; the test designs on the checkpoint validation chose: 99.23%), against LSC's 92.9 -> 98.4 -> 98.9%. LSC leads
-after the first epoch and trails after the second and third, by 0.3 points at the end. Its s / epoch in the table
-(8,762) counts the hours the run was paused (SIGSTOP) while benchmarks and CI had the cores; alone it ran ~25-40
-minutes an epoch. Not run yet (a 2-core CPU: each full-set run is 1.5-2 hours alone): seeds 1 and 2 of both full-set
-rows (the 1,000-class rows at 0.8 show seed spreads of 0.3 points, the size of this gap), 3.1 hidden units per class
+after the first epoch and trails after the second and third, by 0.3 points at the end. Partial FC's seed 1: 93.0 ->
+99.1 -> **99.3%** (2-seed mean 99.3 +- 0.1%, the table's row). Its s / epoch in the table counts the hours the runs
+were paused (SIGSTOP) or shared the cores while benchmarks and CI ran; alone a run did ~25-40 minutes an epoch. Not
+run yet (a 2-core CPU: each full-set run is 1.5-2 hours alone): LSC's seeds 1 and 2 and Partial FC's seed 2 at the
+full set (the 1,000-class rows at 0.8 show seed spreads of 0.3 points, the size of this gap), 3.1 hidden units per class
 (65,536) there, and longer schedules.
 """
 SEEDS = (0, 1, 2)

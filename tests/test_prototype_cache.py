@@ -246,7 +246,7 @@ def test_on_disk_the_pass_gives_the_in_memory_prototypes_as_a_float32_memmap(tmp
     disk = class_prototypes(dm, 12, batch_size=32, cache_dir=tmp_path, memory_bytes=0, save_every=0)
     assert isinstance(disk, np.memmap) and disk.dtype == np.float32 and disk.shape == tuple(ref.shape)
     assert np.allclose(disk, ref.numpy(), rtol=1e-5, atol=1e-5)
-    assert sorted(f.suffix for f in tmp_path.iterdir()) == [".npy"]  # sums, journal and partial removed
+    assert sorted(f.suffix for f in tmp_path.iterdir()) == [".npy"]  # the spill files and partial.pt removed
     again = class_prototypes(dm, 12, batch_size=32, cache_dir=tmp_path, memory_bytes=0)
     assert isinstance(again, np.memmap) and np.array_equal(again, disk)
     back = class_prototypes(dm, 12, batch_size=32, cache_dir=tmp_path)  # in memory now: the entry as float64

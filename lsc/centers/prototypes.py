@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -401,8 +402,6 @@ class _DiskSums:
         state = cache._read(cache.partial)
         spill = [n_classes, n_dim, self.per_file]
         if state is None or state.get("spill") != spill or not self._truncate(state["sizes"]):
-            import shutil
-
             shutil.rmtree(self.dir, ignore_errors=True)
             state = {"done": 0, "seen": 0, "total": torch.zeros(n_dim, dtype=torch.float64)}
             state["sizes"] = torch.zeros(self.n_files, dtype=torch.int64)
@@ -501,8 +500,6 @@ class _DiskSums:
             raise
         del out
         os.replace(tmp, self.cache.big)
-        import shutil
-
         shutil.rmtree(self.dir, ignore_errors=True)
         self.cache.partial.unlink(missing_ok=True)
         return np.load(self.cache.big, mmap_mode="r"), seen

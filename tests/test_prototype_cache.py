@@ -55,12 +55,85 @@ def test_draft_decoding_reads_small_images_and_gives_the_full_decodes_prototypes
     assert F.cosine_similarity(full, draft, dim=1).min() > 0.95
     assert not torch.equal(full, draft)  # the draft path really ran
     ds = dm.prototype_set()
-    small = _reduced_view(ds, dm, 32)
+    small, tf = _reduced_view(ds, dm, 32)
     img = small.base.image(0)
     assert max(img.size) <= 400 // 4 and min(img.size) >= round(2 * 32 / 0.875)  # DCT-scaled, >= 2x the crop
     a = torch.stack([F.adaptive_avg_pool2d(ds[i][0][None], 32)[0] for i in range(len(ds))]).flatten(1).double()
-    b = torch.stack([small[i][0] for i in range(len(ds))]).flatten(1).double()
+    b = tf.normalize(torch.stack([small[i][0] for i in range(len(ds))])).flatten(1)
     assert F.cosine_similarity(a - a.mean(0), b - b.mean(0), dim=1).min() > 0.95
+
+
+def _jpeg(w, h, subsampling, progressive, mode, seed=0):
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, 256, (h // 8 + 1, w // 8 + 1, 3), dtype=np.uint8)
+    im = Image.fromarray(a).resize((w, h), Image.BICUBIC).convert(mode)
+    b = io.BytesIO()
+    im.save(b, "JPEG", quality=90, subsampling=subsampling, progressive=progressive)
+    return b.getvalue()
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_open_draft_gives_pils_draft_pixels(mode, monkeypatch):
+    """open_draft decodes a JPEG with simplejpeg at PIL's draft scale: the same size and the same pixels as PIL's
+    Image.open + draft + convert (the reference), for colour and grey JPEGs, 4:4:4 / 4:2:2 / 4:2:0, baseline and
+    progressive, sizes that are and are not multiples of the scale, and images smaller than the draft; CMYK JPEGs
+    and other formats go to PIL (where they decode as PIL decodes them)."""
+    import io
+
+    import simplejpeg
+    from PIL import Image
+
+    import lsc.data.base as base
+
+    calls = []
+    real = simplejpeg.decode_jpeg
+    monkeypatch.setattr(simplejpeg, "decode_jpeg", lambda *a, **k: calls.append(1) or real(*a, **k))
+
+    def reference(data, want):
+        im = Image.open(io.BytesIO(data))
+        im.draft(mode, want)
+        return im.convert(mode)
+
+    n = 0
+    for w, h in [(400, 300), (590, 300), (641, 479), (200, 150), (73, 90)]:
+        for sub in (0, 1, 2):
+            for prog in (False, True):
+                for src in ("RGB", "L"):
+                    data = _jpeg(w, h, sub, prog, src, seed=n)
+                    for want in [(74, 74), (37, 37), (100, 100)]:
+                        got, ref = base.open_draft(data, mode, want), reference(data, want)
+                        assert (got.size, got.mode) == (ref.size, ref.mode), (w, h, sub, prog, src, want)
+                        assert np.array_equal(np.asarray(got), np.asarray(ref)), (w, h, sub, prog, src, want)
+                        n += 1
+    assert len(calls) == n  # every one of them was simplejpeg's decode
+    rng = np.random.default_rng(0)
+    for fmt, img in (("JPEG", Image.fromarray(rng.integers(0, 256, (300, 400, 4), dtype=np.uint8), "CMYK")),
+                     ("PNG", Image.fromarray(rng.integers(0, 256, (300, 400, 3), dtype=np.uint8))),):  # fmt: skip
+        b = io.BytesIO()
+        img.save(b, fmt)
+        got, ref = base.open_draft(b.getvalue(), mode, (74, 74)), reference(b.getvalue(), (74, 74))
+        assert got.size == ref.size and np.array_equal(np.asarray(got), np.asarray(ref)), fmt
+    assert len(calls) == n
+    with pytest.raises(OSError):  # a truncated JPEG: simplejpeg declines, PIL raises (the loaders' BadImageError)
+        base.open_draft(data[: len(data) // 2], mode, (74, 74))
+    assert len(calls) == n + 1
+    monkeypatch.setattr(base, "SIMPLEJPEG", False)
+    base.open_draft(data, mode, (74, 74))
+    assert len(calls) == n + 1  # the reference path: PIL alone
+
+
+def test_the_pass_is_the_same_with_pils_decoder(photos, monkeypatch):
+    """The prototypes of a draft pass with simplejpeg equal those of the same pass decoded by PIL alone."""
+    import lsc.data.base as base
+
+    dm = folder_dm(photos)
+    fast = class_prototypes(dm, 24, decode="draft", size=32)
+    monkeypatch.setattr(base, "SIMPLEJPEG", False)
+    assert torch.equal(fast, class_prototypes(dm, 24, decode="draft", size=32))
 
 
 def test_small_images_take_the_eval_transform_either_way():

@@ -94,7 +94,9 @@ def class_prototypes(
     embed = _pixel_embedder(n_dim, seed, size, dm.channels) if kind == "pixels" else _ckpt_embedder(ckpt, n_dim, dm)
     reduced = kind == "pixels" and decode == "draft" and bool(getattr(dm, "large_images", False))
     if reduced:
-        ds = _reduced_view(ds, dm, min(size, dm.out_size))
+        ds, small = _reduced_view(ds, dm, min(size, dm.out_size))
+        if small is not None:
+            embed = _then(small.normalize, embed)
     if rank is None:
         from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
@@ -216,7 +218,9 @@ class _Reduced:
 class _SmallEval:
     """The eval transform of large images (resize the short side to size/0.875, center crop) followed by average
     pooling to `px` pixels, computed in one step: the crop's region of the (draft-decoded) image, box-averaged to
-    px x px (PIL's BOX filter over a float box), what decode=full gives up to resampling."""
+    px x px (PIL's BOX filter over a float box), what decode=full gives up to resampling. An image comes out in pixel
+    units (uint8, or float from raw prepared images); `normalize` scales a whole batch as the eval transform does,
+    once per batch instead of once per image."""
 
     def __init__(self, px: int, mean, std, channels: int):
         self.px = px
@@ -231,34 +235,41 @@ class _SmallEval:
             h, w = img.shape[-2:]
             c = 0.875 * min(h, w)
             top, left = int(round((h - c) / 2)), int(round((w - c) / 2))
-            x = img[..., top : top + int(round(c)), left : left + int(round(c))].float() / 255
-            x = F.adaptive_avg_pool2d(x[None], (self.px, self.px))[0]
-        else:
+            x = img[..., top : top + int(round(c)), left : left + int(round(c))].float()
+            return F.adaptive_avg_pool2d(x[None], (self.px, self.px))[0]
+        if img.mode != self.mode:
             img = img.convert(self.mode)
-            w, h = img.size
-            half = 0.875 * min(w, h) / 2
-            box = (w / 2 - half, h / 2 - half, w / 2 + half, h / 2 + half)
-            img = img.resize((self.px, self.px), Image.BOX, box=box)
-            a = np.asarray(img, dtype=np.uint8)
-            x = torch.from_numpy(a.reshape(self.px, self.px, -1).copy()).permute(2, 0, 1).float() / 255
-        return (x - self.mean) / self.std
+        w, h = img.size
+        half = 0.875 * min(w, h) / 2
+        box = (w / 2 - half, h / 2 - half, w / 2 + half, h / 2 + half)
+        a = bytearray(img.resize((self.px, self.px), Image.BOX, box=box).tobytes())
+        return torch.frombuffer(a, dtype=torch.uint8).view(self.px, self.px, -1).permute(2, 0, 1)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """A batch [B, C, px, px] in pixel units -> float32, normalized by the data's mean and std."""
+        x = x.float().div_(255)
+        return x.sub_(self.mean.to(x.device)).div_(self.std.to(x.device))
 
 
 def _reduced_view(ds, dm, px: int):
+    """(the split decoded at reduced size, its _SmallEval: `normalize` each batch of it); (ds, None) where the split
+    is not a LabeledView."""
     from lsc.data.base import LabeledView
 
     if not isinstance(ds, LabeledView):
-        return ds
-    return LabeledView(
+        return ds, None
+    small = _SmallEval(px, dm.mean, dm.std, dm.channels)
+    view = LabeledView(
         _Reduced(ds.base, px),
         ds.index,
         ds.labels,
-        _SmallEval(px, dm.mean, dm.std, dm.channels),
+        small,
         copies=ds.copies,
         instance=ds.instance,
         skip_bad=ds.skip_bad,
         bad=ds.bad,
     )
+    return view, small
 
 
 # ---- the cache ---------------------------------------------------------------------------------------------------
@@ -505,18 +516,22 @@ class _DiskSums:
         return np.load(self.cache.big, mmap_mode="r"), seen
 
 
+def _then(first, fn):
+    return lambda x: fn(first(x))
+
+
 def _pixel_embedder(n_dim: int, seed: int, size: int, channels: int):
     g = torch.Generator().manual_seed(1_000_003 * seed + 7)
     cache: dict = {}
 
-    def embed(x: torch.Tensor) -> torch.Tensor:
-        x = x.double()
+    def embed(x: torch.Tensor) -> torch.Tensor:  # float32 (half the time of float64); the pass sums in float64
+        x = x.float()
         if x.shape[-1] > size or x.shape[-2] > size:
             x = F.adaptive_avg_pool2d(x, (min(size, x.shape[-2]), min(size, x.shape[-1])))
         x = x.flatten(1)  # [B, d]
         d = x.shape[1]
         if d not in cache:  # a fixed projection per input width, scaled so coordinates are O(1)
-            cache[d] = (torch.randn(d, n_dim, generator=g, dtype=torch.float64) / d**0.5).to(x.device)
+            cache[d] = (torch.randn(d, n_dim, generator=g, dtype=torch.float64) / d**0.5).float().to(x.device)
         return x @ cache[d]
 
     return embed

@@ -16,6 +16,7 @@ report training accuracy, and there is no test split.
 
 from __future__ import annotations
 
+import io
 import logging
 import warnings
 
@@ -32,6 +33,7 @@ from .transforms import make_transform
 log = logging.getLogger("lsc.data")
 warnings.filterwarnings("ignore", message=r".*'set_vital' is deprecated.*")  # raised inside torchdata itself
 BAD_IMAGE_POLICIES = ("error", "skip")
+SIMPLEJPEG = True  # open_draft decodes JPEGs with simplejpeg where it can (False: PIL only, as a reference)
 
 
 class BadImageError(ValueError):
@@ -43,6 +45,34 @@ class BadImageError(ValueError):
             "data.on_bad_image=skip to skip unreadable images and count them)"
         )
         self.path = str(path)
+
+
+def open_draft(data: bytes, mode: str, draft: tuple[int, int]):
+    """An encoded image at reduced size, as a PIL image in `mode` ("RGB" or "L"): what `Image.open` + `draft(mode,
+    draft)` + `convert(mode)` give (JPEG: DCT scaling by the largest of 1/2, 1/4, 1/8 that keeps both sides >= draft;
+    other formats: full size). A JPEG is decoded by simplejpeg (libjpeg-turbo without PIL's per-file overhead) at
+    that same scale, which gives the same pixels; where simplejpeg is missing or declines (CMYK and other colour
+    spaces, a recoverable error), PIL does it all. Raises what PIL raises for a broken file."""
+    from PIL import Image
+
+    if SIMPLEJPEG and data[:2] == b"\xff\xd8" and mode in ("RGB", "L"):
+        try:
+            import simplejpeg
+
+            h, w, space = simplejpeg.decode_jpeg_header(data)[:3]
+            if space not in ("YCbCr", "Gray"):  # CMYK, YCCK, RGB: PIL's own conversion
+                raise ValueError(space)
+            s = next((s for s in (8, 4, 2) if min(w // draft[0], h // draft[1]) >= s), 1)  # PIL's draft scale
+            a = simplejpeg.decode_jpeg(
+                data, colorspace="RGB" if mode == "RGB" else "GRAY", min_width=-(-w // s), min_height=-(-h // s)
+            )
+            if a.shape[:2] == (-(-h // s), -(-w // s)):  # read-only, over the array (PIL copies before a write)
+                return Image.frombuffer(mode, (a.shape[1], a.shape[0]), a, "raw", mode, 0, 1)
+        except (ImportError, ValueError):
+            pass
+    img = Image.open(io.BytesIO(data))
+    img.draft(mode, draft)
+    return img.convert(mode)
 
 
 def read_or_skip(read, skip_bad: bool, bad=None):

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .base import BadImageError, LSCDataModule, RawSplit
+from .base import BadImageError, LSCDataModule, RawSplit, open_draft
 
 FMNIST_DEBIAN = "/usr/share/datasets/fashion-mnist"
 log = logging.getLogger("lsc.data")
@@ -174,14 +174,8 @@ class _FolderSplit(RawSplit):
                 img = self.loader(path)
                 img.load()
             else:
-                import io
-
-                from PIL import Image
-
                 with open(path, "rb") as f:  # one read: PIL's own reads of a file come in small blocks
-                    img = Image.open(io.BytesIO(f.read()))
-                img.draft("RGB", draft)  # JPEG: DCT scaling to >= draft (1/2 .. 1/8); other formats: no-op
-                img = img.convert("RGB")
+                    img = open_draft(f.read(), "RGB", draft)  # JPEG: DCT scaling to >= draft (1/2 .. 1/8)
         except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... for broken files
             raise BadImageError(path, e) from e
         return img

@@ -39,7 +39,7 @@ from torch.utils.data import default_collate
 from torchdata.stateful_dataloader import StatefulDataLoader
 from torchvision.transforms.v2 import functional as TF
 
-from .base import BadImageError, LabeledView, LSCDataModule, Subset, read_or_skip
+from .base import BadImageError, LabeledView, LSCDataModule, Subset, open_draft, read_or_skip
 from .transforms import make_transform
 
 log = logging.getLogger("lsc.data")
@@ -144,12 +144,12 @@ def decode_image(img: bytes, fmt: str, channels: int, size: int, where: str, dra
     try:
         if fmt == "raw":
             return torch.from_numpy(np.frombuffer(img, np.uint8).reshape(channels, size, size).copy())
+        mode = "RGB" if channels == 3 else "L"
+        if draft is not None:
+            return open_draft(img, mode, draft)
         from PIL import Image
 
-        im = Image.open(io.BytesIO(img))
-        if draft is not None:
-            im.draft("RGB" if channels == 3 else "L", draft)
-        im = im.convert("RGB" if channels == 3 else "L")
+        im = Image.open(io.BytesIO(img)).convert(mode)
         im.load()
         return im
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError ...; reshape ValueError

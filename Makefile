@@ -111,7 +111,7 @@ gpu-checks: ## CUDA tests + the GPU variants of the benchmarks/experiments (one 
 	bash experiments/gpu_checks.sh gpu_results
 
 # what the lent GPU machine's Python 3.12 lacks, as wheels in .whl/ (git-ignored; carry it): gpu_checks.sh installs them
-GPU_WHEELS = hydra-core==1.3.8 omegaconf==2.3.1 torchdata litdata boto3 botocore s3transfer jmespath obstore tifffile
+GPU_WHEELS = hydra-core==1.3.8 omegaconf==2.3.1 torchdata litdata boto3 botocore s3transfer jmespath obstore tifffile simplejpeg
 gpu-wheels: ## download the wheels gpu_checks.sh needs on the GPU machine into .whl/ (Python 3.12, x86-64)
 	mkdir -p .whl && grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo /.whl/ >> .git/info/exclude
 	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \

@@ -272,8 +272,18 @@ def prototype_pass(folder: Path, images: int, n_dim: int = 64, size: int = 224) 
     (no loader workers), one thread, no cache; and the floors: each decoder's draft decode alone of the same files'
     bytes held in memory. images/s on the wall clock and per CPU-second (what one core gives when the machine is not
     shared)."""
+    from contextlib import contextmanager
+
     import lsc.data.base as base
-    from lsc.centers.prototypes import class_prototypes
+    from lsc.centers.prototypes import _Reduced, class_prototypes
+
+    @contextmanager
+    def decoder(fast: bool):  # simplejpeg (the default) or PIL alone for the JPEG decode
+        base.SIMPLEJPEG = fast
+        try:
+            yield
+        finally:
+            base.SIMPLEJPEG = True
 
     def timed(fn):
         t0, c0 = time.perf_counter(), time.process_time()
@@ -295,26 +305,20 @@ def prototype_pass(folder: Path, images: int, n_dim: int = 64, size: int = 224) 
         dm = make_dm(PIL_ROW, {"folder": folder}, size, 0, 256, images)
         dm.setup("fit")
         n = len(dm.prototype_set())
-        base.SIMPLEJPEG = fast
-        try:
+        with decoder(fast):
             dt, cpu = timed(lambda d=dm, k=decode: class_prototypes(d, n_dim, decode=k, progress=False))
-        finally:
-            base.SIMPLEJPEG = True
         add(f"imagefolder, {name}", crop, n, dt, cpu)
     view = dm.prototype_set()
     blobs = [Path(view.base.samples[int(i)][0]).read_bytes() for i in view.index]
-    want = (int(np.ceil(2 * 32 / 0.875)),) * 2  # what the pass asks for (1/4 scale for these photos)
+    want = (_Reduced(view.base, 32).want,) * 2  # what the pass asks for (1/4 scale for these photos)
 
-    def decode_only(fast):
-        base.SIMPLEJPEG = fast
-        try:
-            for b in blobs:
-                base.open_draft(b, "RGB", want)
-        finally:
-            base.SIMPLEJPEG = True
+    def decode_only():
+        for b in blobs:
+            base.open_draft(b, "RGB", want)
 
     for fast, name in ((False, "PIL"), (True, "simplejpeg")):
-        dt, cpu = timed(lambda f=fast: decode_only(f))
+        with decoder(fast):
+            dt, cpu = timed(decode_only)
         add(f"floor: {name} draft decode only (bytes in memory)", "the same 1/4-scale decode, nothing else",
             len(blobs), dt, cpu)  # fmt: skip
     return rows, raw
